@@ -1,0 +1,3 @@
+from detoxrl.cli import main
+
+raise SystemExit(main())

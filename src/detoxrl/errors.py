@@ -1,0 +1,21 @@
+"""The project's error types: each message says what was wrong and what to do. Knows nothing else."""
+
+
+class DetoxError(Exception):
+    """A user-facing error: the CLI prints its message alone, without a traceback."""
+
+
+class ConfigError(DetoxError):
+    """A bad configuration key or value."""
+
+
+class ModelLoadError(DetoxError):
+    """A model, tokenizer or adapter that cannot be found or loaded."""
+
+
+class DataError(DetoxError):
+    """A missing, empty or malformed dataset."""
+
+
+class TrainingError(DetoxError):
+    """Training cannot go on (a non-finite loss, a corrupt checkpoint)."""

@@ -1,0 +1,125 @@
+"""Test fixtures without network: tiny random models and a tokenizer built in-process, saved to
+temporary folders and loaded back through detoxrl's public loading code."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # no test may quietly depend on the hub
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(os.environ.get("DETOXRL_SHARED", SHARED))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+CORPUS = [
+    "you are a kind and helpful friend",
+    "summarize the following conversation please",
+    "the movie was terrible dumb and stupid",
+    "person one tells tommy that he did not like the movie",
+    "what a lovely day to walk in the park",
+    "shut up you idiot nobody asked you",
+    "thank you for your help with the report",
+    "i hate waiting in line at the bank",
+] * 4
+
+
+def build_tokenizer(path: Path):
+    """A word-level fast tokenizer trained in milliseconds on a tiny corpus."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    specials = ["<pad>", "</s>", "<unk>", "<s>"]
+    tok.train_from_iterator(CORPUS, trainers.WordLevelTrainer(special_tokens=specials))
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", bos_token="<s>"
+    )
+    fast.model_max_length = 128
+    fast.save_pretrained(path)
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny")
+
+
+def _save(model, tok_dir: Path, out: Path) -> Path:
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(0)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tok_dir).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tiny_dir: Path) -> Path:
+    path = tiny_dir / "tokenizer"
+    build_tokenizer(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_dir(tiny_dir: Path, tokenizer_dir: Path) -> Path:
+    """A 2-layer Llama-style decoder-only model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, eos_token_id=1, bos_token_id=3,
+    )  # fmt: skip
+    return _save(LlamaForCausalLM(config), tokenizer_dir, tiny_dir / "causal")
+
+
+@pytest.fixture(scope="session")
+def tiny_seq2seq_dir(tiny_dir: Path, tokenizer_dir: Path) -> Path:
+    """A 2-layer T5-style encoder-decoder."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )  # fmt: skip
+    return _save(T5ForConditionalGeneration(config), tokenizer_dir, tiny_dir / "seq2seq")
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tiny_dir: Path, tokenizer_dir: Path) -> Path:
+    """A BERT-style classifier whose labels are in the 'wrong' order: 0 = hate, 1 = nothate."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=128, pad_token_id=0, id2label={0: "hate", 1: "nothate"},
+        label2id={"hate": 0, "nothate": 1},
+    )  # fmt: skip
+    return _save(BertForSequenceClassification(config), tokenizer_dir, tiny_dir / "classifier")
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"shared data folder not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def minilm_dir(shared_dir: Path) -> Path:
+    path = shared_dir / "models" / "minilm-toxicity"
+    if not (path / "model.safetensors").is_file():
+        pytest.skip("minilm-toxicity classifier not found in shared/models")
+    return path

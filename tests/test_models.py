@@ -1,0 +1,119 @@
+"""Model loading from every kind of source, LoRA attachment and the lab's parameter counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from detoxrl.config import LoraSettings, PolicyConfig
+from detoxrl.errors import ModelLoadError
+from detoxrl.models import (
+    attach_adapter,
+    count_parameters,
+    load_classifier,
+    load_policy,
+    resolve_source,
+)
+
+
+def test_decoder_only_is_left_padded_with_a_pad_token(tiny_causal_dir: Path) -> None:
+    policy = load_policy(PolicyConfig(model=str(tiny_causal_dir)))
+    assert not policy.is_encoder_decoder
+    assert policy.tokenizer.padding_side == "left"
+    assert policy.tokenizer.pad_token is not None
+    assert policy.model.dtype == torch.float32
+
+
+def test_encoder_decoder_is_detected_from_the_config(tiny_seq2seq_dir: Path) -> None:
+    policy = load_policy(PolicyConfig(model=str(tiny_seq2seq_dir), dtype="bfloat16"))
+    assert policy.is_encoder_decoder
+    assert policy.tokenizer.padding_side == "right"
+    assert policy.model.dtype == torch.bfloat16
+
+
+def test_fresh_lora_trains_only_the_adapter(tiny_causal_dir: Path) -> None:
+    config = PolicyConfig(model=str(tiny_causal_dir))
+    model = attach_adapter(load_policy(config), config)
+    trainable, total = count_parameters(model)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert 0 < trainable < total
+    assert all("lora_" in n for n in names)
+    assert any("k_proj" in n for n in names)  # Llama-style: every attention projection
+
+
+def test_saved_adapter_loads_back_trainable(tiny_seq2seq_dir: Path, tmp_path: Path) -> None:
+    config = PolicyConfig(model=str(tiny_seq2seq_dir))
+    model = attach_adapter(load_policy(config), config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.5)
+    model.save_pretrained(tmp_path / "adapter")
+    loaded = attach_adapter(load_policy(config), PolicyConfig(model=str(tiny_seq2seq_dir), adapter=str(tmp_path / "adapter")))
+    weights = {n: p for n, p in loaded.named_parameters() if "lora_B" in n}
+    assert weights and all(p.requires_grad and torch.all(p == 0.5) for p in weights.values())
+
+
+def test_classifier_labels_are_read_by_name(tiny_classifier_dir: Path) -> None:
+    clf = load_classifier(str(tiny_classifier_dir))
+    assert clf.labels == ["hate", "nothate"]
+    assert clf.label_index("nothate") == 1
+    with pytest.raises(ModelLoadError, match="labels are: hate, nothate"):
+        clf.label_index("toxic")
+    assert clf.logits(["you idiot", "a lovely day"]).shape == (2, 2)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("./no/such/folder", "does not exist"),
+        ("/tmp/missing-model.gguf", "does not exist"),
+        ("google/flan-t5-base", "hub"),
+    ],
+)
+def test_bad_specs_give_one_clear_error(spec: str, message: str) -> None:
+    with pytest.raises(ModelLoadError, match=message):
+        load_policy(PolicyConfig(model=spec))
+
+
+def test_hub_error_lists_offline_alternatives() -> None:
+    with pytest.raises(ModelLoadError) as info:
+        load_policy(PolicyConfig(model="google/flan-t5-base"))
+    assert "smollm2-135m-instruct" in str(info.value) and "local" in str(info.value)
+
+
+def test_hub_ids_and_paths_are_told_apart(tiny_causal_dir: Path) -> None:
+    assert resolve_source("google/flan-t5-base").kind == "hub"
+    assert resolve_source(str(tiny_causal_dir)).kind == "local"
+
+
+def test_flan_t5_base_with_the_labs_lora_has_the_labs_parameter_counts() -> None:
+    """The lab printed 3,538,944 trainable of 251,116,800 (1.41%) for flan-t5-base + LoRA r=32 on q, v."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(  # google/flan-t5-base's config.json, written out: no weights are needed
+        vocab_size=32128, d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0,
+    )  # fmt: skip
+    with torch.device("meta"):
+        model = T5ForConditionalGeneration(config)
+        # transformers 5 always ties T5's lm_head to the shared embedding when it builds the model;
+        # flan-t5-base's checkpoint (tie_word_embeddings: false) carries its own lm_head (32128 x 768).
+        model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.shared.weight))
+    from detoxrl.models import LORA_TARGETS
+
+    lora = LoraConfig(r=32, lora_alpha=32, lora_dropout=0.05, target_modules=list(LORA_TARGETS["t5"]),
+                      bias="none", task_type=TaskType.SEQ_2_SEQ_LM)  # fmt: skip
+    trainable, total = count_parameters(get_peft_model(model, lora))
+    assert (trainable, total) == (3_538_944, 251_116_800)
+    assert round(100 * trainable / total, 2) == 1.41
+
+
+def test_lora_settings_override_targets(tiny_causal_dir: Path) -> None:
+    config = PolicyConfig(model=str(tiny_causal_dir), lora=LoraSettings(r=4, target_modules=("q_proj",)))
+    model = attach_adapter(load_policy(config), config)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and all("q_proj" in n for n in names)
