@@ -1,0 +1,157 @@
+"""The ``detoxrl`` command line: thin subcommands over the library. Nothing imports this module.
+
+Each subcommand is a ``cmd_*`` function taking the parsed arguments and returning an exit code;
+user mistakes (``DetoxError``) are printed as one line, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from detoxrl.errors import DetoxError
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _read_texts(args: argparse.Namespace) -> list[str]:
+    """Texts from positional arguments, ``--file`` (one per line, or .jsonl with --field) or stdin."""
+    texts = list(args.texts or [])
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise DetoxError(f"Input file '{path}' does not exist.")
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        if path.suffix == ".jsonl":
+            from detoxrl.data import get_field
+
+            lines = [str(get_field(json.loads(ln), args.field)) for ln in lines]
+        texts += lines
+    if not texts and not sys.stdin.isatty():
+        texts = [ln for ln in sys.stdin.read().splitlines() if ln.strip()]
+    if not texts:
+        raise DetoxError("No input texts: pass them as arguments, with --file, or on standard input.")
+    return texts
+
+
+def _add_input_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("texts", nargs="*", help="input texts (or use --file / standard input)")
+    p.add_argument("--file", help="a text file (one per line) or .jsonl file")
+    p.add_argument("--field", default="prompt.text", help="field of a .jsonl file to read (dotted path)")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from detoxrl.config import PolicyConfig
+    from detoxrl.generate import SamplingSettings, format_prompts, generate
+    from detoxrl.models import load_policy, resolve_device
+
+    device = resolve_device(args.device)
+    policy = load_policy(PolicyConfig(model=args.model, dtype=args.dtype), device)
+    model = policy.model
+    if args.adapter:
+        from peft import PeftModel
+
+        if not Path(args.adapter).exists():
+            raise DetoxError(f"Adapter path '{args.adapter}' does not exist.")
+        model = PeftModel.from_pretrained(model, args.adapter)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    texts = _read_texts(args)
+    prompts = format_prompts(policy.tokenizer, texts, not args.no_chat_template)
+    settings = SamplingSettings(
+        max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+    )  # fmt: skip
+    out = generate(model, policy.tokenizer, prompts, settings, is_encoder_decoder=policy.is_encoder_decoder,
+                   seed=args.seed, batch_size=args.batch_size)  # fmt: skip
+    for text, response in zip(texts, out.responses, strict=True):
+        if args.json:
+            print(json.dumps({"prompt": text, "response": response}))
+        else:
+            print(f">>> {text}\n{response}\n")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from detoxrl.rewards import build_evaluator
+
+    texts = _read_texts(args)
+    scorers = [build_evaluator(spec) for spec in args.evaluator]
+    scores = {s.name: s(texts) for s in scorers}
+    for i, text in enumerate(texts):
+        row = {name: round(float(v[i]), 4) for name, v in scores.items()}
+        print(json.dumps({"text": text, "toxicity": row}) if args.json else f"{row}  {text}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from detoxrl.config import list_presets
+
+    for name, line in list_presets().items():
+        print(f"{name:<10} {line}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="detoxrl", description="Detoxify language models with PPO + LoRA, and measure it honestly."
+    )
+    parser.add_argument("--version", action="version", version=f"detoxrl {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    g = sub.add_parser("generate", help="sample responses from a policy (any model spec, optional adapter)")
+    _add_input_args(g)
+    g.add_argument("--model", default="smollm2-135m-instruct", help="built-in name, .gguf, local folder or hub id")
+    g.add_argument("--adapter", help="a PEFT adapter folder (e.g. RUN_DIR/final)")
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
+    g.add_argument("--device", default="auto")
+    g.add_argument("--max-new-tokens", type=int, default=48)
+    g.add_argument("--min-new-tokens", type=int, default=0)
+    g.add_argument("--temperature", type=float, default=1.0, help="0 for greedy decoding")
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--threads", type=int, default=None)
+    g.add_argument("--no-chat-template", action="store_true", help="send prompts as raw text")
+    g.add_argument("--json", action="store_true", help="one JSON object per line")
+    g.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("score", help="toxicity of texts by one or more evaluators")
+    _add_input_args(s)
+    s.add_argument("--evaluator", action="append", default=None,
+                   help="'profanity' or a classifier (folder or hub id) as SPEC[:toxic_label]; repeatable")  # fmt: skip
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("presets", help="list the shipped presets")
+    p.set_defaults(func=cmd_presets)
+    return parser
+
+
+def _version() -> str:
+    from detoxrl import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    if getattr(args, "evaluator", "unset") is None:
+        args.evaluator = ["profanity"]
+    try:
+        code: int = args.func(args)
+        return code
+    except DetoxError as e:
+        print(f"detoxrl: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("detoxrl: interrupted", file=sys.stderr)
+        return 130
