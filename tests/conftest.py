@@ -10,10 +10,10 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SHARED = Path(os.environ.get("DETOXRL_SHARED", SHARED))

@@ -51,7 +51,9 @@ def test_saved_adapter_loads_back_trainable(tiny_seq2seq_dir: Path, tmp_path: Pa
             if "lora_B" in name:
                 p.fill_(0.5)
     model.save_pretrained(tmp_path / "adapter")
-    loaded = attach_adapter(load_policy(config), PolicyConfig(model=str(tiny_seq2seq_dir), adapter=str(tmp_path / "adapter")))
+    loaded = attach_adapter(
+        load_policy(config), PolicyConfig(model=str(tiny_seq2seq_dir), adapter=str(tmp_path / "adapter"))
+    )
     weights = {n: p for n, p in loaded.named_parameters() if "lora_B" in n}
     assert weights and all(p.requires_grad and torch.all(p == 0.5) for p in weights.values())
 

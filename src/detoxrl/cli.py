@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from detoxrl.errors import DetoxError
 
@@ -51,9 +52,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from detoxrl.generate import SamplingSettings, format_prompts, generate
     from detoxrl.models import load_policy, resolve_device
 
+    texts = _read_texts(args)  # before loading anything: a bad input fails in milliseconds
     device = resolve_device(args.device)
     policy = load_policy(PolicyConfig(model=args.model, dtype=args.dtype), device)
-    model = policy.model
+    model: Any = policy.model
     if args.adapter:
         from peft import PeftModel
 
@@ -62,7 +64,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         model = PeftModel.from_pretrained(model, args.adapter)
     if args.threads:
         torch.set_num_threads(args.threads)
-    texts = _read_texts(args)
     prompts = format_prompts(policy.tokenizer, texts, not args.no_chat_template)
     settings = SamplingSettings(
         max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
@@ -107,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="sample responses from a policy (any model spec, optional adapter)")
     _add_input_args(g)
-    g.add_argument("--model", default="smollm2-135m-instruct", help="built-in name, .gguf, local folder or hub id")
+    g.add_argument(
+        "--model", default="smollm2-135m-instruct", help="built-in name, .gguf, local folder or hub id"
+    )
     g.add_argument("--adapter", help="a PEFT adapter folder (e.g. RUN_DIR/final)")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
     g.add_argument("--device", default="auto")
@@ -125,8 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("score", help="toxicity of texts by one or more evaluators")
     _add_input_args(s)
-    s.add_argument("--evaluator", action="append", default=None,
-                   help="'profanity' or a classifier (folder or hub id) as SPEC[:toxic_label]; repeatable")  # fmt: skip
+    s.add_argument(
+        "--evaluator",
+        action="append",
+        default=None,
+        help="'profanity' or a classifier (folder or hub id) as SPEC[:toxic_label]; repeatable",
+    )
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_score)
 
@@ -144,6 +151,9 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars say nothing to a user
     if getattr(args, "evaluator", "unset") is None:
         args.evaluator = ["profanity"]
     try:

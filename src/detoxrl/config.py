@@ -154,9 +154,64 @@ class RunConfig:
 
 def _unknown_key(key: str, cls: type, where: str) -> ConfigError:
     names = [f.name for f in dataclasses.fields(cls)]
-    close = difflib.get_close_matches(key, names, n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
+    hint = _did_you_mean(key, names)
     return ConfigError(f"Unknown config key '{where}{key}'.{hint} Valid keys here: {', '.join(names)}.")
+
+
+def _did_you_mean(value: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(value, options, n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _convert_union(value: Any, tp: Any, where: str) -> Any:
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in (a for a in args if a is not type(None)):
+        try:
+            return _convert(value, arg, where)
+        except ConfigError as e:
+            errors.append(str(e))
+    raise ConfigError(errors[0] if errors else f"Config key '{where}' cannot be {value!r}.")
+
+
+def _convert_literal(value: Any, tp: Any, where: str) -> Any:
+    allowed = typing.get_args(tp)
+    if value not in allowed:
+        hint = _did_you_mean(str(value), [str(a) for a in allowed])
+        raise ConfigError(f"Config key '{where}' must be one of {list(allowed)}, got {value!r}.{hint}")
+    return value
+
+
+def _convert_tuple(value: Any, tp: Any, where: str) -> Any:
+    item = typing.get_args(tp)[0]
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"Config key '{where}' must be a list, got {value!r}.")
+    return tuple(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+
+
+def _convert_scalar(value: Any, tp: Any, where: str) -> Any:
+    wrong = ConfigError(f"Config key '{where}' must be {getattr(tp, '__name__', tp)}, got {value!r}.")
+    if tp is bool:
+        words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in words:
+            return words[value.lower()]
+        raise wrong
+    if tp in (int, float):
+        if isinstance(value, bool) or (tp is int and isinstance(value, float) and not value.is_integer()):
+            raise wrong
+        try:
+            return tp(value)
+        except (TypeError, ValueError):
+            raise wrong from None
+    if tp is str and isinstance(value, dict | list):
+        raise wrong
+    return str(value) if tp is str else value
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
@@ -167,48 +222,12 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"Config key '{where}' must be a mapping, got {value!r}.")
         return from_dict(tp, value, where + ".")
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _convert(value, arg, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"Config key '{where}' cannot be {value!r}.")
+        return _convert_union(value, tp, where)
     if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"Config key '{where}' must be one of {list(allowed)}, got {value!r}.{hint}")
-        return value
+        return _convert_literal(value, tp, where)
     if origin is tuple:
-        (item,) = typing.get_args(tp)[:1]
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"Config key '{where}' must be a list, got {value!r}.")
-        return tuple(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"Config key '{where}' must be true or false, got {value!r}.")
-    if tp in (int, float):
-        if isinstance(value, bool) or (tp is int and isinstance(value, float) and not value.is_integer()):
-            raise ConfigError(f"Config key '{where}' must be {tp.__name__}, got {value!r}.")
-        try:
-            return tp(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"Config key '{where}' must be {tp.__name__}, got {value!r}.") from None
-    if tp is str:
-        if isinstance(value, dict | list):
-            raise ConfigError(f"Config key '{where}' must be a string, got {value!r}.")
-        return str(value)
-    return value
+        return _convert_tuple(value, tp, where)
+    return _convert_scalar(value, tp, where)
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
@@ -242,7 +261,9 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"Override '{item}' is not of the form key=value (e.g. ppo.learning_rate=1e-5).")
+            raise ConfigError(
+                f"Override '{item}' is not of the form key=value (e.g. ppo.learning_rate=1e-5)."
+            )
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -293,8 +314,7 @@ def load_config(
     if preset is not None:
         if not preset_path(preset).is_file():
             names = list(list_presets())
-            close = difflib.get_close_matches(preset, names, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
+            hint = _did_you_mean(preset, names)
             raise ConfigError(f"Unknown preset '{preset}'.{hint} Available: {', '.join(names)}.")
         data = read_yaml(preset_path(preset))
     if file is not None:

@@ -51,7 +51,11 @@ def format_prompts(tokenizer: PreTrainedTokenizerBase, texts: list[str], chat_te
     if not chat_template or not getattr(tokenizer, "chat_template", None):
         return list(texts)
     return [
-        str(tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True))
+        str(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True
+            )
+        )
         for t in texts
     ]
 
@@ -117,11 +121,11 @@ def sample(
     pad = pad_right if is_encoder_decoder else pad_left
     ids, mask = pad(prompt_ids, pad_id)  # (B, P)
     device = next(model.parameters()).device
-    out = model.generate(
+    out = model.generate(  # type: ignore[operator]
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
         pad_token_id=pad_id,
-        **settings.generate_kwargs(),  # type: ignore[arg-type]
+        **settings.generate_kwargs(),
     ).cpu()
     # Encoder-decoders return decoder ids that start with the decoder start token;
     # decoder-only models return the prompt followed by the response.
@@ -150,8 +154,10 @@ def generate(
         for b, start in enumerate(range(0, len(prompts), batch_size)):
             if seed is not None:
                 torch.manual_seed(seed * 1_000_003 + b)
-            responses += sample(model, tokenizer, prompt_ids[start : start + batch_size], settings, is_encoder_decoder)
+            responses += sample(
+                model, tokenizer, prompt_ids[start : start + batch_size], settings, is_encoder_decoder
+            )
     finally:
         model.train(was_training)
-    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+    texts = tokenizer.batch_decode([r.tolist() for r in responses], skip_special_tokens=True)
     return Generations(list(prompts), prompt_ids, responses, [t.strip() for t in texts])

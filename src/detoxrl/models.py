@@ -267,8 +267,8 @@ class Classifier:
 
     @property
     def labels(self) -> list[str]:
-        id2label = self.model.config.id2label
-        return [str(id2label[i]) for i in range(len(id2label))]
+        id2label: dict[Any, str] = dict(self.model.config.id2label or {})
+        return [str(id2label.get(i, id2label.get(str(i)))) for i in range(len(id2label))]
 
     def label_index(self, name: str) -> int:
         """The index of a label chosen by name; never by position (the lab's bug)."""
@@ -286,7 +286,11 @@ class Classifier:
         with torch.no_grad():
             for i in range(0, len(texts), batch_size):
                 enc = self.tokenizer(
-                    texts[i : i + batch_size], padding=True, truncation=True, max_length=limit, return_tensors="pt"
+                    texts[i : i + batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=limit,
+                    return_tensors="pt",
                 ).to(device)
                 out.append(self.model(**enc).logits.float().cpu())
         return torch.cat(out) if out else torch.empty(0, len(self.labels))
