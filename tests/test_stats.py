@@ -162,3 +162,23 @@ def test_metric_specs_name_every_figure() -> None:
     assert all(f"toxicity/clf/{fig}" in names for fig in figures)
     assert "reward/mean" in names and "quality/distinct_3" in names
     assert "quality/perplexity" not in names and "quality/rouge1" not in names  # no NLL, no references
+
+
+def test_memory_bounded_batches_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    before, after = _paired_sample(5, 40, -0.05)
+    stat = stats.difference(stats.mean_of(before), stats.mean_of(after))
+    texts = [[f"w{i % 7} w{i % 5} w{i % 3}"] for i in range(40)]
+    whole = (
+        stats.jackknife_estimate(stat, 40),
+        stats.bootstrap_estimate(stat, 40, n_resamples=300),
+        stats.jackknife_estimate(stats.distinct_n_of(texts, 2), 40),
+    )
+    monkeypatch.setattr(stats, "MAX_BATCH_ELEMENTS", 7 * 40)  # 7 rows at a time
+    chunked = (
+        stats.jackknife_estimate(stat, 40),
+        stats.bootstrap_estimate(stat, 40, n_resamples=300),
+        stats.jackknife_estimate(stats.distinct_n_of(texts, 2), 40),
+    )
+    for a, b in zip(whole, chunked, strict=True):
+        assert a.value == pytest.approx(b.value) and a.ci_low == pytest.approx(b.ci_low)
+        assert a.ci_high == pytest.approx(b.ci_high)

@@ -158,7 +158,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     def run(model: Any, label: str, disable_adapter: bool) -> EvalResult:
         nll = reference_nll(model, tok, is_encoder_decoder=enc_dec, disable_adapter=disable_adapter)
         return evaluate(model, tok, prompts, config, evaluators, is_encoder_decoder=enc_dec, references=refs,
-                        reward=reward, reference=nll if config.perplexity else None, seed=args.seed,
+                        reward=reward, reference=nll, seed=args.seed,
                         chat_template=not args.no_chat_template, label=label)  # fmt: skip
 
     before = run(policy.model, args.model, disable_adapter=False)  # before any adapter is attached

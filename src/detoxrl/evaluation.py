@@ -121,22 +121,22 @@ def reference_nll(
 
     def score(prompt_ids: list[torch.Tensor], response_ids: list[torch.Tensor]) -> np.ndarray:
         context = model.disable_adapter() if disable_adapter else contextlib.nullcontext()  # type: ignore[operator]
-        out = []
-        was_training = model.training
+        out, pad_id, was_training = [], int(tokenizer.pad_token_id), model.training
         model.eval()
-        with context:
-            for i in range(0, len(prompt_ids), batch_size):
-                chunk = slice(i, i + batch_size)
-                out.append(
-                    response_nll(
+        try:
+            with context:
+                for i in range(0, len(prompt_ids), batch_size):
+                    chunk = slice(i, i + batch_size)
+                    nll = response_nll(
                         model,
                         prompt_ids[chunk],
                         response_ids[chunk],
                         is_encoder_decoder=is_encoder_decoder,
-                        pad_id=int(tokenizer.pad_token_id),
+                        pad_id=pad_id,
                     )
-                )
-        model.train(was_training)
+                    out.append(nll)
+        finally:
+            model.train(was_training)
         return np.concatenate(out) if out else np.zeros(0)
 
     return score
@@ -229,7 +229,8 @@ def evaluate(
 
     Step 1: generate k passes over the prompts, pass j seeded by ``sample_seed(seed, j)``.
     Step 2: toxicity of each response (or prompt + response, ``config.text``) by every evaluator.
-    Step 3: optional reward, perplexity under ``reference`` and ROUGE against ``references``.
+    Step 3: optional reward, perplexity under ``reference`` (if ``config.perplexity``) and ROUGE
+    against ``references``.
     Step 4: every figure with its interval (``compute_metrics``).
     """
     if not prompts:
@@ -263,7 +264,7 @@ def evaluate(
     toxicity = {e.name: np.asarray(e(scored), dtype=np.float64) for e in evaluators}
     rewards = reward(texts, responses).tolist() if reward is not None else None
     nll = None
-    if reference is not None:
+    if reference is not None and config.perplexity:
         nll = reference(
             [passes[j].prompt_ids[p] for p, j in order], [passes[j].response_ids[p] for p, j in order]
         )

@@ -169,17 +169,23 @@ class Estimate:
         return self.ci_low is None or self.ci_high is None or self.ci_low <= 0.0 <= self.ci_high
 
 
-def jackknife_estimate(statistic: Statistic, n_prompts: int, *, confidence: float = 0.95) -> Estimate:
+def jackknife_estimate(
+    statistic: Statistic, n_prompts: int, *, samples_per_prompt: int = 1, confidence: float = 0.95
+) -> Estimate:
     """The statistic on all prompts with a delete-one jackknife normal interval (Efron & Tibshirani 1993,
     ch. 11): value +- z * se, se^2 = (P - 1) / P * sum_i (theta_(i) - mean theta_(.))^2. Used for
     set-size ratios such as distinct-n, which resampling with replacement would bias (see above)."""
     value = float(statistic(np.arange(n_prompts)[None, :])[0])
     if n_prompts < 2 or not np.isfinite(value):
         return Estimate(value)
-    keep = ~np.eye(n_prompts, dtype=bool)  # row i: every prompt but i
-    idx = np.broadcast_to(np.arange(n_prompts), (n_prompts, n_prompts))[keep].reshape(n_prompts, -1)
-    leave_one_out = statistic(idx)  # (P,)
-    se = float(np.sqrt((n_prompts - 1) / n_prompts * np.sum((leave_one_out - leave_one_out.mean()) ** 2)))
+
+    def leave_one_out(rows: range) -> np.ndarray:
+        return statistic(np.array([np.delete(np.arange(n_prompts), i) for i in rows]))  # row i: all but i
+
+    step = max(1, MAX_BATCH_ELEMENTS // (n_prompts * samples_per_prompt))  # bounds memory
+    chunks = [range(s, min(s + step, n_prompts)) for s in range(0, n_prompts, step)]
+    thetas = np.concatenate([leave_one_out(rows) for rows in chunks])  # (P,)
+    se = float(np.sqrt((n_prompts - 1) / n_prompts * np.sum((thetas - thetas.mean()) ** 2)))
     z = float(scipy.stats.norm.ppf(0.5 + confidence / 2))
     return Estimate(value, value - z * se, value + z * se)
 
@@ -351,5 +357,7 @@ def estimate(
             seed=seed,
         )
     if interval == "jackknife":
-        return jackknife_estimate(statistic, n_prompts, confidence=confidence)
+        return jackknife_estimate(
+            statistic, n_prompts, samples_per_prompt=samples_per_prompt, confidence=confidence
+        )
     return Estimate(float(statistic(np.arange(n_prompts)[None, :])[0]))
