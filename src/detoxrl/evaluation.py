@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from detoxrl import stats
 from detoxrl.config import EvalConfig, from_dict
-from detoxrl.generate import SamplingSettings, format_prompts, generate, pad_right
+from detoxrl.generate import Generations, SamplingSettings, format_prompts, generate, pad_right
 from detoxrl.rewards import Reward, ToxicityScorer, scored_texts
 
 NLLFn = Callable[[list[torch.Tensor], list[torch.Tensor]], np.ndarray]  # prompt ids, response ids -> (B,)
@@ -122,19 +122,14 @@ def reference_nll(
     def score(prompt_ids: list[torch.Tensor], response_ids: list[torch.Tensor]) -> np.ndarray:
         context = model.disable_adapter() if disable_adapter else contextlib.nullcontext()  # type: ignore[operator]
         out, pad_id, was_training = [], int(tokenizer.pad_token_id), model.training
+        enc_dec = is_encoder_decoder
         model.eval()
         try:
             with context:
                 for i in range(0, len(prompt_ids), batch_size):
                     chunk = slice(i, i + batch_size)
-                    nll = response_nll(
-                        model,
-                        prompt_ids[chunk],
-                        response_ids[chunk],
-                        is_encoder_decoder=is_encoder_decoder,
-                        pad_id=pad_id,
-                    )
-                    out.append(nll)
+                    out.append(response_nll(model, prompt_ids[chunk], response_ids[chunk],
+                                            is_encoder_decoder=enc_dec, pad_id=pad_id))  # fmt: skip
         finally:
             model.train(was_training)
         return np.concatenate(out) if out else np.zeros(0)
@@ -210,6 +205,57 @@ def _rouge(responses: list[str], references: list[str]) -> list[dict[str, float]
     ]
 
 
+def sample_passes(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    config: EvalConfig,
+    *,
+    is_encoder_decoder: bool,
+    seed: int,
+    chat_template: bool,
+) -> list[Generations]:
+    """k passes over the prompts; pass j is seeded by ``sample_seed(seed, j)``."""
+    settings = SamplingSettings(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                top_k=config.top_k, top_p=config.top_p)  # fmt: skip
+    formatted = format_prompts(tokenizer, list(prompts), chat_template)
+    return [generate(model, tokenizer, formatted, settings, is_encoder_decoder=is_encoder_decoder,
+                     seed=sample_seed(seed, j), batch_size=config.batch_size)
+            for j in range(config.samples_per_prompt)]  # fmt: skip
+
+
+def measure(
+    prompts: Sequence[str],
+    passes: list[Generations],
+    config: EvalConfig,
+    evaluators: Sequence[ToxicityScorer],
+    *,
+    references: Sequence[str] | None = None,
+    reward: Reward | None = None,
+    reference: NLLFn | None = None,
+) -> tuple[SampleRecord, ...]:
+    """Every sample's toxicity, reward, NLL and ROUGE, as prompt-major records."""
+    order = [(p, j) for p in range(len(prompts)) for j in range(len(passes))]  # prompt-major
+    texts = [prompts[p] for p, _ in order]
+    responses = [passes[j].responses[p] for p, j in order]
+    response_ids = [passes[j].response_ids[p] for p, j in order]
+    scored = scored_texts(texts, responses, config.text)
+    toxicity = {e.name: np.asarray(e(scored), dtype=np.float64) for e in evaluators}
+    rewards = None if reward is None else reward(texts, responses).tolist()
+    nll = None
+    if reference is not None and config.perplexity:
+        nll = reference([passes[j].prompt_ids[p] for p, j in order], response_ids)
+    rouge = None if references is None else _rouge(responses, [references[p] for p, _ in order])
+    return tuple(
+        SampleRecord(p, j, texts[i], responses[i], len(response_ids[i]),
+                     toxicity={name: float(v[i]) for name, v in toxicity.items()},
+                     reward=None if rewards is None else float(rewards[i]),
+                     nll=None if nll is None else float(nll[i]),
+                     rouge=None if rouge is None else rouge[i])
+        for i, (p, j) in enumerate(order)
+    )  # fmt: skip
+
+
 def evaluate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -227,73 +273,24 @@ def evaluate(
 ) -> EvalResult:
     """Sample ``config.samples_per_prompt`` responses per prompt with fixed seeds and measure them.
 
-    Step 1: generate k passes over the prompts, pass j seeded by ``sample_seed(seed, j)``.
-    Step 2: toxicity of each response (or prompt + response, ``config.text``) by every evaluator.
-    Step 3: optional reward, perplexity under ``reference`` (if ``config.perplexity``) and ROUGE
-    against ``references``.
-    Step 4: every figure with its interval (``compute_metrics``).
+    Step 1: k seeded passes over the prompts (``sample_passes``).
+    Step 2: toxicity of each response (or prompt + response, ``config.text``) by every evaluator;
+    the optional reward, perplexity under ``reference`` (if ``config.perplexity``) and ROUGE against
+    ``references`` (``measure``).
+    Step 3: every figure with its interval (``compute_metrics``).
     """
     if not prompts:
         raise ValueError("evaluate() needs at least one prompt.")
     if references is not None and len(references) != len(prompts):
         raise ValueError(f"Got {len(references)} references for {len(prompts)} prompts.")
-    k = config.samples_per_prompt
-    settings = SamplingSettings(
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        top_k=config.top_k,
-        top_p=config.top_p,
+    passes = sample_passes(model, tokenizer, prompts, config, is_encoder_decoder=is_encoder_decoder,
+                           seed=seed, chat_template=chat_template)  # fmt: skip
+    records = measure(
+        prompts, passes, config, evaluators, references=references, reward=reward, reference=reference
     )
-    formatted = format_prompts(tokenizer, list(prompts), chat_template)
-    passes = [
-        generate(
-            model,
-            tokenizer,
-            formatted,
-            settings,
-            is_encoder_decoder=is_encoder_decoder,
-            seed=sample_seed(seed, j),
-            batch_size=config.batch_size,
-        )
-        for j in range(k)
-    ]
-    order = [(p, j) for p in range(len(prompts)) for j in range(k)]  # prompt-major
-    texts = [prompts[p] for p, _ in order]
-    responses = [passes[j].responses[p] for p, j in order]
-    scored = scored_texts(texts, responses, config.text)
-    toxicity = {e.name: np.asarray(e(scored), dtype=np.float64) for e in evaluators}
-    rewards = reward(texts, responses).tolist() if reward is not None else None
-    nll = None
-    if reference is not None and config.perplexity:
-        nll = reference(
-            [passes[j].prompt_ids[p] for p, j in order], [passes[j].response_ids[p] for p, j in order]
-        )
-    rouge = _rouge(responses, [references[p] for p, _ in order]) if references is not None else None
-    records = tuple(
-        SampleRecord(
-            p,
-            j,
-            texts[i],
-            responses[i],
-            len(passes[j].response_ids[p]),
-            {name: float(v[i]) for name, v in toxicity.items()},
-            None if rewards is None else float(rewards[i]),
-            None if nll is None else float(nll[i]),
-            None if rouge is None else rouge[i],
-        )
-        for i, (p, j) in enumerate(order)
-    )
-    result = EvalResult(
-        label,
-        tuple(prompts),
-        None if references is None else tuple(references),
-        k,
-        tuple(toxicity),
-        records,
-        {},
-        dataclasses.asdict(config),
-        seed,
-    )
+    refs, names = None if references is None else tuple(references), tuple(e.name for e in evaluators)
+    result = EvalResult(label, tuple(prompts), refs, config.samples_per_prompt, names, records, {},
+                        dataclasses.asdict(config), seed)  # fmt: skip
     return dataclasses.replace(result, metrics=compute_metrics(result, config))
 
 
@@ -364,29 +361,9 @@ def compare(before: EvalResult, after: EvalResult, config: EvalConfig | None = N
         delta = _estimate(stats.difference(b.statistic, a.statistic), b.interval, before, config)
         relative = _estimate(stats.relative_difference(b.statistic, a.statistic), b.interval, before, config)
         change, assessment = classify(delta, b.interval, b.better)
-        deltas.append(
-            Delta(
-                b.name,
-                b.better,
-                b.description,
-                b.interval,
-                before.metrics[b.name].value,
-                after.metrics[b.name].value,
-                delta,
-                relative if np.isfinite(relative.value) else None,
-                len(before.prompts),
-                change,
-                assessment,
-            )
-        )
-    n, k = len(before.prompts), before.samples_per_prompt
-    return Comparison(
-        before.label,
-        after.label,
-        n,
-        k,
-        config.confidence,
-        config.bootstrap_resamples,
-        before.seed,
-        tuple(deltas),
-    )
+        rel = relative if np.isfinite(relative.value) else None
+        values = before.metrics[b.name].value, after.metrics[b.name].value
+        deltas.append(Delta(b.name, b.better, b.description, b.interval, *values, delta, rel,
+                            len(before.prompts), change, assessment))  # fmt: skip
+    return Comparison(before.label, after.label, len(before.prompts), before.samples_per_prompt,
+                      config.confidence, config.bootstrap_resamples, before.seed, tuple(deltas))  # fmt: skip
