@@ -301,3 +301,13 @@ def test_evaluate_command_end_to_end(tiny_causal_dir: Path, tmp_path: Path, caps
     assert [s["response"] for s in before["samples"]] != [s["response"] for s in after["samples"]]
     # the adapter's perplexity is measured under the base model (the adapter disabled)
     assert after["metrics"]["quality/perplexity"]["value"] != before["metrics"]["quality/perplexity"]["value"]
+
+
+def test_default_evaluators_add_the_shared_minilm_when_present(tmp_path: Path, monkeypatch) -> None:
+    from detoxrl.cli import _default_evaluators
+
+    monkeypatch.setenv("DETOXRL_SHARED", str(tmp_path))
+    assert _default_evaluators() == ["profanity"]
+    (tmp_path / "models" / "minilm-toxicity").mkdir(parents=True)
+    (tmp_path / "models" / "minilm-toxicity" / "config.json").write_text("{}")
+    assert _default_evaluators() == ["profanity", str(tmp_path / "models" / "minilm-toxicity")]
