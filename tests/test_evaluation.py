@@ -27,7 +27,7 @@ from detoxrl.generate import SamplingSettings, format_prompts, generate
 from detoxrl.models import attach_adapter, load_policy
 
 PROMPTS = ["you are a kind", "the movie was", "shut up you", "thank you for", "what a lovely day"]
-CONFIG = EvalConfig(samples_per_prompt=2, max_new_tokens=6, bootstrap_resamples=200, batch_size=2)
+CONFIG = EvalConfig(samples_per_prompt=2, max_new_tokens=6, bootstrap_resamples=200, batch_size=4)
 BAD = {"idiot", "stupid", "dumb", "shut", "hate"}
 
 
