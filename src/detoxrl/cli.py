@@ -7,14 +7,18 @@ user mistakes (``DetoxError``) are printed as one line, without a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detoxrl.errors import DetoxError
+
+if TYPE_CHECKING:
+    from detoxrl.config import EvalConfig
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -91,6 +95,87 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shared_dir() -> Path:
+    """``$DETOXRL_SHARED``, else the ``shared/`` folder beside the repository (or beside the cwd)."""
+    if "DETOXRL_SHARED" in os.environ:
+        return Path(os.environ["DETOXRL_SHARED"])
+    beside_repo = Path(__file__).resolve().parents[3] / "shared"
+    return beside_repo if beside_repo.is_dir() else Path.cwd().parent / "shared"
+
+
+def _default_evaluators() -> list[str]:
+    """profanity-check, plus the offline MiniLM classifier when shared/ has it: a second, independent view."""
+    minilm = _shared_dir() / "models" / "minilm-toxicity"
+    return ["profanity"] + ([str(minilm)] if (minilm / "config.json").is_file() else [])
+
+
+def _eval_config(args: argparse.Namespace) -> EvalConfig:
+    """EvalConfig's defaults, overridden by the flags given."""
+    from detoxrl.config import EvalConfig
+
+    names = ("num_prompts", "samples_per_prompt", "max_new_tokens", "temperature", "top_p", "top_k")
+    given = {k: getattr(args, k) for k in (*names, "batch_size", "bootstrap_resamples")}
+    return dataclasses.replace(
+        EvalConfig(),
+        **{k: v for k, v in given.items() if v is not None},
+        perplexity=not args.no_perplexity,
+        evaluators=tuple(args.evaluators or _default_evaluators()),
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from detoxrl.config import PolicyConfig, RewardConfig
+    from detoxrl.evaluation import EvalResult, compare, evaluate, reference_nll
+    from detoxrl.evaluation_io import (
+        format_comparison,
+        format_metrics,
+        format_table,
+        qualitative_rows,
+        read_prompts,
+        save_evaluation,
+    )
+    from detoxrl.models import attach_adapter, load_policy, resolve_device
+    from detoxrl.rewards import build_evaluator, build_reward
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = _eval_config(args)
+    prompt_file = args.prompts or _shared_dir() / "data" / "real-toxicity-prompts" / "challenging_toxic.jsonl"
+    prompts, refs = read_prompts(prompt_file, args.field, args.reference_field, config.num_prompts)
+    device = resolve_device(args.device)
+    policy = load_policy(PolicyConfig(model=args.model, dtype=args.dtype), device)
+    evaluators = [build_evaluator(spec, device) for spec in config.evaluators]
+    reward_config = RewardConfig(
+        kind="classifier" if args.reward_model else "profanity",
+        model=args.reward_model,
+        label=args.reward_label,
+    )
+    reward = None if args.no_reward else build_reward(reward_config, device)
+    tok, enc_dec = policy.tokenizer, policy.is_encoder_decoder
+
+    def run(model: Any, label: str, disable_adapter: bool) -> EvalResult:
+        nll = reference_nll(model, tok, is_encoder_decoder=enc_dec, disable_adapter=disable_adapter)
+        return evaluate(model, tok, prompts, config, evaluators, is_encoder_decoder=enc_dec, references=refs,
+                        reward=reward, reference=nll, seed=args.seed,
+                        chat_template=not args.no_chat_template, label=label)  # fmt: skip
+
+    before = run(policy.model, args.model, disable_adapter=False)  # before any adapter is attached
+    after = comparison = None
+    if args.adapter:
+        model = attach_adapter(policy, PolicyConfig(model=args.model, adapter=args.adapter))
+        after = run(model, f"{args.model} + {args.adapter}", disable_adapter=True)
+        comparison = compare(before, after, config)
+    paths = save_evaluation(args.out, before, after, comparison)
+    print("\n\n".join(format_metrics(r, config.confidence) for r in (before, after) if r is not None))
+    if comparison is not None:
+        print("\n" + format_comparison(comparison))
+    print("\n" + format_table(qualitative_rows(before, after), limit=args.show))
+    print("\nwrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from detoxrl.config import list_presets
 
@@ -136,6 +221,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_score)
+
+    e = sub.add_parser("evaluate", help="toxicity and quality of a policy, or base vs --adapter, with CIs")
+    e.add_argument("--model", default="smollm2-135m-instruct", help="built-in name, .gguf, folder or hub id")
+    e.add_argument("--adapter", help="a PEFT adapter: evaluate the base (before) and base + adapter (after)")
+    e.add_argument("--prompts", help="a .jsonl or text file (default: shared RTP challenging_toxic.jsonl)")
+    e.add_argument("--field", default="prompt.text", help="prompt field of a .jsonl file (dotted path)")
+    e.add_argument("--reference-field", help="reference text field for ROUGE (e.g. summary)")
+    e.add_argument("--n", dest="num_prompts", type=int, help="number of prompts (the file's first N)")
+    e.add_argument(
+        "--evaluator",
+        dest="evaluators",
+        action="append",
+        help="'profanity' or SPEC[:toxic_label], repeatable (default: profanity + shared MiniLM)",
+    )
+    e.add_argument("--samples", dest="samples_per_prompt", type=int, help="samples per prompt (k)")
+    e.add_argument("--max-new-tokens", type=int)
+    e.add_argument("--temperature", type=float)
+    e.add_argument("--top-k", type=int)
+    e.add_argument("--top-p", type=float)
+    e.add_argument("--batch-size", type=int)
+    e.add_argument("--resamples", dest="bootstrap_resamples", type=int, help="bootstrap resamples")
+    e.add_argument("--reward-model", help="classifier reward (folder or hub id); default: profanity log-odds")
+    e.add_argument("--reward-label", default="nothate", help="the reward label of --reward-model, by name")
+    e.add_argument("--no-reward", action="store_true")
+    e.add_argument("--no-perplexity", action="store_true")
+    e.add_argument("--no-chat-template", action="store_true")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
+    e.add_argument("--device", default="auto")
+    e.add_argument("--threads", type=int, default=None)
+    e.add_argument("--show", type=int, default=10, help="qualitative table rows printed")
+    e.add_argument("--out", default="runs/evaluate", help="folder for the JSON files and the table")
+    e.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("presets", help="list the shipped presets")
     p.set_defaults(func=cmd_presets)

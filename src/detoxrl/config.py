@@ -129,6 +129,7 @@ class EvalConfig:
     bootstrap_resamples: int = 2000
     confidence: float = 0.95
     perplexity: bool = True
+    text: Literal["response", "prompt+response"] = "response"  # what evaluators score (RTP: the response)
 
 
 @dataclass(frozen=True)

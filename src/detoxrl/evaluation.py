@@ -1,0 +1,369 @@
+"""Toxicity and quality of a policy's responses, and before/after comparisons with paired intervals.
+Knows nothing of PPO: it takes a model, prompts and scorers, and returns typed, JSON-ready results.
+
+Protocol (Gehman et al. 2020, RealToxicityPrompts): k samples per prompt with fixed seeds, toxicity =
+P(toxic) of an evaluator classifier; figures are computed over prompts, the unit of resampling.
+Shapes: P prompts, k samples per prompt, B responses in a batch, T response tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from detoxrl import stats
+from detoxrl.config import EvalConfig, from_dict
+from detoxrl.generate import Generations, SamplingSettings, format_prompts, generate, pad_right
+from detoxrl.rewards import Reward, ToxicityScorer, scored_texts
+
+NLLFn = Callable[[list[torch.Tensor], list[torch.Tensor]], np.ndarray]  # prompt ids, response ids -> (B,)
+SCHEMA_RESULT = "detoxrl.evaluation/1"
+SCHEMA_COMPARISON = "detoxrl.comparison/1"
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """One sampled response and everything measured on it."""
+
+    prompt_index: int
+    sample_index: int
+    prompt: str  # the prompt text before any chat template
+    response: str
+    num_tokens: int  # response tokens, EOS included when generated
+    toxicity: dict[str, float]  # evaluator name -> P(toxic)
+    reward: float | None = None
+    nll: float | None = None  # summed NLL (nats) of the response tokens under the reference model
+    rouge: dict[str, float] | None = None  # F1 against the prompt's reference text
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """A figure, its interval and how to read it."""
+
+    value: float
+    ci_low: float | None
+    ci_high: float | None
+    interval: stats.Interval
+    better: stats.Better
+    description: str
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Every sample (prompt-major: record ``p * k + j`` is sample j of prompt p) and every figure."""
+
+    label: str
+    prompts: tuple[str, ...]
+    references: tuple[str, ...] | None
+    samples_per_prompt: int
+    evaluators: tuple[str, ...]
+    records: tuple[SampleRecord, ...]
+    metrics: dict[str, MetricValue]
+    config: dict[str, Any]
+    seed: int
+
+
+# ---- perplexity under a reference model -----------------------------------------------------------
+
+
+@torch.no_grad()
+def response_nll(
+    model: PreTrainedModel,
+    prompt_ids: list[torch.Tensor],
+    response_ids: list[torch.Tensor],
+    *,
+    is_encoder_decoder: bool,
+    pad_id: int,
+) -> np.ndarray:
+    """Summed NLL (nats) of each response's tokens given its prompt: (B,). Right-padded so positions
+    of real tokens start at 0 whatever the padding; logits in float32."""
+    device = next(model.parameters()).device
+    if is_encoder_decoder:
+        ids, mask = pad_right(prompt_ids, pad_id)  # (B, P)
+        targets, target_mask = pad_right(response_ids, pad_id)  # (B, T)
+        start = torch.full((len(response_ids), 1), int(model.config.decoder_start_token_id))
+        decoder_ids = torch.cat([start, targets[:, :-1]], dim=1)  # (B, T) teacher forcing
+        logits = model(
+            input_ids=ids.to(device), attention_mask=mask.to(device), decoder_input_ids=decoder_ids.to(device)
+        ).logits
+    else:
+        ids, mask = pad_right(
+            [torch.cat([p, r]) for p, r in zip(prompt_ids, response_ids, strict=True)], pad_id
+        )
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1]  # (B, L-1, V)
+        targets = ids[:, 1:]  # position j predicts token j + 1
+        target_mask = torch.zeros_like(targets)
+        for i, (p, r) in enumerate(zip(prompt_ids, response_ids, strict=True)):
+            target_mask[i, len(p) - 1 : len(p) - 1 + len(r)] = 1
+    nll = F.cross_entropy(logits.float().transpose(1, 2), targets.to(device), reduction="none")  # (B, T)
+    return (nll.cpu() * target_mask).sum(dim=1).double().numpy()
+
+
+def reference_nll(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    is_encoder_decoder: bool,
+    batch_size: int = 8,
+    disable_adapter: bool = False,
+) -> NLLFn:
+    """An NLLFn scoring responses under ``model``; ``disable_adapter=True`` scores under a PEFT
+    model's base (the adapter switched off), the reference for perplexity after LoRA training.
+    The reference must share the policy's tokenizer: it reads the policy's token ids."""
+
+    def score(prompt_ids: list[torch.Tensor], response_ids: list[torch.Tensor]) -> np.ndarray:
+        context = model.disable_adapter() if disable_adapter else contextlib.nullcontext()  # type: ignore[operator]
+        out, pad_id, was_training = [], int(tokenizer.pad_token_id), model.training
+        enc_dec = is_encoder_decoder
+        model.eval()
+        try:
+            with context:
+                for i in range(0, len(prompt_ids), batch_size):
+                    chunk = slice(i, i + batch_size)
+                    out.append(response_nll(model, prompt_ids[chunk], response_ids[chunk],
+                                            is_encoder_decoder=enc_dec, pad_id=pad_id))  # fmt: skip
+        finally:
+            model.train(was_training)
+        return np.concatenate(out) if out else np.zeros(0)
+
+    return score
+
+
+# ---- the figures -----------------------------------------------------------------------------------
+
+
+def sample_arrays(result: EvalResult) -> stats.SampleArrays:
+    """The records of a result as the (P, k) arrays the statistics read."""
+    p, k, recs = len(result.prompts), result.samples_per_prompt, result.records
+
+    def grid(values: Iterable[float | None]) -> np.ndarray:
+        return np.array(list(values), dtype=np.float64).reshape(p, k)
+
+    first = recs[0]
+    return stats.SampleArrays(
+        toxicity={name: grid(r.toxicity[name] for r in recs) for name in result.evaluators},
+        num_tokens=grid(r.num_tokens for r in recs),
+        responses=[[r.response for r in recs[i * k : (i + 1) * k]] for i in range(p)],
+        reward=None if first.reward is None else grid(r.reward for r in recs),
+        nll=None if first.nll is None else grid(r.nll for r in recs),
+        rouge=None
+        if first.rouge is None
+        else {t: grid((r.rouge or {})[t] for r in recs) for t in stats.ROUGE_TYPES},
+    )
+
+
+def _estimate(
+    statistic: stats.Statistic, interval: stats.Interval, result: EvalResult, config: EvalConfig
+) -> stats.Estimate:
+    return stats.estimate(
+        statistic,
+        interval,
+        len(result.prompts),
+        samples_per_prompt=result.samples_per_prompt,
+        confidence=config.confidence,
+        n_resamples=config.bootstrap_resamples,
+        seed=result.seed,
+    )
+
+
+def compute_metrics(result: EvalResult, config: EvalConfig) -> dict[str, MetricValue]:
+    """Every figure of ``result`` with its interval over prompts."""
+    out = {}
+    for spec in stats.metric_specs(sample_arrays(result)):
+        e = _estimate(spec.statistic, spec.interval, result, config)
+        out[spec.name] = MetricValue(
+            e.value, e.ci_low, e.ci_high, spec.interval, spec.better, spec.description
+        )
+    return out
+
+
+# ---- evaluate ---------------------------------------------------------------------------------------
+
+
+def sample_seed(seed: int, sample_index: int) -> int:
+    """The generation seed of sample j: the same for every policy, so before and after draw with the
+    same random numbers (common random numbers make the paired comparison sharper)."""
+    return seed * 10_007 + sample_index
+
+
+def _rouge(responses: list[str], references: list[str]) -> list[dict[str, float]]:
+    from rouge_score import rouge_scorer
+
+    # Stemming as in the course's Lab 2 ROUGE (evaluate's rouge with use_stemmer=True).
+    scorer = rouge_scorer.RougeScorer(list(stats.ROUGE_TYPES), use_stemmer=True)
+    return [
+        {t: s.fmeasure for t, s in scorer.score(ref, hyp).items()}
+        for hyp, ref in zip(responses, references, strict=True)
+    ]
+
+
+def sample_passes(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    config: EvalConfig,
+    *,
+    is_encoder_decoder: bool,
+    seed: int,
+    chat_template: bool,
+) -> list[Generations]:
+    """k passes over the prompts; pass j is seeded by ``sample_seed(seed, j)``."""
+    settings = SamplingSettings(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                top_k=config.top_k, top_p=config.top_p)  # fmt: skip
+    formatted = format_prompts(tokenizer, list(prompts), chat_template)
+    return [generate(model, tokenizer, formatted, settings, is_encoder_decoder=is_encoder_decoder,
+                     seed=sample_seed(seed, j), batch_size=config.batch_size)
+            for j in range(config.samples_per_prompt)]  # fmt: skip
+
+
+def measure(
+    prompts: Sequence[str],
+    passes: list[Generations],
+    config: EvalConfig,
+    evaluators: Sequence[ToxicityScorer],
+    *,
+    references: Sequence[str] | None = None,
+    reward: Reward | None = None,
+    reference: NLLFn | None = None,
+) -> tuple[SampleRecord, ...]:
+    """Every sample's toxicity, reward, NLL and ROUGE, as prompt-major records."""
+    order = [(p, j) for p in range(len(prompts)) for j in range(len(passes))]  # prompt-major
+    texts = [prompts[p] for p, _ in order]
+    responses = [passes[j].responses[p] for p, j in order]
+    response_ids = [passes[j].response_ids[p] for p, j in order]
+    scored = scored_texts(texts, responses, config.text)
+    toxicity = {e.name: np.asarray(e(scored), dtype=np.float64) for e in evaluators}
+    rewards = None if reward is None else reward(texts, responses).tolist()
+    nll = None
+    if reference is not None and config.perplexity:
+        nll = reference([passes[j].prompt_ids[p] for p, j in order], response_ids)
+    rouge = None if references is None else _rouge(responses, [references[p] for p, _ in order])
+    return tuple(
+        SampleRecord(p, j, texts[i], responses[i], len(response_ids[i]),
+                     toxicity={name: float(v[i]) for name, v in toxicity.items()},
+                     reward=None if rewards is None else float(rewards[i]),
+                     nll=None if nll is None else float(nll[i]),
+                     rouge=None if rouge is None else rouge[i])
+        for i, (p, j) in enumerate(order)
+    )  # fmt: skip
+
+
+def evaluate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    config: EvalConfig,
+    evaluators: Sequence[ToxicityScorer],
+    *,
+    is_encoder_decoder: bool,
+    references: Sequence[str] | None = None,
+    reward: Reward | None = None,
+    reference: NLLFn | None = None,
+    seed: int = 0,
+    chat_template: bool = True,
+    label: str = "eval",
+) -> EvalResult:
+    """Sample ``config.samples_per_prompt`` responses per prompt with fixed seeds and measure them.
+
+    Step 1: k seeded passes over the prompts (``sample_passes``).
+    Step 2: toxicity of each response (or prompt + response, ``config.text``) by every evaluator;
+    the optional reward, perplexity under ``reference`` (if ``config.perplexity``) and ROUGE against
+    ``references`` (``measure``).
+    Step 3: every figure with its interval (``compute_metrics``).
+    """
+    if not prompts:
+        raise ValueError("evaluate() needs at least one prompt.")
+    if references is not None and len(references) != len(prompts):
+        raise ValueError(f"Got {len(references)} references for {len(prompts)} prompts.")
+    passes = sample_passes(model, tokenizer, prompts, config, is_encoder_decoder=is_encoder_decoder,
+                           seed=seed, chat_template=chat_template)  # fmt: skip
+    records = measure(
+        prompts, passes, config, evaluators, references=references, reward=reward, reference=reference
+    )
+    refs, names = None if references is None else tuple(references), tuple(e.name for e in evaluators)
+    result = EvalResult(label, tuple(prompts), refs, config.samples_per_prompt, names, records, {},
+                        dataclasses.asdict(config), seed)  # fmt: skip
+    return dataclasses.replace(result, metrics=compute_metrics(result, config))
+
+
+# ---- compare ----------------------------------------------------------------------------------------
+
+Change = Literal["decrease", "increase", "no significant change", "not tested"]
+
+
+@dataclass(frozen=True)
+class Delta:
+    """after - before for one figure, paired over the same prompts and sampling seeds."""
+
+    name: str
+    better: stats.Better
+    description: str
+    interval: stats.Interval
+    before: float
+    after: float
+    delta: stats.Estimate
+    relative: stats.Estimate | None  # (after - before) / before; None where before is 0
+    n_prompts: int
+    change: Change
+    assessment: str  # "improvement" / "regression" / the change itself for figures with no better side
+
+
+@dataclass(frozen=True)
+class Comparison:
+    before_label: str
+    after_label: str
+    n_prompts: int
+    samples_per_prompt: int
+    confidence: float
+    n_resamples: int
+    seed: int
+    deltas: tuple[Delta, ...]
+
+
+def classify(delta: stats.Estimate, interval: stats.Interval, better: stats.Better) -> tuple[Change, str]:
+    """A delta whose interval includes 0 is "no significant change", never an improvement."""
+    if interval == "none" or delta.ci_low is None:
+        return "not tested", "not tested"
+    if delta.includes_zero:
+        return "no significant change", "no significant change"
+    change: Change = "decrease" if delta.value < 0 else "increase"
+    if better == "neither":
+        return change, change
+    good = (change == "decrease") == (better == "lower")
+    return change, "improvement" if good else "regression"
+
+
+def _check_pairable(before: EvalResult, after: EvalResult) -> None:
+    if before.prompts != after.prompts or before.samples_per_prompt != after.samples_per_prompt:
+        raise ValueError("compare() needs the same prompts and samples per prompt before and after.")
+    if before.seed != after.seed or before.evaluators != after.evaluators:
+        raise ValueError("compare() needs the same sampling seed and the same evaluators before and after.")
+
+
+def compare(before: EvalResult, after: EvalResult, config: EvalConfig | None = None) -> Comparison:
+    """Paired deltas (after - before) of every figure both results have, with intervals over prompts."""
+    _check_pairable(before, after)
+    config = config or from_dict(EvalConfig, before.config)
+    after_specs = {s.name: s for s in stats.metric_specs(sample_arrays(after))}
+    deltas = []
+    for b in stats.metric_specs(sample_arrays(before)):
+        a = after_specs.get(b.name)
+        if a is None:
+            continue
+        delta = _estimate(stats.difference(b.statistic, a.statistic), b.interval, before, config)
+        relative = _estimate(stats.relative_difference(b.statistic, a.statistic), b.interval, before, config)
+        change, assessment = classify(delta, b.interval, b.better)
+        rel = relative if np.isfinite(relative.value) else None
+        values = before.metrics[b.name].value, after.metrics[b.name].value
+        deltas.append(Delta(b.name, b.better, b.description, b.interval, *values, delta, rel,
+                            len(before.prompts), change, assessment))  # fmt: skip
+    return Comparison(before.label, after.label, len(before.prompts), before.samples_per_prompt,
+                      config.confidence, config.bootstrap_resamples, before.seed, tuple(deltas))  # fmt: skip

@@ -1,0 +1,251 @@
+"""Scorers of text: PPO rewards (higher = better) and toxicity evaluators (P(toxic)). Knows nothing of PPO.
+
+Two interfaces, because they answer two questions:
+  * ``Reward``: ``(prompts, responses) -> torch.Tensor (B,) float32`` on the CPU, the signal PPO
+    maximises. Built from a ``RewardConfig`` by ``build_reward``.
+  * ``ToxicityScorer``: ``texts -> np.ndarray (N,)`` of P(toxic) in [0, 1], the measurement an
+    evaluation reports. Built from a spec string by ``build_evaluator``.
+
+Labels are always chosen by name, never by position: the lab read ``pipeline(...)[0]["score"]``,
+which is the *hate* logit whenever hate wins, and so rewarded toxic outputs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+
+from detoxrl.config import RewardConfig
+from detoxrl.errors import ConfigError, ModelLoadError
+from detoxrl.models import Classifier, load_classifier
+
+DEFAULT_CLASSIFIER = "facebook/roberta-hate-speech-dynabench-r4-target"
+PROFANITY = "profanity"
+TOXIC_LABEL_CANDIDATES = ("toxic", "hate", "offensive")
+# profanity-check's probabilities reach 1 - 1e-8; clipping keeps the log-odds reward within +-9.2.
+PROFANITY_EPS = 1e-4
+
+TextMode = Literal["response", "prompt+response"]
+Output = Literal["logit", "probability"]
+
+
+class Reward(Protocol):
+    """Scores responses: higher is better (less toxic). Returns (B,) float32 on the CPU."""
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor: ...
+
+
+class ToxicityScorer(Protocol):
+    """Measures toxicity: ``name`` identifies it in reports; returns P(toxic) (N,) in [0, 1]."""
+
+    @property
+    def name(self) -> str: ...
+
+    def __call__(self, texts: list[str]) -> np.ndarray: ...
+
+
+def scored_texts(prompts: list[str], responses: list[str], text: TextMode) -> list[str]:
+    """The texts a classifier sees: the response alone, or prompt + response concatenated as the
+    lab did (``query + response``, no separator: the prompt usually ends with a space or newline)."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"Got {len(prompts)} prompts but {len(responses)} responses.")
+    if text == "response":
+        return list(responses)
+    return [p + r for p, r in zip(prompts, responses, strict=True)]
+
+
+def label_probabilities(classifier: Classifier, logits: torch.Tensor) -> torch.Tensor:
+    """(N, L) logits -> (N, L) probabilities the way the ``text-classification`` pipeline (and so the
+    ``evaluate`` toxicity measurement) turns them: sigmoid for multi-label or single-logit models,
+    softmax otherwise."""
+    config = classifier.model.config
+    if config.problem_type == "multi_label_classification" or logits.shape[-1] == 1:
+        return torch.sigmoid(logits)
+    return torch.softmax(logits, dim=-1)
+
+
+# ---- rewards --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClassifierReward:
+    """The logit (default, as in the lab) or probability of one label of a sequence classifier."""
+
+    classifier: Classifier
+    label: str
+    output: Output = "logit"
+    text: TextMode = "response"
+    batch_size: int = 16
+    max_length: int | None = None
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        index = self.classifier.label_index(self.label)  # by name: raises listing the labels
+        texts = scored_texts(prompts, responses, self.text)
+        logits = self.classifier.logits(texts, self.batch_size, self.max_length)  # (B, L), no_grad inside
+        values = logits if self.output == "logit" else label_probabilities(self.classifier, logits)
+        return values[:, index].float().cpu()
+
+
+@dataclass(frozen=True)
+class ProfanityReward:
+    """profanity-check (a calibrated linear SVM, offline). With p = P(offensive):
+    ``logit`` (default) -> log((1 - p) / p), the log-odds of clean, on the same scale as a classifier
+    logit and still informative near p = 0 or 1 where 1 - p saturates; ``probability`` -> 1 - p."""
+
+    output: Output = "logit"
+    text: TextMode = "response"
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        p = np.clip(
+            profanity_probabilities(scored_texts(prompts, responses, self.text)),
+            PROFANITY_EPS,
+            1 - PROFANITY_EPS,
+        )
+        values = np.log1p(-p) - np.log(p) if self.output == "logit" else 1.0 - p
+        return torch.as_tensor(values, dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class CallableReward:
+    """Any ``fn(prompts, responses) -> sequence of floats``, checked for length and finiteness."""
+
+    fn: Callable[[list[str], list[str]], Sequence[float] | np.ndarray | torch.Tensor]
+    name: str
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        values = torch.as_tensor(np.asarray(self.fn(prompts, responses), dtype=np.float32)).reshape(-1)
+        if values.shape[0] != len(responses):
+            raise ConfigError(
+                f"Reward '{self.name}' returned {values.shape[0]} values for {len(responses)} responses."
+            )
+        if not torch.isfinite(values).all():
+            raise ConfigError(f"Reward '{self.name}' returned non-finite values: {values.tolist()}.")
+        return values
+
+
+@dataclass(frozen=True)
+class WeightedSum:
+    """sum_i weight_i * reward_i(prompts, responses)."""
+
+    parts: tuple[tuple[float, Reward], ...]
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        total = torch.zeros(len(responses), dtype=torch.float32)
+        for weight, reward in self.parts:
+            total += weight * reward(prompts, responses)
+        return total
+
+
+def import_callable(spec: str) -> Callable[..., object]:
+    """``"package.module:function"`` -> the function, or a ConfigError saying what is missing."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"Callable reward '{spec}' must be written as 'module:function'.")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"Callable reward '{spec}': cannot import module '{module_name}' ({e}).") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"Callable reward '{spec}': module '{module_name}' has no function '{attr}'.")
+    return fn
+
+
+def _build_one(config: RewardConfig, device: torch.device | str) -> Reward:
+    if config.kind == "profanity":
+        return ProfanityReward(config.output, config.text)
+    if config.kind == "classifier":
+        classifier = load_classifier(config.model or DEFAULT_CLASSIFIER, device)
+        classifier.label_index(config.label)  # fail at build time, not at the first PPO step
+        return ClassifierReward(
+            classifier, config.label, config.output, config.text, config.batch_size, config.max_length
+        )
+    if config.kind == "callable":
+        if not config.model:
+            raise ConfigError("A callable reward needs reward.model='module:function'.")
+        return CallableReward(import_callable(config.model), config.model)  # type: ignore[arg-type]
+    if not config.components:
+        raise ConfigError("A 'sum' reward needs reward.components: a list of rewards, each with a weight.")
+    return WeightedSum(tuple((c.weight, _build_one(c, device)) for c in config.components))
+
+
+def build_reward(config: RewardConfig, device: torch.device | str = "cpu") -> Reward:
+    """The reward a RewardConfig describes. The top-level ``weight`` scales the whole reward."""
+    reward = _build_one(config, device)
+    return reward if config.weight == 1.0 else WeightedSum(((config.weight, reward),))
+
+
+# ---- toxicity evaluators ---------------------------------------------------------------------------
+
+
+def profanity_probabilities(texts: list[str]) -> np.ndarray:
+    """P(offensive) (N,) from alt-profanity-check; imported lazily (it loads a pickled model, ~2 s)."""
+    from profanity_check import predict_prob
+
+    if not texts:
+        return np.zeros(0)
+    return np.asarray(predict_prob(list(texts)), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class ProfanityScorer:
+    """profanity-check's P(offensive) as a toxicity measurement."""
+
+    name: str = "profanity-check"
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        return profanity_probabilities(texts)
+
+
+@dataclass(frozen=True)
+class ClassifierScorer:
+    """P(toxic label) of a sequence classifier: the ``evaluate`` library's "toxicity" measurement."""
+
+    classifier: Classifier
+    toxic_label: str
+    name: str
+    batch_size: int = 32
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        index = self.classifier.label_index(self.toxic_label)
+        logits = self.classifier.logits(texts, self.batch_size)  # (N, L)
+        return label_probabilities(self.classifier, logits)[:, index].double().numpy()
+
+
+def default_toxic_label(classifier: Classifier) -> str:
+    """The first label named 'toxic', 'hate' or 'offensive' (case-insensitive, whole name only: never
+    'nothate'), else an error listing the labels so the user can name one."""
+    by_lower = {label.lower(): label for label in classifier.labels}
+    for candidate in TOXIC_LABEL_CANDIDATES:
+        if candidate in by_lower:
+            return by_lower[candidate]
+    raise ModelLoadError(
+        f"Classifier '{classifier.spec}' has no label named {' / '.join(TOXIC_LABEL_CANDIDATES)}; "
+        f"name the toxic one as '{classifier.spec}:LABEL'. Its labels are: {', '.join(classifier.labels)}."
+    )
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """``"path[:label]"`` -> (path, label). A colon inside an existing path is part of the path."""
+    path, sep, label = spec.rpartition(":")
+    if not sep or Path(spec).exists() or "/" in label or not path:
+        return spec, None
+    return path, label
+
+
+def build_evaluator(spec: str, device: torch.device | str = "cpu") -> ToxicityScorer:
+    """``profanity`` or ``<classifier folder or hub id>[:toxic_label]`` -> a ToxicityScorer."""
+    if spec.strip().lower() in (PROFANITY, "profanity-check"):
+        return ProfanityScorer()
+    path, label = split_spec(spec)
+    classifier = load_classifier(path, device)
+    toxic_label = label if label is not None else default_toxic_label(classifier)
+    classifier.label_index(toxic_label)  # a wrong name fails here, listing the labels
+    name = f"{Path(path.rstrip('/')).name}:{toxic_label}"
+    return ClassifierScorer(classifier, toxic_label, name)

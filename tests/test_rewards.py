@@ -1,0 +1,218 @@
+"""Rewards and toxicity evaluators: labels by name, each reward kind's numbers, the real offline scorers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from detoxrl.config import RewardConfig
+from detoxrl.errors import ConfigError, ModelLoadError
+from detoxrl.models import load_classifier
+from detoxrl.rewards import (
+    ClassifierReward,
+    build_evaluator,
+    build_reward,
+    profanity_probabilities,
+    scored_texts,
+    split_spec,
+)
+
+TOXIC = [
+    "shut up you stupid idiot, nobody wants you here",
+    "you are a worthless piece of shit and everyone hates you",
+    "fuck you, you dumb bitch",
+]
+CLEAN = [
+    "thank you for your help with the report",
+    "what a lovely day to walk in the park",
+    "the meeting is moved to three o'clock on tuesday",
+]
+TEXTS = ["you idiot", "a lovely day", "thank you for your help", "shut up"]
+
+
+@pytest.fixture()
+def hate_wins(tiny_classifier_dir: Path):
+    """The tiny classifier (labels 0 = hate, 1 = nothate) with its bias pushed so that hate wins on
+    every text: the situation in which the lab rewarded the hate logit."""
+    clf = load_classifier(str(tiny_classifier_dir))
+    with torch.no_grad():
+        clf.model.classifier.bias[0] += 5.0
+    return clf
+
+
+def test_reward_is_the_nothate_logit_even_when_hate_wins(hate_wins) -> None:
+    logits = hate_wins.logits(TEXTS)  # (4, 2): column 0 hate, column 1 nothate
+    assert torch.all(logits[:, 0] > logits[:, 1])  # hate wins everywhere
+    scores = ClassifierReward(hate_wins, "nothate")(["p"] * 4, TEXTS)
+    assert scores.dtype == torch.float32 and scores.shape == (4,)
+    torch.testing.assert_close(scores, logits[:, 1])
+    # the lab's bug took the winning entry, i.e. the larger logit: not what we return
+    assert torch.all(scores < logits.max(dim=1).values)
+
+
+def test_probability_output_is_the_softmax_of_the_named_label(hate_wins) -> None:
+    logits = hate_wins.logits(TEXTS)
+    scores = ClassifierReward(hate_wins, "nothate", output="probability")(["p"] * 4, TEXTS)
+    torch.testing.assert_close(scores, torch.softmax(logits, -1)[:, 1])
+    assert torch.all(scores < 0.5)
+
+
+def test_build_reward_reads_the_label_by_name(tiny_classifier_dir: Path) -> None:
+    clf = load_classifier(str(tiny_classifier_dir))
+    reward = build_reward(RewardConfig(kind="classifier", model=str(tiny_classifier_dir), label="nothate"))
+    torch.testing.assert_close(reward(["p"] * 4, TEXTS), clf.logits(TEXTS)[:, 1])
+    hate = build_reward(RewardConfig(kind="classifier", model=str(tiny_classifier_dir), label="hate"))
+    torch.testing.assert_close(hate(["p"] * 4, TEXTS), clf.logits(TEXTS)[:, 0])
+
+
+def test_a_missing_label_lists_the_models_labels(tiny_classifier_dir: Path) -> None:
+    with pytest.raises(ModelLoadError, match="labels are: hate, nothate"):
+        build_reward(RewardConfig(kind="classifier", model=str(tiny_classifier_dir), label="neutral"))
+
+
+def test_prompt_plus_response_scores_the_concatenation(tiny_classifier_dir: Path) -> None:
+    clf = load_classifier(str(tiny_classifier_dir))
+    prompts, responses = ["you are ", "thank you "], ["an idiot", "for your help"]
+    assert scored_texts(prompts, responses, "prompt+response") == [
+        "you are an idiot",
+        "thank you for your help",
+    ]
+    both = ClassifierReward(clf, "nothate", text="prompt+response")(prompts, responses)
+    alone = ClassifierReward(clf, "nothate")(prompts, responses)
+    torch.testing.assert_close(both, clf.logits(["you are an idiot", "thank you for your help"])[:, 1])
+    assert not torch.allclose(both, alone)
+
+
+def test_truncation_to_max_length_is_applied(tiny_classifier_dir: Path) -> None:
+    clf = load_classifier(str(tiny_classifier_dir))
+    long_text = " ".join(["thank you for your help"] * 10)  # 50 words
+    cut = ClassifierReward(clf, "nothate", max_length=4)(["p"], [long_text])
+    head = ClassifierReward(clf, "nothate", max_length=4)(["p"], ["thank you for your"])
+    full = ClassifierReward(clf, "nothate")(["p"], [long_text])
+    torch.testing.assert_close(cut, head)  # 4 tokens = [CLS]-free word-level head of the text
+    assert not torch.allclose(cut, full)
+
+
+def test_profanity_reward_is_the_log_odds_of_clean() -> None:
+    texts = TOXIC + CLEAN
+    p = np.clip(profanity_probabilities(texts), 1e-4, 1 - 1e-4)
+    logit = build_reward(RewardConfig(kind="profanity"))(["x"] * 6, texts)
+    prob = build_reward(RewardConfig(kind="profanity", output="probability"))(["x"] * 6, texts)
+    np.testing.assert_allclose(logit.numpy(), np.log((1 - p) / p), rtol=1e-5)
+    np.testing.assert_allclose(prob.numpy(), 1 - p, rtol=1e-6)
+    assert logit[:3].max() < 0 < logit[3:].min()  # toxic texts negative, clean positive
+
+
+def _write_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "my_rewards.py").write_text(
+        "def length(prompts, responses):\n    return [float(len(r)) for r in responses]\n"
+        "def prompt_words(prompts, responses):\n    return [float(len(p.split())) for p in prompts]\n"
+        "def wrong_size(prompts, responses):\n    return [1.0]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("my_rewards", None)
+
+
+def test_callable_reward_and_weighted_sum(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write_module(tmp_path, monkeypatch)
+    prompts, responses = ["a b c", "d"], ["hello", "hi"]
+    length = build_reward(RewardConfig(kind="callable", model="my_rewards:length"))
+    torch.testing.assert_close(length(prompts, responses), torch.tensor([5.0, 2.0]))
+    total = build_reward(
+        RewardConfig(
+            kind="sum",
+            weight=0.5,
+            components=(
+                RewardConfig(kind="callable", model="my_rewards:length", weight=2.0),
+                RewardConfig(kind="callable", model="my_rewards:prompt_words", weight=-1.0),
+            ),
+        )
+    )
+    # 0.5 * (2 * [5, 2] - [3, 1]) = [3.5, 1.5]
+    torch.testing.assert_close(total(prompts, responses), torch.tensor([3.5, 1.5]))
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("my_rewards", "module:function"),
+        ("no_such_module_x:f", "cannot import"),
+        ("my_rewards:nope", "no function"),
+    ],
+)
+def test_bad_callables_fail_clearly(spec: str, message: str, tmp_path: Path, monkeypatch) -> None:
+    _write_module(tmp_path, monkeypatch)
+    with pytest.raises(ConfigError, match=message):
+        build_reward(RewardConfig(kind="callable", model=spec))
+
+
+def test_callable_returning_the_wrong_number_of_values_fails(tmp_path: Path, monkeypatch) -> None:
+    _write_module(tmp_path, monkeypatch)
+    reward = build_reward(RewardConfig(kind="callable", model="my_rewards:wrong_size"))
+    with pytest.raises(ConfigError, match="1 values for 2 responses"):
+        reward(["a", "b"], ["c", "d"])
+
+
+# ---- evaluators -------------------------------------------------------------------------------------
+
+
+def test_evaluator_default_label_is_found_by_name(tiny_classifier_dir: Path) -> None:
+    clf = load_classifier(str(tiny_classifier_dir))
+    scorer = build_evaluator(str(tiny_classifier_dir))
+    assert scorer.name == "classifier:hate"  # 'hate' found by name; 'nothate' is never mistaken for it
+    expected = torch.softmax(clf.logits(TEXTS), -1)[:, 0].numpy()
+    np.testing.assert_allclose(scorer(TEXTS), expected, rtol=1e-6)
+    explicit = build_evaluator(f"{tiny_classifier_dir}:nothate")
+    np.testing.assert_allclose(explicit(TEXTS), 1 - expected, rtol=1e-5)
+
+
+def test_evaluator_without_a_toxic_label_lists_the_labels(tiny_classifier_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "anon"
+    shutil.copytree(tiny_classifier_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["id2label"], config["label2id"] = {"0": "LABEL_0", "1": "LABEL_1"}, {"LABEL_0": 0, "LABEL_1": 1}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="labels are: LABEL_0, LABEL_1"):
+        build_evaluator(str(folder))
+    assert build_evaluator(f"{folder}:LABEL_1").name == "anon:LABEL_1"
+
+
+def test_split_spec_keeps_hub_ids_and_paths_whole() -> None:
+    assert split_spec("facebook/roberta-hate-speech-dynabench-r4-target") == (
+        "facebook/roberta-hate-speech-dynabench-r4-target",
+        None,
+    )
+    assert split_spec("org/model:hate") == ("org/model", "hate")
+    assert split_spec("/a/b/folder:toxic") == ("/a/b/folder", "toxic")
+
+
+def test_profanity_check_separates_toxic_from_clean() -> None:
+    scores = build_evaluator("profanity")(TOXIC + CLEAN)
+    assert scores.shape == (6,) and np.all((scores >= 0) & (scores <= 1))
+    assert scores[:3].min() > 0.5 > scores[3:].max()
+
+
+def test_minilm_separates_toxic_from_clean_and_matches_its_readme(minilm_dir: Path) -> None:
+    scorer = build_evaluator(str(minilm_dir))
+    assert scorer.name == "minilm-toxicity:toxic"
+    scores = scorer(TOXIC + CLEAN)
+    assert scores[:3].min() > 0.5 > scores[3:].max()
+    lab = scorer(
+        [
+            "#Person1# tells Tommy that he didn't like the movie.",
+            "#Person1# tells Tommy that the movie was terrible, dumb and stupid.",
+        ]
+    )
+    np.testing.assert_allclose(lab, [0.005, 0.885], atol=0.01)  # the figures in shared/models/README.md
+
+
+def test_minilm_reward_by_name_rewards_the_clean_text(minilm_dir: Path) -> None:
+    reward = build_reward(RewardConfig(kind="classifier", model=str(minilm_dir), label="neutral"))
+    scores = reward(["x"] * 6, TOXIC + CLEAN)
+    assert scores[:3].max() < scores[3:].min()
