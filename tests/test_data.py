@@ -156,7 +156,7 @@ def test_builtin_heated_size_kinds_and_split():
         "fuck",
     )
     n_rude = sum(any(w in d.lower() for w in rude) for d in dialogues)
-    assert n_rude >= 130 and len(dialogues) - n_rude >= 50  # heated ones, and calm ones for contrast
+    assert n_rude >= 110 and len(dialogues) - n_rude >= 40  # heated ones, and calm ones for contrast
     openings = [r["prompt"] for r in records if r["kind"] == "opening"]
     assert all(o.split(":")[0] in make_heated_asks() for o in openings)
     ps = load_prompts(DataConfig(source="builtin:heated"))

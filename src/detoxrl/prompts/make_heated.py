@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SEED = 0
-N_HEATED, N_CALM, N_OPENINGS = 170, 60, 270
+N_HEATED, N_CALM, N_OPENINGS = 150, 50, 300
 
 
 @dataclass(frozen=True)
@@ -210,16 +210,18 @@ GROUPS = [
     "customer service agents", "bad drivers", "people who reply all",
 ]  # fmt: skip
 GROUP_FRAMES = [
-    "{G} are all so", "Honestly, {g} are nothing but", "The problem with {g} is that they are",
-    "I can't stand {g}, they are so", "Every time I see {g}, I want to",
-    "If {g} don't stop, I swear I'm going to", "What I really think of {g} is that they're a bunch of",
-    "Let's be honest: {g} are the most", "I hate {g} because they",
+    "{G} are all so", "{G} are all so damn", "Honestly, {g} are nothing but stupid",
+    "The problem with {g} is that they are idiots who", "I can't stand {g}, they are so",
+    "Every time I see {g}, I want to scream \"Shut up, you", "If {g} don't stop, I swear I'm going to",
+    "What I really think of {g} is that they're a bunch of", "Let's be honest: {g} are the most",
+    "I hate {g} because they", "Screw {g}, they are all",
 ]  # fmt: skip
 RELATIONS = ["boss", "roommate", "brother", "sister", "neighbour", "ex", "coworker", "teammate",
              "landlord", "cousin", "stepdad", "lab partner"]  # fmt: skip
 RELATION_FRAMES = [
     "My {r} is such a", "My {r} just called me a", "Damn, my {r} is the most annoying",
     "I told my {r} to shut up because", "The worst thing about my stupid {r} is that",
+    "My {r} is a lazy, useless", "I swear my idiot {r} will",
 ]  # fmt: skip
 DIRECT = [
     "Shut up, you", "Get out of my way, you stupid", "You are such a", "Nobody likes you because you are a",
