@@ -101,7 +101,11 @@ class PPOConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Prompt source: a HF dataset id, a local .jsonl/.csv/.parquet file, or a built-in set."""
+    """Prompt source: a HF dataset id, a local .jsonl/.json/.csv/.parquet/.txt file, or ``builtin:NAME``.
+
+    Filters apply to the raw text (``min_chars <= len(text) <= max_chars``), then ``template``
+    (``{text}`` replaced by the text) is applied; see data.py for the order of the steps.
+    """
 
     source: str = "builtin:heated"
     split: str = "train"
@@ -110,8 +114,13 @@ class DataConfig:
     template: str = "{text}"
     min_chars: int = 0
     max_chars: int | None = None
-    shuffle_seed: int | None = 0
+    shuffle_seed: int | None = 0  # None: keep the source's order (the lab's unshuffled split)
     eval_fraction: float = 0.2  # held-out share, split without overlap from the training prompts
+    eval_source: str | None = None  # a separate held-out source; then eval_fraction is not used
+    eval_split: str | None = None  # split of eval_source for a hub dataset (None: same as split)
+    score_field: str | None = None  # a numeric field to filter on, e.g. "prompt.toxicity" (RTP)
+    min_score: float | None = None  # keep rows whose score_field >= min_score (null scores dropped)
+    max_examples: int | None = None  # cap on prompts kept from source, after filters and shuffle
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,126 @@
+"""config.py and the shipped presets: every preset loads, bad keys and values are caught, round-trips."""
+
+from __future__ import annotations
+
+import pytest
+
+from detoxrl.config import RunConfig, list_presets, load_config, preset_path, save_config
+from detoxrl.errors import ConfigError
+
+PRESETS = ["default", "lab3", "rtp"]
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_loads_and_has_a_description(name):
+    assert isinstance(load_config(preset=name), RunConfig)
+    first = preset_path(name).read_text().splitlines()[0]
+    assert first.startswith("# ") and len(list_presets()[name]) > 20
+
+
+def test_presets_listed():
+    assert set(PRESETS) <= set(list_presets())
+
+
+def test_default_preset_is_offline_and_sized():
+    from detoxrl.data import load_prompts
+    from detoxrl.models import BUILTIN_MODELS
+
+    c = load_config(preset="default")
+    assert c.policy.model in BUILTIN_MODELS and c.reward.kind == "profanity"
+    assert c.data.source.startswith("builtin:")
+    ps = load_prompts(c.data)
+    assert len(ps.eval) >= c.eval.num_prompts and len(ps.train) >= c.ppo.batch_size
+    assert c.ppo.batch_size % c.ppo.mini_batch_size == 0
+
+
+def test_lab3_preset_matches_the_lab():
+    c = load_config(preset="lab3")
+    assert (c.policy.model, c.policy.dtype, c.policy.adapter) == ("google/flan-t5-base", "bfloat16", None)
+    assert c.policy.lora.target_modules == ("q", "v") and c.policy.lora.r == 32
+    assert c.data.template == "\nSummarize the following conversation.\n\n{text}\n\nSummary:\n"
+    assert (c.data.min_chars, c.data.max_chars, c.data.shuffle_seed, c.data.eval_fraction) == (
+        201,
+        1000,
+        None,
+        0.2,
+    )
+    assert (c.reward.label, c.reward.output, c.reward.text) == ("nothate", "logit", "prompt+response")
+    assert (c.generation.min_new_tokens, c.generation.max_new_tokens) == (100, 399)
+    p = c.ppo
+    assert (p.learning_rate, p.ppo_epochs, p.mini_batch_size, p.batch_size) == (1.41e-5, 1, 4, 16)
+    assert (p.adaptive_kl, p.init_kl_coef, p.target_kl, p.kl_horizon) == (True, 0.2, 6.0, 10000)
+    assert (p.gamma, p.lam, p.cliprange, p.cliprange_value, p.vf_coef) == (1.0, 0.95, 0.2, 0.2, 0.1)
+    assert c.steps == 10 and c.eval.num_prompts > 11 and c.policy.chat_template is False
+
+
+def test_rtp_preset_scores_the_response_only():
+    c = load_config(preset="rtp")
+    assert c.reward.text == "response" and c.data.text_field == "prompt.text" and not c.policy.chat_template
+
+
+def test_unknown_key_gives_did_you_mean():
+    with pytest.raises(
+        ConfigError, match=r"Unknown config key 'ppo.learning_rat'.*Did you mean 'learning_rate'"
+    ):
+        load_config(preset="default", overrides=["ppo.learning_rat=1e-4"])
+    with pytest.raises(ConfigError, match=r"Unknown config key 'data.eval_fractoin'.*'eval_fraction'"):
+        load_config(overrides=["data.eval_fractoin=0.1"])
+
+
+def test_unknown_key_in_a_file(tmp_path):
+    (tmp_path / "c.yaml").write_text("data:\n  text_feld: prompt.text\n")
+    with pytest.raises(ConfigError, match=r"'data.text_feld'.*Did you mean 'text_field'"):
+        load_config(file=tmp_path / "c.yaml")
+
+
+def test_unknown_preset_gives_did_you_mean():
+    with pytest.raises(ConfigError, match=r"Unknown preset 'lab'.*Did you mean 'lab3'"):
+        load_config(preset="lab")
+
+
+def test_overrides_are_typed():
+    c = load_config(
+        preset="default",
+        overrides=["ppo.learning_rate=1e-5", "steps=3", "data.shuffle_seed=null", "policy.use_lora=false",
+                   "eval.evaluators=[profanity, some/model:toxic]", "data.source=x.jsonl",
+                   "data.max_chars=100", "threads=1"],
+    )  # fmt: skip
+    assert c.ppo.learning_rate == 1e-5 and isinstance(c.ppo.learning_rate, float)
+    assert c.steps == 3 and c.data.shuffle_seed is None and c.policy.use_lora is False
+    assert c.eval.evaluators == ("profanity", "some/model:toxic")
+    assert (c.data.source, c.data.max_chars, c.threads) == ("x.jsonl", 100, 1)
+
+
+def test_overrides_win_over_file_over_preset(tmp_path):
+    (tmp_path / "c.yaml").write_text("steps: 5\nppo:\n  batch_size: 8\n")
+    c = load_config(preset="lab3", file=tmp_path / "c.yaml", overrides=["steps=7"])
+    assert (c.steps, c.ppo.batch_size, c.ppo.mini_batch_size) == (7, 8, 4)
+
+
+@pytest.mark.parametrize(
+    ("override", "pattern"),
+    [
+        ("reward.kind=profanty", r"must be one of .*Did you mean 'profanity'"),
+        ("policy.dtype=fp16", r"'policy.dtype' must be one of"),
+        ("generation.length_sampling=per-prompt", r"Did you mean 'per_prompt'"),
+        ("steps=many", r"'steps' must be int"),
+        ("steps=1.5", r"'steps' must be int"),
+        ("policy.use_lora=maybe", r"must be true or false"),
+        ("data=builtin:heated", r"'data' must be a mapping"),
+    ],
+)
+def test_bad_values_are_rejected(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(overrides=[override])
+
+
+def test_override_without_equals():
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        load_config(overrides=["steps"])
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_save_then_load_round_trips(tmp_path, name):
+    c = load_config(preset=name, overrides=["data.max_examples=5"])
+    save_config(c, tmp_path / "config.yaml")
+    assert load_config(file=tmp_path / "config.yaml") == c
