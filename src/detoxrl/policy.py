@@ -128,7 +128,7 @@ class ActorCritic(nn.Module):
         trainable, total = count_parameters(self)
         return f"trainable params: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
 
-    def _lm_forward(self, model: Any, batch: ResponseBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _lm_forward(self, model: Any, batch: ResponseBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One pass -> (logits at response positions (B, T, V), final hidden states there (B, T, H))."""
         self._hidden.clear()
         t = batch.response_ids.shape[1]
@@ -146,13 +146,14 @@ class ActorCritic(nn.Module):
             mask = torch.cat([batch.query_mask, batch.response_mask[:, :-1]], dim=1)
             positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=t)
-        hidden = self._hidden[-1][:, -t:]  # (B, T, H)
+        hidden = self._hidden[-1][:, -t:] if self._hidden else None  # (B, T, H); None: a hook-less copy
         self._hidden.clear()
         return out.logits[:, -t:], hidden
 
     def forward(self, batch: ResponseBatch, temperature: float = 1.0) -> PolicyOutput:
         """Log-probs of ``batch.response_ids`` under the policy and the values, from one pass."""
         logits, hidden = self._lm_forward(self.model, batch)
+        assert hidden is not None, "the LM head's input was not captured"
         return PolicyOutput(
             logprobs_from_logits(logits, batch.response_ids, temperature), self.value_head(hidden)
         )
