@@ -225,8 +225,8 @@ class PPOTrainer:
         )  # fmt: skip
         if not torch.isfinite(loss.loss):
             raise TrainingError(
-                f"Non-finite PPO loss at step {self.step_count} (policy {float(loss.policy_loss)}, value "
-                f"{float(loss.value_loss)}): lower ppo.learning_rate, or set ppo.score_clip / ppo.score_norm."
+                f"Non-finite PPO loss at step {self.step_count} (policy {float(loss.policy_loss.detach())}, "
+                f"value {float(loss.value_loss.detach())}): lower ppo.learning_rate, or set ppo.score_clip / ppo.score_norm."
             )
         loss.loss.backward()
         return loss
