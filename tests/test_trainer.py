@@ -19,9 +19,10 @@ from detoxrl.trainer import LengthSampler, PPOTrainer, latest_checkpoint, train
 
 PROMPTS = ["you are a kind", "the movie was", "what a lovely day", "i hate waiting"] * 4
 REQUIRED_STATS = [
-    "objective/kl", "objective/kl_coef", "objective/entropy", "ppo/returns/mean", "ppo/policy/advantages_mean",
-    "ppo/policy/clipfrac", "ppo/policy/approxkl", "ppo/loss/policy", "ppo/loss/value", "ppo/val/explained_variance",
-    "env/reward_mean", "env/reward_std", "tokens/responses_len_mean", "time/forward", "time/update",
+    "objective/kl", "objective/kl_coef", "objective/entropy", "ppo/returns/mean",
+    "ppo/policy/advantages_mean", "ppo/policy/clipfrac", "ppo/policy/approxkl", "ppo/loss/policy",
+    "ppo/loss/value", "ppo/val/explained_variance", "env/reward_mean", "env/reward_std",
+    "tokens/responses_len_mean", "time/forward", "time/update",
 ]  # fmt: skip
 
 

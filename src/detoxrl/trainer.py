@@ -226,7 +226,8 @@ class PPOTrainer:
         if not torch.isfinite(loss.loss):
             raise TrainingError(
                 f"Non-finite PPO loss at step {self.step_count} (policy {float(loss.policy_loss.detach())}, "
-                f"value {float(loss.value_loss.detach())}): lower ppo.learning_rate, or set ppo.score_clip / ppo.score_norm."
+                f"value {float(loss.value_loss.detach())}): lower ppo.learning_rate, "
+                "or set ppo.score_clip / ppo.score_norm."
             )
         loss.loss.backward()
         return loss
