@@ -41,7 +41,8 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    prompts = [json.loads(line)["prompt"]["text"] for line in PROMPTS.read_text().splitlines() if line.strip()]
+    lines = [line for line in PROMPTS.read_text().splitlines() if line.strip()]
+    prompts = [json.loads(line)["prompt"]["text"] for line in lines]
     config = RunConfig(
         policy=PolicyConfig(chat_template=False),  # smollm2-135m-instruct, LoRA r 32 on q, k, v, o
         generation=GenerationConfig(min_new_tokens=16, max_new_tokens=32, length_sampling="per_prompt"),
@@ -56,9 +57,11 @@ def run(args: argparse.Namespace) -> None:
 def print_table(metrics: Path) -> None:
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     phases = ["generation", "reward", "forward", "update", "total"]
-    print("| step | reward | P(offensive) | KL | kl_coef | resp len | " + " | ".join(f"s {p}" for p in phases) + " |")
+    header = ["step", "reward", "P(offensive)", "KL", "kl_coef", "resp len"] + [f"s {p}" for p in phases]
+    print("| " + " | ".join(header) + " |")
     for r in records:
-        cells = [r["step"], r["env/reward_mean"], 1 - r["env/reward_mean"], r["objective/kl"], r["objective/kl_coef"]]
+        reward_mean = r["env/reward_mean"]
+        cells = [r["step"], reward_mean, 1 - reward_mean, r["objective/kl"], r["objective/kl_coef"]]
         cells += [r["tokens/responses_len_mean"]] + [r[f"time/{p}"] for p in phases]
         print("| " + " | ".join(f"{c:.3f}" if isinstance(c, float) else str(c) for c in cells) + " |")
 

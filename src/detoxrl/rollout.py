@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from detoxrl.config import GenerationConfig
 from detoxrl.generate import eos_token_ids, pad_left, pad_right
 from detoxrl.policy import ActorCritic, ResponseBatch
 
@@ -30,6 +31,28 @@ class LengthSampler:
 
     def __call__(self, generator: torch.Generator | None = None) -> int:
         return int(torch.randint(self.min_value, self.max_value, (1,), generator=generator))
+
+
+def batch_indices(n_prompts: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """The prompts of a step: consecutive slices of per-epoch seeded permutations (a pure function of
+    the step, so a resumed run sees the same prompts)."""
+    out = []
+    for i in range(step * batch_size, (step + 1) * batch_size):
+        epoch, pos = divmod(i, n_prompts)
+        perm = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        out.append(int(perm[pos]))
+    return out
+
+
+def generation_kwargs(gen: GenerationConfig) -> tuple[dict[str, Any], LengthSampler | None]:
+    """Sampling kwargs and the per-prompt length sampler; lengths are uniform in [min, max] new tokens."""
+    kwargs: dict[str, Any] = {"top_k": gen.top_k, "top_p": gen.top_p, "temperature": gen.temperature}
+    if gen.length_sampling == "fixed" or gen.min_new_tokens >= gen.max_new_tokens:
+        return {**kwargs, "max_new_tokens": gen.max_new_tokens}, None
+    sampler = LengthSampler(max(gen.min_new_tokens, 1), gen.max_new_tokens + 1)
+    if gen.length_sampling == "per_batch":
+        return {**kwargs, "max_new_tokens": sampler()}, None
+    return kwargs, sampler
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,10 @@ from detoxrl.policy import ActorCritic
 from detoxrl.rollout import (
     LengthSampler,
     Rollout,
+    batch_indices,
     collect_rollout,
     generate_responses,
+    generation_kwargs,
     make_batch,
     trim_batch,
 )
@@ -110,18 +112,10 @@ class PPOTrainer:
         scores: Sequence[torch.Tensor] | torch.Tensor,
     ) -> dict[str, float]:
         """One PPO step on a batch of (query, response, score); returns the step's statistics."""
-        t0 = time.perf_counter()
-        raw = (
-            torch.as_tensor(torch.stack(list(scores)) if isinstance(scores, list | tuple) else scores)
-            .float()
-            .flatten()
-        )
-        batch = make_batch(
-            list(queries),
-            list(responses),
-            int(self.tokenizer.pad_token_id),
-            self.actor_critic.is_encoder_decoder,
-        )
+        t0, ac = time.perf_counter(), self.actor_critic
+        raw = _as_vector(scores)
+        pad_id = int(self.tokenizer.pad_token_id)
+        batch = make_batch(list(queries), list(responses), pad_id, ac.is_encoder_decoder)
         if raw.shape != (len(queries),) or not torch.isfinite(raw).all():
             raise TrainingError(f"Scores must be {len(queries)} finite numbers, got {raw.tolist()}.")
         # 1. Transform the scores (scale / running normalisation / clip) [D10].
@@ -157,18 +151,12 @@ class PPOTrainer:
         """Append one JSON line (step + stats, and rewards' mean/std if given) to ``metrics_path``."""
         record: dict[str, Any] = {"step": self.step_count, **stats}
         if rewards is not None:
-            r = torch.as_tensor(
-                torch.stack(list(rewards)) if isinstance(rewards, list | tuple) else rewards
-            ).float()
-            record["env/reward_mean"], record["env/reward_std"] = (
-                float(r.mean()),
-                float(r.std()) if r.numel() > 1 else 0.0,
-            )
+            r = _as_vector(rewards)
+            record["env/reward_mean"] = float(r.mean())
+            record["env/reward_std"] = float(r.std()) if r.numel() > 1 else 0.0
         if batch is not None and "query" in batch and "response" in batch:
-            record["samples"] = [
-                {"query": q, "response": r}
-                for q, r in list(zip(batch["query"], batch["response"], strict=True))[:4]
-            ]
+            pairs = zip(batch["query"][:4], batch["response"][:4], strict=True)
+            record["samples"] = [{"query": q, "response": r} for q, r in pairs]
         if self.metrics_path is not None:
             with self.metrics_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -289,6 +277,11 @@ class PPOTrainer:
         self.step_count = int(state["step_count"])
 
 
+def _as_vector(x: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    """Scores as the lab passed them (a list of 0-d tensors) or one tensor -> (B,) float32 on the CPU."""
+    return torch.as_tensor(torch.stack(list(x)) if isinstance(x, list | tuple) else x).float().flatten().cpu()
+
+
 def _add_losses(parts: list[ppo.PPOLoss]) -> ppo.PPOLoss:
     """Micro-batch terms are already divided by the step's token count: their sums are its means."""
     names = ppo.PPOLoss.__dataclass_fields__
@@ -361,35 +354,13 @@ class TrainResult:
     metrics: list[dict[str, Any]]  # the records of the steps this call ran
 
 
-def batch_indices(n_prompts: int, batch_size: int, step: int, seed: int) -> list[int]:
-    """The prompts of a step: consecutive slices of per-epoch seeded permutations (a pure function of
-    the step, so a resumed run sees the same prompts)."""
-    out = []
-    for i in range(step * batch_size, (step + 1) * batch_size):
-        epoch, pos = divmod(i, n_prompts)
-        perm = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        out.append(int(perm[pos]))
-    return out
-
-
-def _generation_kwargs(gen: GenerationConfig) -> tuple[dict[str, Any], LengthSampler | None]:
-    """Sampling kwargs and the per-prompt length sampler; lengths are uniform in [min, max] new tokens."""
-    kwargs: dict[str, Any] = {"top_k": gen.top_k, "top_p": gen.top_p, "temperature": gen.temperature}
-    if gen.length_sampling == "fixed" or gen.min_new_tokens >= gen.max_new_tokens:
-        return {**kwargs, "max_new_tokens": gen.max_new_tokens}, None
-    sampler = LengthSampler(max(gen.min_new_tokens, 1), gen.max_new_tokens + 1)
-    if gen.length_sampling == "per_batch":
-        return {**kwargs, "max_new_tokens": sampler()}, None
-    return kwargs, sampler
-
-
 def _train_step(
     trainer: PPOTrainer, config: RunConfig, prompts: list[str], queries: list[torch.Tensor], reward: Reward
 ) -> dict[str, Any]:
     """Rollout -> reward -> PPO step -> one metrics record."""
     idx = batch_indices(len(prompts), config.ppo.batch_size, trainer.step_count, config.seed)
     t0 = time.perf_counter()
-    kwargs, sampler = _generation_kwargs(config.generation)
+    kwargs, sampler = generation_kwargs(config.generation)
     responses = trainer.generate([queries[i] for i in idx], length_sampler=sampler, **kwargs)
     texts = [t.strip() for t in trainer.tokenizer.batch_decode(responses, skip_special_tokens=True)]
     t1 = time.perf_counter()
