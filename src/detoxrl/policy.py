@@ -102,12 +102,14 @@ class ActorCritic(nn.Module):
         device = next(model.parameters()).device
         self.value_head = ValueHead(hidden, value_head_init_std).to(device)
         self._hidden: list[torch.Tensor] = []
+        self._capture = False  # only our own passes keep hidden states (never generate()'s steps)
         # The LM head's input is the final hidden state whatever the architecture (post-norm, scaled for T5).
         model.get_output_embeddings().register_forward_pre_hook(self._keep_hidden)
         self.eval()
 
     def _keep_hidden(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        self._hidden.append(args[0])
+        if self._capture:
+            self._hidden.append(args[0])
 
     def train(self, mode: bool = True) -> ActorCritic:
         """[D12] Dropout off in every pass, so the ratio is exactly 1 and the KL exactly 0 at step 0."""
@@ -130,8 +132,18 @@ class ActorCritic(nn.Module):
 
     def _lm_forward(self, model: Any, batch: ResponseBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One pass -> (logits at response positions (B, T, V), final hidden states there (B, T, H))."""
-        self._hidden.clear()
         t = batch.response_ids.shape[1]
+        self._hidden.clear()
+        self._capture = True
+        try:
+            logits = self._logits(model, batch, t)
+        finally:
+            self._capture = False
+        hidden = self._hidden[-1][:, -t:] if self._hidden else None  # (B, T, H); None: a hook-less copy
+        self._hidden.clear()
+        return logits, hidden
+
+    def _logits(self, model: Any, batch: ResponseBatch, t: int) -> torch.Tensor:
         if self.is_encoder_decoder:
             # [D13] prompt -> encoder; decoder input = start token + response[:-1] (teacher forcing).
             start = torch.full_like(batch.response_ids[:, :1], model.config.decoder_start_token_id)
@@ -139,16 +151,14 @@ class ActorCritic(nn.Module):
             out = model(
                 input_ids=batch.query_ids, attention_mask=batch.query_mask, decoder_input_ids=decoder_ids
             )
-        else:
-            # [D13] left-padded prompt + response[:-1]: the position before each response token predicts it;
-            # position ids count real tokens only, as in generate(); only T positions reach the LM head.
-            ids = torch.cat([batch.query_ids, batch.response_ids[:, :-1]], dim=1)  # (B, P + T - 1)
-            mask = torch.cat([batch.query_mask, batch.response_mask[:, :-1]], dim=1)
-            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=t)
-        hidden = self._hidden[-1][:, -t:] if self._hidden else None  # (B, T, H); None: a hook-less copy
-        self._hidden.clear()
-        return out.logits[:, -t:], hidden
+            return out.logits  # (B, T, V)
+        # [D13] left-padded prompt + response[:-1]: the position before each response token predicts it;
+        # position ids count real tokens only, as in generate(); only T positions reach the LM head.
+        ids = torch.cat([batch.query_ids, batch.response_ids[:, :-1]], dim=1)  # (B, P + T - 1)
+        mask = torch.cat([batch.query_mask, batch.response_mask[:, :-1]], dim=1)
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=t)
+        return out.logits[:, -t:]  # (B, T, V)
 
     def forward(self, batch: ResponseBatch, temperature: float = 1.0) -> PolicyOutput:
         """Log-probs of ``batch.response_ids`` under the policy and the values, from one pass."""
