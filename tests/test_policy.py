@@ -148,3 +148,25 @@ def test_saved_adapter_loads_with_plain_peft_and_back_into_an_actor_critic(
     fresh.load(tmp_path / "final")
     restored = fresh(batch)
     assert torch.equal(restored.logprobs, expected.logprobs) and torch.equal(restored.values, expected.values)
+
+
+@pytest.mark.parametrize("kind", ["causal", "seq2seq"])
+def test_full_finetuning_saves_a_loadable_folder(
+    kind: str, tiny_causal_dir: Path, tiny_seq2seq_dir: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    model_dir = tiny_causal_dir if kind == "causal" else tiny_seq2seq_dir
+    ac = build(model_dir, use_lora=False)
+    with torch.no_grad():
+        for p in ac.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    batch = batch_of(ac, [0, 1, 2])
+    expected = ac(batch).logprobs
+    ac.save(tmp_path / "final")
+    fresh = build(model_dir, use_lora=False)
+    fresh.load(tmp_path / "final")
+    assert torch.equal(fresh(batch).logprobs, expected)
+    loader = AutoModelForCausalLM if kind == "causal" else AutoModelForSeq2SeqLM
+    plain = ActorCritic(loader.from_pretrained(tmp_path / "final"), ac.is_encoder_decoder, "frozen_copy")
+    assert torch.allclose(plain(batch).logprobs, expected, atol=1e-6)

@@ -197,7 +197,8 @@ class ActorCritic(nn.Module):
         if self.is_peft:
             self.model.save_pretrained(path, selected_adapters=["default"])
         else:
-            save_model(self.model, str(path / "model.safetensors"))
+            save_model(self.model, str(path / "model.safetensors"))  # shared (tied) tensors kept once
+            self.model.config.save_pretrained(path)  # so that from_pretrained(path) loads it too
         save_file(self.value_head.state_dict(), str(path / VALUE_HEAD_FILE))
 
     def load(self, path: str | Path) -> None:
