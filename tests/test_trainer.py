@@ -198,7 +198,9 @@ def test_classic_api_in_a_users_own_loop(tiny_seq2seq_dir: Path, tmp_path: Path)
     queries = [torch.tensor(tok(p)["input_ids"]) for p in PROMPTS[:8]]
     coefs = []
     for _ in range(2):
-        responses = trainer.generate(queries, length_sampler=LengthSampler(2, 5), top_k=0, top_p=1.0)
+        responses = trainer.generate(
+            queries, length_sampler=LengthSampler(2, 5), batch_size=3, top_k=0, top_p=1.0
+        )
         assert all(1 <= len(r) <= 4 for r in responses)
         scores = [torch.tensor(float(len(r))) for r in responses]  # a list of 0-d tensors, as in the lab
         stats = trainer.step(queries, responses, scores)

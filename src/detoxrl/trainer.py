@@ -81,28 +81,31 @@ class PPOTrainer:
         query_tensors: Sequence[torch.Tensor],
         length_sampler: Callable[[], int] | None = None,
         return_prompt: bool = False,
+        batch_size: int | None = None,
         **generation_kwargs: Any,
     ) -> list[torch.Tensor]:
-        """Sample responses (B x (T_i,)), one batched call; lengths from ``length_sampler`` per prompt.
+        """Sample responses (B x (T_i,)) in batched calls of ``batch_size`` (default: all at once);
+        lengths from ``length_sampler`` per prompt, else ``max_new_tokens`` (default: the GenerationConfig's).
 
-        Without a length sampler, ``max_new_tokens`` (default: the GenerationConfig's) bounds them all.
         The sampling temperature must be the one the log-probs use (``GenerationConfig.temperature``).
         """
-        temperature = generation_kwargs.get("temperature", self.generation.temperature)
+        temperature = generation_kwargs.setdefault("temperature", self.generation.temperature)
         if temperature != self.generation.temperature:
             raise ValueError(
                 f"temperature={temperature} differs from generation.temperature="
                 f"{self.generation.temperature}, which step() uses for log-probs; set it there instead."
             )
-        generation_kwargs.setdefault("temperature", self.generation.temperature)
         max_new = generation_kwargs.pop("max_new_tokens", self.generation.max_new_tokens)
         lengths = [length_sampler() if length_sampler else max_new for _ in query_tensors]
-        ac = self.actor_critic
-        responses = generate_responses(
-            ac.model, self.tokenizer, list(query_tensors), lengths, ac.is_encoder_decoder, generation_kwargs
-        )
+        ac, queries, size = self.actor_critic, list(query_tensors), batch_size or len(query_tensors)
+        responses: list[torch.Tensor] = []
+        for i in range(0, len(queries), size):
+            responses += generate_responses(
+                ac.model, self.tokenizer, queries[i : i + size], lengths[i : i + size],
+                ac.is_encoder_decoder, generation_kwargs,
+            )  # fmt: skip
         if return_prompt:
-            return [torch.cat([q.cpu(), r]) for q, r in zip(query_tensors, responses, strict=True)]
+            return [torch.cat([q.cpu(), r]) for q, r in zip(queries, responses, strict=True)]
         return responses
 
     def step(
