@@ -250,3 +250,33 @@ def test_early_stop_on_approx_kl(tiny_causal_dir: Path) -> None:
     )
     assert full["ppo/updates"] == 4.0
     assert stopped["ppo/updates"] == 2.0  # the first update has ratio 1 (approx KL 0); the second moved
+
+
+def test_cli_train_runs_and_resumes(
+    tiny_causal_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``detoxrl train`` end to end; data and rewards (other modules' work) are stood in for here."""
+    import sys
+    import types
+
+    from detoxrl.cli import main
+
+    data = types.ModuleType("detoxrl.data")
+    data.load_prompts = lambda config: types.SimpleNamespace(  # type: ignore[attr-defined]
+        train=[types.SimpleNamespace(text=p, reference=None) for p in PROMPTS], eval=[]
+    )
+    rewards = types.ModuleType("detoxrl.rewards")
+    rewards.build_reward = lambda config, device: text_length_reward  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "detoxrl.data", data)
+    monkeypatch.setitem(sys.modules, "detoxrl.rewards", rewards)
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"policy: {{model: '{tiny_causal_dir}', chat_template: false}}\n"
+        f"output_dir: '{tmp_path / 'run'}'\nppo: {{batch_size: 4, mini_batch_size: 2}}\n"
+        "generation: {min_new_tokens: 2, max_new_tokens: 4}\nsave_every: 1\n"
+    )
+    assert main(["train", "--config", str(config), "steps=2"]) == 0
+    assert main(["train", "--config", str(config), "steps=3", "--resume"]) == 0
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2, 3]
+    assert (tmp_path / "run" / "final" / "adapter_model.safetensors").is_file()
+    assert main(["train", "--config", str(config), "steps=3"]) == 2  # refuses to overwrite the run
