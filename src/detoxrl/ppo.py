@@ -53,7 +53,7 @@ def logprobs_from_logits(
     The logits are divided by the sampling temperature first, so that the log-probs are those of the
     distribution the tokens were actually drawn from (policy and reference alike).
     """
-    logits = logits.float() / temperature
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature  # no (B, T, V) copy at 1
     picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # (B, T)
     return picked - torch.logsumexp(logits, dim=-1)
 
