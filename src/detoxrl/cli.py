@@ -173,6 +173,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print("\n" + format_comparison(comparison))
     print("\n" + format_table(qualitative_rows(before, after), limit=args.show))
     print("\nwrote " + ", ".join(str(p) for p in paths))
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """PPO on the config's prompts against its reward; checkpoints and metrics in output_dir."""
+    from detoxrl.config import load_config
+    from detoxrl.data import load_prompts
+    from detoxrl.models import resolve_device
+    from detoxrl.rewards import build_reward
+    from detoxrl.trainer import train
+
+    config = load_config(args.preset, args.config, args.overrides)
+    prompts = [example.text for example in load_prompts(config.data).train]
+    reward = build_reward(config.reward, resolve_device(config.device))
+    result = train(config, prompts, reward, resume=args.resume)
+    print(f"final adapter: {result.final_dir}")
     return 0
 
 
@@ -254,6 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--show", type=int, default=10, help="qualitative table rows printed")
     e.add_argument("--out", default="runs/evaluate", help="folder for the JSON files and the table")
     e.set_defaults(func=cmd_evaluate)
+
+    t = sub.add_parser("train", help="detoxify a policy with PPO (config file, preset, key=value overrides)")
+    t.add_argument("--config", help="a YAML config file")
+    t.add_argument("--preset", help="a shipped preset (see 'detoxrl presets')")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    t.add_argument("overrides", nargs="*", help="config overrides such as ppo.learning_rate=1e-5 steps=30")
+    t.set_defaults(func=cmd_train)
 
     p = sub.add_parser("presets", help="list the shipped presets")
     p.set_defaults(func=cmd_presets)

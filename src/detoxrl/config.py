@@ -97,6 +97,7 @@ class PPOConfig:
     score_norm: bool = False  # running mean/std normalisation of scores
     score_clip: float | None = None
     value_head_init_std: float = 0.0  # 0: zero-initialised value head
+    lr_scheduler_type: Literal["constant", "linear"] = "constant"  # linear: decays to 0 over RunConfig.steps
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,282 @@
+"""The trainer (trainer.py): learning on both model kinds, exact resume, checkpoints, errors, and the
+classic generate / step / log_stats API in a user's own loop."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from detoxrl.config import GenerationConfig, PolicyConfig, PPOConfig, RunConfig
+from detoxrl.errors import TrainingError
+from detoxrl.models import load_policy
+from detoxrl.policy import VALUE_HEAD_FILE, build_actor_critic
+from detoxrl.trainer import LengthSampler, PPOTrainer, latest_checkpoint, train
+
+PROMPTS = ["you are a kind", "the movie was", "what a lovely day", "i hate waiting"] * 4
+REQUIRED_STATS = [
+    "objective/kl", "objective/kl_coef", "objective/entropy", "ppo/returns/mean",
+    "ppo/policy/advantages_mean", "ppo/policy/clipfrac", "ppo/policy/approxkl", "ppo/loss/policy",
+    "ppo/loss/value", "ppo/val/explained_variance", "env/reward_mean", "env/reward_std",
+    "tokens/responses_len_mean", "time/forward", "time/update",
+]  # fmt: skip
+
+
+def target_reward(word: str) -> Any:
+    """Reward = how many times the response uses ``word`` (the tiny tokenizer is word-level)."""
+
+    def reward(prompts: list[str], responses: list[str]) -> torch.Tensor:
+        return torch.tensor([float(r.split().count(word)) for r in responses])
+
+    return reward
+
+
+def penalty_reward(words: set[str]) -> Any:
+    """Reward = minus the number of penalised tokens in the response."""
+
+    def reward(prompts: list[str], responses: list[str]) -> torch.Tensor:
+        return torch.tensor([-float(sum(w in words for w in r.split())) for r in responses])
+
+    return reward
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Any:
+    """Tiny models run fastest on one thread, and a shared CPU makes 2-thread OpenMP stall."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def text_length_reward(prompts: list[str], responses: list[str]) -> torch.Tensor:
+    return torch.tensor([float(len(r)) for r in responses])
+
+
+@pytest.fixture(scope="module")
+def sharp_causal_dir(tiny_causal_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama with its LM head scaled x8: its random init is nearly uniform over the vocabulary,
+    and LoRA on attention alone cannot move normalised hidden states far enough to peak it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_dir)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(8.0)
+    out = tmp_path_factory.mktemp("sharp") / "causal"
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_causal_dir).save_pretrained(out)
+    return out
+
+
+def run_config(model: Path, steps: int, **ppo: Any) -> RunConfig:
+    settings: dict[str, Any] = {
+        "learning_rate": 1e-2,
+        "batch_size": 16,
+        "mini_batch_size": 8,
+        "ppo_epochs": 4,
+    }
+    settings["init_kl_coef"] = 0.1
+    return RunConfig(
+        policy=PolicyConfig(model=str(model), chat_template=False),
+        generation=GenerationConfig(min_new_tokens=8, max_new_tokens=8, length_sampling="fixed"),
+        ppo=PPOConfig(**{**settings, **ppo}),
+        steps=steps,
+        save_every=1000,
+    )
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_learns(records: list[dict[str, Any]], min_gain: float) -> tuple[float, float]:
+    """The reward of the last 5 steps beats that of the first 3 by ``min_gain``; KL finite and bounded."""
+    rewards = [r["env/reward_mean"] for r in records]
+    before, after = sum(rewards[:3]) / 3, sum(rewards[-5:]) / 5
+    kls = [r["objective/kl"] for r in records]
+    assert records[0]["objective/kl"] == 0.0  # the first rollout precedes any update
+    assert all(math.isfinite(k) for k in kls) and max(kls) < 40.0, kls
+    assert after - before > min_gain, rewards
+    return before, after
+
+
+def test_decoder_only_learns_to_say_the_rewarded_token(sharp_causal_dir: Path, tmp_path: Path) -> None:
+    config = run_config(sharp_causal_dir, 20, learning_rate=2e-2)
+    result = train(config, PROMPTS, target_reward("movie"), tmp_path, progress=False)
+    before, after = assert_learns(result.metrics, min_gain=1.5)  # out of 8 tokens; ~0.05 at the start
+    print(f"decoder-only: reward {before:.3f} -> {after:.3f}")
+
+
+def test_encoder_decoder_learns_to_avoid_penalised_tokens(tiny_seq2seq_dir: Path, tmp_path: Path) -> None:
+    penalised = {"tommy", "report", "did", "and", "one", "are", "you", "the"}
+    result = train(
+        run_config(tiny_seq2seq_dir, 20), PROMPTS, penalty_reward(penalised), tmp_path, progress=False
+    )
+    before, after = assert_learns(result.metrics, min_gain=0.5)
+    assert after > before / 2  # the penalty at least halves
+    print(f"encoder-decoder: reward {before:.3f} -> {after:.3f}")
+
+
+def test_resume_continues_exactly_as_if_never_stopped(tiny_causal_dir: Path, tmp_path: Path) -> None:
+    config = run_config(tiny_causal_dir, 4, batch_size=4, mini_batch_size=2, ppo_epochs=2, score_norm=True)
+    config = RunConfig(**{**vars(config), "generation": GenerationConfig(min_new_tokens=2, max_new_tokens=6)})
+    reward = target_reward("movie")
+    train(config, PROMPTS, reward, tmp_path / "straight", progress=False)
+    train(RunConfig(**{**vars(config), "steps": 2}), PROMPTS, reward, tmp_path / "split", progress=False)
+    assert latest_checkpoint(tmp_path / "split") is not None
+    train(config, PROMPTS, reward, tmp_path / "split", resume=True, progress=False)
+    straight, split = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "split")
+    assert [r["step"] for r in split] == [1, 2, 3, 4]
+    for a, b in zip(straight, split, strict=True):
+        assert a["samples"] == b["samples"]
+        for key in a:
+            if key != "samples" and not key.startswith("time/"):
+                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+    assert straight[-1]["objective/kl"] != 0.0 and straight[-1]["objective/kl_coef"] != 0.1
+    from safetensors.torch import load_file
+
+    w1 = load_file(tmp_path / "straight" / "final" / "adapter_model.safetensors")
+    w2 = load_file(tmp_path / "split" / "final" / "adapter_model.safetensors")
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
+
+
+def test_checkpoints_are_complete_and_the_final_adapter_loads_with_plain_peft(
+    tiny_causal_dir: Path, tmp_path: Path
+) -> None:
+    from peft import PeftModel
+
+    config = RunConfig(**{**vars(run_config(tiny_causal_dir, 3, batch_size=4)), "save_every": 1})
+    train(config, PROMPTS, text_length_reward, tmp_path, progress=False)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["checkpoint-000002", "checkpoint-000003", "config.yaml", "final", "metrics.jsonl"]
+    ckpt = tmp_path / "checkpoint-000003"
+    assert (ckpt / "state.pt").is_file() and (ckpt / "policy" / VALUE_HEAD_FILE).is_file()
+    state = torch.load(ckpt / "state.pt", weights_only=False)
+    assert set(state) == {"trainer", "rng"}
+    assert set(state["trainer"]) == {"optimizer", "lr_scheduler", "kl_coef", "score_moments", "step_count"}
+    base = load_policy(PolicyConfig(model=str(tiny_causal_dir))).model
+    loaded = PeftModel.from_pretrained(base, tmp_path / "final")
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in loaded.named_parameters())
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(config, PROMPTS, text_length_reward, tmp_path, progress=False)
+
+
+def test_non_finite_scores_stop_training_and_keep_what_was_written(
+    tiny_causal_dir: Path, tmp_path: Path
+) -> None:
+    config = RunConfig(**{**vars(run_config(tiny_causal_dir, 2, batch_size=4)), "save_every": 1})
+    train(config, PROMPTS, target_reward("movie"), tmp_path, progress=False)
+    written = (tmp_path / "metrics.jsonl").read_text()
+
+    def broken(prompts: list[str], responses: list[str]) -> torch.Tensor:
+        return torch.full((len(responses),), float("nan"))
+
+    with pytest.raises(TrainingError, match="finite"):
+        train(
+            RunConfig(**{**vars(config), "steps": 4}), PROMPTS, broken, tmp_path, resume=True, progress=False
+        )
+    assert (tmp_path / "metrics.jsonl").read_text() == written
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-000002"
+
+
+def make_trainer(model_dir: Path, **ppo: Any) -> PPOTrainer:
+    policy_config = PolicyConfig(model=str(model_dir), chat_template=False)
+    policy = load_policy(policy_config)
+    ac = build_actor_critic(policy, policy_config)
+    config = PPOConfig(**{"batch_size": 8, "mini_batch_size": 4, "learning_rate": 1e-2, **ppo})
+    return PPOTrainer(config, ac, policy.tokenizer, GenerationConfig(max_new_tokens=6))
+
+
+def test_classic_api_in_a_users_own_loop(tiny_seq2seq_dir: Path, tmp_path: Path) -> None:
+    trainer = make_trainer(tiny_seq2seq_dir)
+    trainer.metrics_path = tmp_path / "log.jsonl"
+    tok = trainer.tokenizer
+    queries = [torch.tensor(tok(p)["input_ids"]) for p in PROMPTS[:8]]
+    coefs = []
+    for _ in range(2):
+        responses = trainer.generate(
+            queries, length_sampler=LengthSampler(2, 5), batch_size=3, top_k=0, top_p=1.0
+        )
+        assert all(1 <= len(r) <= 4 for r in responses)
+        scores = [torch.tensor(float(len(r))) for r in responses]  # a list of 0-d tensors, as in the lab
+        stats = trainer.step(queries, responses, scores)
+        coefs.append(stats["objective/kl_coef"])
+        trainer.log_stats(stats, {"query": PROMPTS[:8], "response": tok.batch_decode(responses)}, scores)
+        assert set(REQUIRED_STATS) <= set(stats)
+        assert stats["env/reward_mean"] == pytest.approx(sum(len(r) for r in responses) / 8)
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2]
+    assert coefs[0] == 0.2 and coefs[1] == pytest.approx(0.2 * (1 - 0.2 * 8 / 10000))  # KL far below 6
+    with pytest.raises(ValueError, match="temperature"):
+        trainer.generate(queries, temperature=0.5)
+
+
+def test_non_finite_loss_is_a_clear_training_error(tiny_causal_dir: Path) -> None:
+    trainer = make_trainer(tiny_causal_dir)
+    with torch.no_grad():
+        trainer.actor_critic.value_head.summary.bias.fill_(float("inf"))
+    queries = [torch.tensor([5, 6])] * 8
+    with pytest.raises(TrainingError, match="Non-finite PPO loss"):
+        trainer.step(queries, [torch.tensor([7, 8])] * 8, torch.ones(8))
+
+
+def test_gradient_accumulation_matches_one_larger_mini_batch(tiny_causal_dir: Path) -> None:
+    """[D14] Same rows per optimizer step, split in micro-batches or not: same update (token means)."""
+    queries = [torch.tensor(q) for q in ([5, 6], [7], [8, 9, 10], [11, 12])] * 2
+    responses = [torch.tensor(r) for r in ([13], [14, 15, 16, 17], [18, 19], [20, 21, 22])] * 2
+    results = []
+    for mini, accumulation in ((4, 1), (2, 2)):
+        torch.manual_seed(0)
+        trainer = make_trainer(
+            tiny_causal_dir, mini_batch_size=mini, gradient_accumulation_steps=accumulation
+        )
+        trainer.step(queries, responses, torch.arange(8.0))
+        stats = trainer.step(queries, responses, torch.arange(8.0))
+        results.append(stats)
+    for key in ("objective/kl", "ppo/loss/policy", "ppo/loss/value", "ppo/policy/approxkl"):
+        assert results[0][key] == pytest.approx(results[1][key], rel=1e-4, abs=1e-7), key
+    assert results[0]["objective/kl"] != 0.0
+
+
+def test_early_stop_on_approx_kl(tiny_causal_dir: Path) -> None:
+    queries, responses = [torch.tensor([5, 6])] * 8, [torch.tensor([7, 8, 9])] * 8
+    full = make_trainer(tiny_causal_dir, ppo_epochs=2).step(queries, responses, torch.arange(8.0))
+    stopped = make_trainer(tiny_causal_dir, ppo_epochs=2, target_kl_early_stop=0.0).step(
+        queries, responses, torch.arange(8.0)
+    )
+    assert full["ppo/updates"] == 4.0
+    assert stopped["ppo/updates"] == 2.0  # the first update has ratio 1 (approx KL 0); the second moved
+
+
+def test_cli_train_runs_and_resumes(
+    tiny_causal_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``detoxrl train`` end to end; data and rewards (other modules' work) are stood in for here."""
+    import sys
+    import types
+
+    from detoxrl.cli import main
+
+    data = types.ModuleType("detoxrl.data")
+    data.load_prompts = lambda config: types.SimpleNamespace(  # type: ignore[attr-defined]
+        train=[types.SimpleNamespace(text=p, reference=None) for p in PROMPTS], eval=[]
+    )
+    rewards = types.ModuleType("detoxrl.rewards")
+    rewards.build_reward = lambda config, device: text_length_reward  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "detoxrl.data", data)
+    monkeypatch.setitem(sys.modules, "detoxrl.rewards", rewards)
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"policy: {{model: '{tiny_causal_dir}', chat_template: false}}\n"
+        f"output_dir: '{tmp_path / 'run'}'\nppo: {{batch_size: 4, mini_batch_size: 2}}\n"
+        "generation: {min_new_tokens: 2, max_new_tokens: 4}\nsave_every: 1\n"
+    )
+    assert main(["train", "--config", str(config), "steps=2"]) == 0
+    assert main(["train", "--config", str(config), "steps=3", "--resume"]) == 0
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2, 3]
+    assert (tmp_path / "run" / "final" / "adapter_model.safetensors").is_file()
+    assert main(["train", "--config", str(config), "steps=3"]) == 2  # refuses to overwrite the run
