@@ -173,6 +173,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print("\n" + format_comparison(comparison))
     print("\n" + format_table(qualitative_rows(before, after), limit=args.show))
     print("\nwrote " + ", ".join(str(p) for p in paths))
+    return 0
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     """PPO on the config's prompts against its reward; checkpoints and metrics in output_dir."""

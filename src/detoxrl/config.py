@@ -205,7 +205,8 @@ def _convert_tuple(value: Any, tp: Any, where: str) -> Any:
 
 
 def _convert_scalar(value: Any, tp: Any, where: str) -> Any:
-    wrong = ConfigError(f"Config key '{where}' must be {getattr(tp, '__name__', tp)}, got {value!r}.")
+    kind = "true or false" if tp is bool else getattr(tp, "__name__", str(tp))
+    wrong = ConfigError(f"Config key '{where}' must be {kind}, got {value!r}.")
     if tp is bool:
         words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
         if isinstance(value, bool):

@@ -101,10 +101,16 @@ def trim_response(ids: torch.Tensor, eos_ids: set[int], pad_id: int | None) -> t
 
 
 def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """The ids that end a response: the model's and tokenizer's EOS, and for decoder-only models the
+    BOS too. Chat models such as SmolLM2 sometimes open a new turn (``<|im_start|>``, their BOS)
+    instead of closing theirs; text after that belongs to an imagined next speaker."""
     eos = model.generation_config.eos_token_id
     ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
+        ids.add(int(tokenizer.eos_token_id))
+    bos = tokenizer.bos_token_id
+    if not model.config.is_encoder_decoder and bos is not None and bos != tokenizer.pad_token_id:
+        ids.add(int(bos))
     return ids
 
 
@@ -121,16 +127,17 @@ def sample(
     pad = pad_right if is_encoder_decoder else pad_left
     ids, mask = pad(prompt_ids, pad_id)  # (B, P)
     device = next(model.parameters()).device
+    eos = eos_token_ids(model, tokenizer)
     out = model.generate(  # type: ignore[operator]
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
         pad_token_id=pad_id,
+        eos_token_id=sorted(eos),
         **settings.generate_kwargs(),
     ).cpu()
     # Encoder-decoders return decoder ids that start with the decoder start token;
     # decoder-only models return the prompt followed by the response.
     responses = out[:, 1:] if is_encoder_decoder else out[:, ids.shape[1] :]  # (B, T)
-    eos = eos_token_ids(model, tokenizer)
     return [trim_response(r, eos, pad_id) for r in responses]
 
 
