@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from detoxrl.errors import DetoxError
 
 if TYPE_CHECKING:
-    from detoxrl.config import EvalConfig
+    from detoxrl.config import EvalConfig, RunConfig
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -192,6 +192,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_config(args: argparse.Namespace) -> RunConfig:
+    """Preset <- file <- overrides; ``--resume DIR`` reads DIR/config.yaml and keeps DIR as output_dir."""
+    from detoxrl.config import load_config
+
+    if args.resume:
+        saved = Path(args.resume) / "config.yaml"
+        if not saved.is_file():
+            raise DetoxError(f"'{args.resume}' holds no config.yaml: it is not a detoxrl run directory.")
+        return load_config(None, saved, [*args.overrides, f"output_dir={args.resume}"])
+    return load_config(args.preset or ("default" if not args.config else None), args.config, args.overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The whole lab: evaluate before -> PPO -> evaluate after -> report, in one run directory."""
+    from detoxrl.run import run, validate
+
+    config = _run_config(args)
+    if args.dry_run:
+        for line in validate(config):
+            print(line)
+        print("config OK: nothing was run (--dry-run)")
+        return 0
+    run(config, resume=bool(args.resume))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from detoxrl.report import build_report
+
+    md, page = build_report(args.run_dir)
+    print(f"wrote {md} and {page}")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from detoxrl.config import list_presets
 
@@ -277,6 +311,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
     t.add_argument("overrides", nargs="*", help="config overrides such as ppo.learning_rate=1e-5 steps=30")
     t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("run", help="the whole lab: evaluate, PPO, evaluate again, report (default preset)")
+    r.add_argument("--preset", help="a shipped preset (see 'detoxrl presets'); 'default' without --config")
+    r.add_argument("--config", help="a YAML config file (over the preset)")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its directory")
+    r.add_argument("--dry-run", action="store_true", help="check models, labels, data and sizes; run nothing")
+    r.add_argument("overrides", nargs="*", help="config overrides such as steps=30 ppo.learning_rate=1e-4")
+    r.set_defaults(func=cmd_run)
+
+    rp = sub.add_parser("report", help="rebuild report.md and report.html of a run from its files alone")
+    rp.add_argument("run_dir")
+    rp.set_defaults(func=cmd_report)
 
     p = sub.add_parser("presets", help="list the shipped presets")
     p.set_defaults(func=cmd_presets)

@@ -118,9 +118,12 @@ def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
 
 
 def write_json(data: dict[str, Any], path: str | Path) -> Path:
+    """Atomically: a temporary file renamed over the target, so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    tmp.replace(path)
     return path
 
 

@@ -1,0 +1,258 @@
+"""The whole lab in one call: evaluate before -> PPO -> evaluate after -> compare -> report.
+
+Everything lands in one run directory that can be resumed and whose report can be rebuilt from
+its files alone. Knows the order of the steps, not how any of them works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detoxrl.config import RunConfig, save_config
+from detoxrl.errors import ConfigError
+from detoxrl.evaluation import EvalResult, NLLFn
+from detoxrl.models import Policy
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_dir: Path
+    verdict: str
+    seconds: float
+
+
+def shared_dir() -> Path | None:
+    """``$DETOXRL_SHARED``, else a ``shared/`` folder beside the repository or the working directory."""
+    import os
+
+    candidates = [os.environ.get("DETOXRL_SHARED"), Path(__file__).resolve().parents[3] / "shared"]
+    candidates.append(Path.cwd().parent / "shared")
+    for c in candidates:
+        if c and Path(c).is_dir():
+            return Path(c)
+    return None
+
+
+def resolve_evaluator_specs(specs: tuple[str, ...]) -> list[str]:
+    """``shared:NAME`` names a classifier in shared/models/NAME: used when present, skipped (with a
+    note) when not, so offline demos carry a second evaluator wherever one is available."""
+    out = []
+    for spec in specs:
+        if not spec.startswith("shared:"):
+            out.append(spec)
+            continue
+        root = shared_dir()
+        path = root / "models" / spec.removeprefix("shared:") if root else None
+        if path is not None and (path / "config.json").is_file():
+            out.append(str(path))
+        else:
+            print(f"note: evaluator '{spec}' not found (no shared/models folder); skipping it")
+    if not out:
+        raise ConfigError("No evaluator is available: set eval.evaluators (e.g. [profanity]).")
+    return out
+
+
+def validate(config: RunConfig) -> list[str]:
+    """Cheap checks before any heavy work (``--dry-run``): sizes, model specs, data, labels."""
+    from detoxrl.data import load_prompts
+    from detoxrl.models import resolve_source
+
+    ppo, notes = config.ppo, []
+    if ppo.batch_size % ppo.mini_batch_size:
+        raise ConfigError(
+            f"ppo.batch_size ({ppo.batch_size}) must be a multiple of "
+            f"ppo.mini_batch_size ({ppo.mini_batch_size})."
+        )
+    if config.generation.min_new_tokens > config.generation.max_new_tokens:
+        raise ConfigError("generation.min_new_tokens must not exceed generation.max_new_tokens.")
+    source = resolve_source(config.policy.model)
+    notes.append(f"policy: {config.policy.model} ({source.kind})")
+    if config.policy.adapter and not Path(config.policy.adapter).expanduser().exists():
+        raise ConfigError(f"policy.adapter '{config.policy.adapter}' does not exist.")
+    prompts = load_prompts(config.data)
+    notes.append(f"data: {len(prompts.train)} training prompts, {len(prompts.eval)} held-out prompts")
+    if len(prompts.eval) < config.eval.num_prompts:
+        notes.append(
+            f"note: eval.num_prompts={config.eval.num_prompts} but only {len(prompts.eval)} held out"
+        )
+    if config.reward.kind == "classifier" and config.reward.model:
+        from detoxrl.models import load_classifier
+
+        load_classifier(config.reward.model).label_index(config.reward.label)
+        notes.append(f"reward: {config.reward.model} label '{config.reward.label}'")
+    notes.append(f"evaluators: {', '.join(resolve_evaluator_specs(config.eval.evaluators))}")
+    return notes
+
+
+# ---- the models evaluated before and after --------------------------------------------------------
+
+
+def _nll(model: Any, policy: Policy, switch: Any = None) -> NLLFn:
+    """Response NLL under ``model`` inside the context ``switch()`` (the reference's adapter state)."""
+    from detoxrl.evaluation import reference_nll
+
+    score = reference_nll(model, policy.tokenizer, is_encoder_decoder=policy.is_encoder_decoder)
+
+    def nll(prompt_ids: list[torch.Tensor], response_ids: list[torch.Tensor]) -> Any:
+        with switch() if switch else contextlib.nullcontext():
+            return score(prompt_ids, response_ids)
+
+    return nll
+
+
+def before_model(config: RunConfig) -> tuple[Policy, Any, NLLFn]:
+    """The policy as PPO starts from it (base, or base + the loaded adapter): also the reference."""
+    from detoxrl.models import attach_adapter, load_policy, resolve_device
+
+    policy = load_policy(config.policy, resolve_device(config.device))
+    model = attach_adapter(policy, config.policy) if config.policy.adapter else policy.model
+    return policy, model, _nll(model, policy)
+
+
+def after_model(config: RunConfig, final_dir: Path) -> tuple[Policy, Any, NLLFn]:
+    """The trained policy, and the NLL under the reference held beside it in the same base weights."""
+    from peft import PeftModel
+
+    from detoxrl.models import load_policy, resolve_device
+
+    device = resolve_device(config.device)
+    policy = load_policy(config.policy, device)
+    if not config.policy.use_lora:  # full fine-tuning: the trained weights, and the base as reference
+        trained: Any = type(policy.model).from_pretrained(final_dir, dtype=policy.model.dtype)
+        trained.to(device)
+        return policy, trained, _nll(policy.model, policy)
+    model = PeftModel.from_pretrained(policy.model, str(final_dir), adapter_name="trained")
+    if config.policy.adapter is None:
+        return policy, model, _nll(model, policy, model.disable_adapter)
+    model.load_adapter(config.policy.adapter, adapter_name="reference")
+
+    @contextlib.contextmanager
+    def reference() -> Iterator[None]:
+        model.set_adapter("reference")
+        try:
+            yield
+        finally:
+            model.set_adapter("trained")
+
+    model.set_adapter("trained")
+    return policy, model, _nll(model, policy, reference)
+
+
+def evaluate_model(
+    config: RunConfig,
+    loaded: tuple[Policy, Any, NLLFn],
+    prompts: list[str],
+    refs: list[str] | None,
+    label: str,
+) -> EvalResult:
+    from detoxrl.evaluation import evaluate
+    from detoxrl.rewards import build_evaluator, build_reward
+
+    policy, model, nll = loaded
+    device: torch.device = next(model.parameters()).device
+    evaluators = [build_evaluator(spec, device) for spec in resolve_evaluator_specs(config.eval.evaluators)]
+    return evaluate(model, policy.tokenizer, prompts, config.eval, evaluators,
+                    is_encoder_decoder=policy.is_encoder_decoder, references=refs,
+                    reward=build_reward(config.reward, device), reference=nll, seed=config.seed,
+                    chat_template=config.policy.chat_template, label=label)  # fmt: skip
+
+
+# ---- the run -----------------------------------------------------------------------------------------
+
+
+def run(config: RunConfig, resume: bool = False, progress: bool = True) -> RunSummary:
+    """Step 1: prompts and the run directory.
+    Step 2: evaluate the starting policy on the held-out prompts (kept on resume).
+    Step 3: PPO on the training prompts (trainer.train: checkpoints, metrics.jsonl, final adapter).
+    Step 4: evaluate the trained policy on the same prompts with the same seeds and evaluators.
+    Step 5: paired comparison, the qualitative table and the report.
+    """
+    from detoxrl.data import load_prompts
+    from detoxrl.evaluation import compare
+    from detoxrl.evaluation_io import load_result, result_to_dict, write_json
+    from detoxrl.models import resolve_device
+    from detoxrl.rewards import build_reward
+    from detoxrl.trainer import train
+
+    start = time.perf_counter()
+    run_dir = Path(config.output_dir)
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        raise ConfigError(
+            f"'{run_dir}' already holds a run: resume it (--resume) or set output_dir=another/folder."
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")  # first, so that a run that dies early can be resumed
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    prompts = load_prompts(config.data)
+    held_out = prompts.eval[: config.eval.num_prompts]
+    eval_texts = [e.text for e in held_out]
+    refs = [str(e.reference) for e in held_out] if all(e.reference for e in held_out) else None
+    before_path = run_dir / "eval_before.json"
+    if before_path.is_file():
+        before = load_result(before_path)
+    else:
+        print(f"[1/3] evaluating the starting policy on {len(eval_texts)} held-out prompts")
+        before = evaluate_model(config, before_model(config), eval_texts, refs, "before")
+        write_json(result_to_dict(before), before_path)
+    print(f"[2/3] PPO: {config.steps} steps of {config.ppo.batch_size} prompts")
+    reward = build_reward(config.reward, resolve_device(config.device))
+    result = train(config, [e.text for e in prompts.train], reward, run_dir, resume=resume, progress=progress)
+    print(f"[3/3] evaluating the trained policy on the same {len(eval_texts)} prompts and seeds")
+    after = evaluate_model(config, after_model(config, result.final_dir), eval_texts, refs, "after")
+    write_json(result_to_dict(after), run_dir / "eval_after.json")
+    comparison = compare(before, after, config.eval)
+    return finish(run_dir, before, after, comparison, time.perf_counter() - start)
+
+
+def verdict_line(comparison: dict[str, Any], metrics: list[dict[str, Any]], seconds: float) -> str:
+    """One line: toxicity before -> after with its interval by each evaluator, KL, fluency, time."""
+    deltas = {d["name"]: d for d in comparison["deltas"]}
+
+    def fmt(d: dict[str, Any], label: str) -> str:
+        ci = f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]" if d.get("ci_low") is not None else "[none]"
+        change = f"delta {d['delta']:+.3f}, CI {ci}: {d['assessment']}"
+        return f"{label} {d['before']:.3f} -> {d['after']:.3f} ({change})"
+
+    toxicity = [(name.split("/")[1], d) for name, d in deltas.items() if name.startswith("toxicity/")]
+    parts = [fmt(d, f"toxicity[{evaluator}]") for evaluator, d in toxicity if d["name"].endswith("/mean")]
+    if metrics:
+        parts.append(f"KL {metrics[-1].get('objective/kl', float('nan')):.2f} nats")
+    if "quality/perplexity" in deltas:
+        parts.append(fmt(deltas["quality/perplexity"], "perplexity"))
+    parts.append(f"{seconds / 60:.1f} min")
+    return f"verdict (n={comparison['n_prompts']}, {comparison['confidence']:.0%} CI): " + "; ".join(parts)
+
+
+def finish(
+    run_dir: Path, before: EvalResult, after: EvalResult, comparison: Any, seconds: float
+) -> RunSummary:
+    """comparison.json, the qualitative table (CSV + Markdown), summary.json, the report, the verdict."""
+    from detoxrl.evaluation_io import (
+        comparison_to_dict,
+        format_table,
+        qualitative_rows,
+        table_markdown,
+        write_json,
+        write_table_csv,
+    )
+    from detoxrl.report import build_report, read_metrics
+
+    data = comparison_to_dict(comparison)
+    write_json(data, run_dir / "comparison.json")
+    rows = qualitative_rows(before, after)
+    write_table_csv(rows, run_dir / "comparison.csv")
+    (run_dir / "comparison.md").write_text(table_markdown(rows))
+    verdict = verdict_line(data, read_metrics(run_dir), seconds)
+    write_json({"verdict": verdict, "seconds": seconds}, run_dir / "summary.json")
+    build_report(run_dir)
+    print("\n" + format_table(rows, limit=5))
+    print(f"\nreport: {run_dir / 'report.html'}\n{verdict}")
+    return RunSummary(run_dir, verdict, seconds)
