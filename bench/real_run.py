@@ -34,15 +34,51 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--threads", type=int, default=1)  # 2 threads stall on a shared CPU
     parser.add_argument("--table", action="store_true", help="only print the table of --out's metrics.jsonl")
+    parser.add_argument("--eval", type=int, default=0, help="then compare base and final on N unseen prompts")
     args = parser.parse_args()
     if not args.table:
         run(args)
     print_table(Path(args.out) / "metrics.jsonl")
+    if args.eval:
+        compare(Path(args.out), args.eval)
+
+
+def load_prompt_texts() -> list[str]:
+    lines = [line for line in PROMPTS.read_text().splitlines() if line.strip()]
+    return [json.loads(line)["prompt"]["text"] for line in lines]
+
+
+def compare(run_dir: Path, n: int, samples: int = 2) -> None:
+    """Mean P(offensive) of base vs trained policy on ``n`` prompts the run never trained on, same seed."""
+    from peft import PeftModel
+
+    from detoxrl.config import load_config
+    from detoxrl.generate import SamplingSettings, generate
+    from detoxrl.models import load_policy
+    from detoxrl.rollout import batch_indices
+
+    torch.set_num_threads(1)
+    config = load_config(file=run_dir / "config.yaml")
+    prompts = load_prompt_texts()
+    seen = {i for s in range(config.steps) for i in batch_indices(len(prompts), 16, s, config.seed)}
+    held = [p for i, p in enumerate(prompts) if i not in seen][:n] * samples
+    settings = SamplingSettings(max_new_tokens=config.generation.max_new_tokens, top_k=0, top_p=1.0)
+    policy = load_policy(config.policy)
+    tox = {}
+    for name in ("base", "trained"):
+        model = policy.model if name == "base" else PeftModel.from_pretrained(policy.model, run_dir / "final")
+        out = generate(model, policy.tokenizer, held, settings, is_encoder_decoder=False, seed=123)
+        tox[name] = torch.tensor(predict_prob(out.responses), dtype=torch.float64)
+    diff = tox["trained"] - tox["base"]
+    print(f"held-out prompts: {len(held) // samples} x {samples} samples")
+    for name, t in tox.items():
+        print(f"{name}: mean P(offensive) {t.mean():.4f}, share >= 0.5: {(t >= 0.5).double().mean():.4f}")
+    se2 = 2 * diff.std() / len(diff) ** 0.5
+    print(f"paired difference trained - base: {diff.mean():+.4f} +- {se2:.4f} (2 s.e.)")
 
 
 def run(args: argparse.Namespace) -> None:
-    lines = [line for line in PROMPTS.read_text().splitlines() if line.strip()]
-    prompts = [json.loads(line)["prompt"]["text"] for line in lines]
+    prompts = load_prompt_texts()
     config = RunConfig(
         policy=PolicyConfig(chat_template=False),  # smollm2-135m-instruct, LoRA r 32 on q, k, v, o
         generation=GenerationConfig(min_new_tokens=16, max_new_tokens=32, length_sampling="per_prompt"),
