@@ -29,8 +29,9 @@ install: $(VENV)/.installed
 
 dev: $(VENV)/.dev
 
+# Each demo writes a new run directory, so nothing earlier is overwritten.
 demo: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 $(BIN)/detoxrl demo
+	HF_HUB_OFFLINE=1 $(BIN)/detoxrl run --preset default output_dir=runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests bench

@@ -123,3 +123,28 @@ def minilm_dir(shared_dir: Path) -> Path:
     if not (path / "model.safetensors").is_file():
         pytest.skip("minilm-toxicity classifier not found in shared/models")
     return path
+
+
+@pytest.fixture
+def reward_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An importable module ``tiny_rewards`` whose ``calm`` reward = minus the rude words of a response;
+    configs name it as ``reward: {kind: callable, model: tiny_rewards:calm}``."""
+    (tmp_path / "tiny_rewards.py").write_text(
+        "RUDE = {'idiot', 'stupid', 'hate', 'shut', 'dumb', 'terrible'}\n\n\n"
+        "def calm(prompts, responses):\n"
+        "    return [-float(sum(w in RUDE for w in r.split())) for r in responses]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "tiny_rewards:calm"
+
+
+@pytest.fixture
+def prompt_file(tmp_path: Path) -> Path:
+    """40 distinct prompts in a .jsonl file with a nested field, like RealToxicityPrompts."""
+    import json
+
+    words = CORPUS[:8]
+    lines = [json.dumps({"prompt": {"text": f"{a} {b.split()[-1]}"}}) for a in words for b in words[:5]]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 import torch
 
+from detoxrl.checkpoint import latest_checkpoint
 from detoxrl.config import GenerationConfig, PolicyConfig, PPOConfig, RunConfig
 from detoxrl.errors import TrainingError
 from detoxrl.models import load_policy
 from detoxrl.policy import VALUE_HEAD_FILE, build_actor_critic
-from detoxrl.trainer import LengthSampler, PPOTrainer, latest_checkpoint, train
+from detoxrl.trainer import LengthSampler, PPOTrainer, train
 
 PROMPTS = ["you are a kind", "the movie was", "what a lovely day", "i hate waiting"] * 4
 REQUIRED_STATS = [
@@ -253,25 +254,16 @@ def test_early_stop_on_approx_kl(tiny_causal_dir: Path) -> None:
 
 
 def test_cli_train_runs_and_resumes(
-    tiny_causal_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_causal_dir: Path, tmp_path: Path, prompt_file: Path, reward_module: str
 ) -> None:
-    """``detoxrl train`` end to end; data and rewards (other modules' work) are stood in for here."""
-    import sys
-    import types
-
+    """``detoxrl train`` end to end with the real data loader and a Python reward."""
     from detoxrl.cli import main
 
-    data = types.ModuleType("detoxrl.data")
-    data.load_prompts = lambda config: types.SimpleNamespace(  # type: ignore[attr-defined]
-        train=[types.SimpleNamespace(text=p, reference=None) for p in PROMPTS], eval=[]
-    )
-    rewards = types.ModuleType("detoxrl.rewards")
-    rewards.build_reward = lambda config, device: text_length_reward  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "detoxrl.data", data)
-    monkeypatch.setitem(sys.modules, "detoxrl.rewards", rewards)
     config = tmp_path / "run.yaml"
     config.write_text(
         f"policy: {{model: '{tiny_causal_dir}', chat_template: false}}\n"
+        f"reward: {{kind: callable, model: '{reward_module}'}}\n"
+        f"data: {{source: '{prompt_file}', text_field: prompt.text}}\n"
         f"output_dir: '{tmp_path / 'run'}'\nppo: {{batch_size: 4, mini_batch_size: 2}}\n"
         "generation: {min_new_tokens: 2, max_new_tokens: 4}\nsave_every: 1\n"
     )

@@ -24,18 +24,12 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
-    """Texts from positional arguments, ``--file`` (one per line, or .jsonl with --field) or stdin."""
+    """Texts from positional arguments, ``--file`` (.txt: one per line; .jsonl/.csv/...: --field) or stdin."""
+    from detoxrl.data import read_texts
+
     texts = list(args.texts or [])
     if args.file:
-        path = Path(args.file)
-        if not path.is_file():
-            raise DetoxError(f"Input file '{path}' does not exist.")
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-        if path.suffix == ".jsonl":
-            from detoxrl.data import get_field
-
-            lines = [str(get_field(json.loads(ln), args.field)) for ln in lines]
-        texts += lines
+        texts += read_texts(args.file, args.field)[0]
     if not texts and not sys.stdin.isatty():
         texts = [ln for ln in sys.stdin.read().splitlines() if ln.strip()]
     if not texts:
@@ -95,18 +89,20 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shared_dir() -> Path:
-    """``$DETOXRL_SHARED``, else the ``shared/`` folder beside the repository (or beside the cwd)."""
-    if "DETOXRL_SHARED" in os.environ:
-        return Path(os.environ["DETOXRL_SHARED"])
-    beside_repo = Path(__file__).resolve().parents[3] / "shared"
-    return beside_repo if beside_repo.is_dir() else Path.cwd().parent / "shared"
-
-
 def _default_evaluators() -> list[str]:
     """profanity-check, plus the offline MiniLM classifier when shared/ has it: a second, independent view."""
-    minilm = _shared_dir() / "models" / "minilm-toxicity"
-    return ["profanity"] + ([str(minilm)] if (minilm / "config.json").is_file() else [])
+    from detoxrl.rewards import resolve_evaluator_specs
+
+    return resolve_evaluator_specs(("profanity", "shared:minilm-toxicity"))
+
+
+def _default_prompt_file() -> Path:
+    from detoxrl.data import shared_dir
+
+    root = shared_dir()
+    if root is None:
+        raise DetoxError("No --prompts file given and no shared/ folder found: pass --prompts FILE.")
+    return root / "data" / "real-toxicity-prompts" / "challenging_toxic.jsonl"
 
 
 def _eval_config(args: argparse.Namespace) -> EvalConfig:
@@ -127,13 +123,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from detoxrl.config import PolicyConfig, RewardConfig
+    from detoxrl.data import read_texts
     from detoxrl.evaluation import EvalResult, compare, evaluate, reference_nll
     from detoxrl.evaluation_io import (
         format_comparison,
         format_metrics,
         format_table,
         qualitative_rows,
-        read_prompts,
         save_evaluation,
     )
     from detoxrl.models import attach_adapter, load_policy, resolve_device
@@ -142,8 +138,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = _eval_config(args)
-    prompt_file = args.prompts or _shared_dir() / "data" / "real-toxicity-prompts" / "challenging_toxic.jsonl"
-    prompts, refs = read_prompts(prompt_file, args.field, args.reference_field, config.num_prompts)
+    prompt_file = args.prompts or _default_prompt_file()
+    prompts, refs = read_texts(prompt_file, args.field, args.reference_field, config.num_prompts)
     device = resolve_device(args.device)
     policy = load_policy(PolicyConfig(model=args.model, dtype=args.dtype), device)
     evaluators = [build_evaluator(spec, device) for spec in config.evaluators]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -196,6 +197,35 @@ def read_records(source: str, split: str = "train") -> Iterator[tuple[int, dict[
             )
         return READERS[path.suffix.lower()](path)
     return _read_hub(source, split)
+
+
+def shared_dir() -> Path | None:
+    """The project's offline data and models: ``$DETOXRL_SHARED``, else a ``shared/`` folder beside the
+    repository checkout or beside the working directory; None when there is none."""
+    env = os.environ.get("DETOXRL_SHARED")
+    for candidate in (env, Path(__file__).resolve().parents[3] / "shared", Path.cwd().parent / "shared"):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+def read_texts(
+    source: str | Path,
+    field: str = "prompt.text",
+    reference_field: str | None = None,
+    limit: int | None = None,
+) -> tuple[list[str], list[str] | None]:
+    """The first ``limit`` texts (and references) of a file in file order: a field (dotted path, e.g.
+    ``prompt.text``) of a .jsonl/.json/.csv/.parquet file, or each line of a .txt file."""
+    texts: list[str] = []
+    refs: list[str] = []
+    for _, record in read_records(str(source)):
+        if limit is not None and len(texts) >= limit:
+            break
+        texts.append(str(get_field(record, "text" if str(source).endswith(".txt") else field)))
+        if reference_field is not None:
+            refs.append(str(get_field(record, reference_field)))
+    return texts, (refs if reference_field is not None else None)
 
 
 # ---- filtering, splitting ----------------------------------------------------------------------------

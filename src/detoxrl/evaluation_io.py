@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from detoxrl import stats
-from detoxrl.errors import DataError
 from detoxrl.evaluation import (
     SCHEMA_COMPARISON,
     SCHEMA_RESULT,
@@ -309,29 +308,3 @@ def save_evaluation(
     paths.append(write_table_csv(rows, out / "table.csv"))
     (out / "table.md").write_text(table_markdown(rows))
     return [*paths, out / "table.md"]
-
-
-def read_prompts(
-    path: str | Path, field: str = "prompt.text", reference_field: str | None = None, limit: int | None = None
-) -> tuple[list[str], list[str] | None]:
-    """The first ``limit`` prompts (and references) of a .jsonl file (dotted field paths, e.g.
-    ``prompt.text``) or of a text file (one prompt per line), in file order."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"Prompt file '{path}' does not exist.")
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()][:limit]
-    if path.suffix != ".jsonl":
-        return lines, None
-    records = [json.loads(ln) for ln in lines]
-    refs = None if reference_field is None else [str(_field(r, reference_field, path)) for r in records]
-    return [str(_field(r, field, path)) for r in records], refs
-
-
-def _field(record: dict[str, Any], dotted: str, path: Path) -> Any:
-    value: Any = record
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            keys = ", ".join(record) if isinstance(record, dict) else ""
-            raise DataError(f"'{path}' has no field '{dotted}' (top-level keys: {keys}).")
-        value = value[part]
-    return value

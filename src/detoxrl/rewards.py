@@ -249,3 +249,24 @@ def build_evaluator(spec: str, device: torch.device | str = "cpu") -> ToxicitySc
     classifier.label_index(toxic_label)  # a wrong name fails here, listing the labels
     name = f"{Path(path.rstrip('/')).name}:{toxic_label}"
     return ClassifierScorer(classifier, toxic_label, name)
+
+
+def resolve_evaluator_specs(specs: tuple[str, ...] | list[str]) -> list[str]:
+    """``shared:NAME`` names a classifier in ``shared/models/NAME``: used where it exists and skipped
+    (with a note) where not, so offline reports carry a second evaluator wherever one is available."""
+    from detoxrl.data import shared_dir
+
+    out = []
+    for spec in specs:
+        if not spec.startswith("shared:"):
+            out.append(spec)
+            continue
+        root = shared_dir()
+        path = root / "models" / spec.removeprefix("shared:") if root else None
+        if path is not None and (path / "config.json").is_file():
+            out.append(str(path))
+        else:
+            print(f"note: evaluator '{spec}' skipped: no shared/models folder here (set DETOXRL_SHARED)")
+    if not out:
+        raise ConfigError("No evaluator is available: set eval.evaluators (e.g. [profanity]).")
+    return out

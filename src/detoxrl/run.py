@@ -28,41 +28,11 @@ class RunSummary:
     seconds: float
 
 
-def shared_dir() -> Path | None:
-    """``$DETOXRL_SHARED``, else a ``shared/`` folder beside the repository or the working directory."""
-    import os
-
-    candidates = [os.environ.get("DETOXRL_SHARED"), Path(__file__).resolve().parents[3] / "shared"]
-    candidates.append(Path.cwd().parent / "shared")
-    for c in candidates:
-        if c and Path(c).is_dir():
-            return Path(c)
-    return None
-
-
-def resolve_evaluator_specs(specs: tuple[str, ...]) -> list[str]:
-    """``shared:NAME`` names a classifier in shared/models/NAME: used when present, skipped (with a
-    note) when not, so offline demos carry a second evaluator wherever one is available."""
-    out = []
-    for spec in specs:
-        if not spec.startswith("shared:"):
-            out.append(spec)
-            continue
-        root = shared_dir()
-        path = root / "models" / spec.removeprefix("shared:") if root else None
-        if path is not None and (path / "config.json").is_file():
-            out.append(str(path))
-        else:
-            print(f"note: evaluator '{spec}' not found (no shared/models folder); skipping it")
-    if not out:
-        raise ConfigError("No evaluator is available: set eval.evaluators (e.g. [profanity]).")
-    return out
-
-
 def validate(config: RunConfig) -> list[str]:
     """Cheap checks before any heavy work (``--dry-run``): sizes, model specs, data, labels."""
     from detoxrl.data import load_prompts
     from detoxrl.models import resolve_source
+    from detoxrl.rewards import resolve_evaluator_specs
 
     ppo, notes = config.ppo, []
     if ppo.batch_size % ppo.mini_batch_size:
@@ -153,7 +123,7 @@ def evaluate_model(
     label: str,
 ) -> EvalResult:
     from detoxrl.evaluation import evaluate
-    from detoxrl.rewards import build_evaluator, build_reward
+    from detoxrl.rewards import build_evaluator, build_reward, resolve_evaluator_specs
 
     policy, model, nll = loaded
     device: torch.device = next(model.parameters()).device

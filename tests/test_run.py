@@ -1,0 +1,108 @@
+"""``detoxrl run`` and ``detoxrl report`` end to end through the real CLI, on a tiny model."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import pytest
+
+from detoxrl.cli import main
+
+RUN_FILES = [
+    "config.yaml", "metrics.jsonl", "eval_before.json", "eval_after.json", "comparison.json",
+    "comparison.csv", "comparison.md", "summary.json", "report.md", "report.html",
+    "final/adapter_config.json",
+    "plots/training.png", "plots/toxicity_distributions.png", "plots/toxicity_per_prompt.png",
+]  # fmt: skip
+
+
+@pytest.fixture
+def run_config(tmp_path: Path, tiny_causal_dir: Path, prompt_file: Path, reward_module: str) -> Path:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        f"policy: {{model: '{tiny_causal_dir}', chat_template: false}}\n"
+        f"reward: {{kind: callable, model: '{reward_module}'}}\n"
+        f"data: {{source: '{prompt_file}', text_field: prompt.text, eval_fraction: 0.25}}\n"
+        "generation: {min_new_tokens: 2, max_new_tokens: 4}\n"
+        "ppo: {batch_size: 4, mini_batch_size: 2}\n"
+        "eval: {num_prompts: 8, max_new_tokens: 4, bootstrap_resamples: 200, evaluators: [profanity]}\n"
+        f"steps: 2\nsave_every: 1\nthreads: 1\noutput_dir: '{tmp_path / 'run'}'\n"
+    )
+    return config
+
+
+def test_run_writes_the_whole_run_directory(run_config: Path, tmp_path: Path) -> None:
+    assert main(["run", "--config", str(run_config)]) == 0
+    run = tmp_path / "run"
+    for name in RUN_FILES:
+        assert (run / name).is_file(), name
+    before = json.loads((run / "eval_before.json").read_text())
+    after = json.loads((run / "eval_after.json").read_text())
+    assert before["prompts"] == after["prompts"] and before["n_prompts"] == 8  # same held-out prompts
+    comparison = json.loads((run / "comparison.json").read_text())
+    assert comparison["n_prompts"] == 8
+    assert all(
+        d["assessment"] != "improvement" or d["ci_low"] * d["ci_high"] > 0 for d in comparison["deltas"]
+    )
+    page = (run / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3  # self-contained: the plots are embedded
+    assert html.escape(json.loads((run / "summary.json").read_text())["verdict"]) in page
+    assert [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_report_is_rebuilt_from_the_files_alone(run_config: Path, tmp_path: Path) -> None:
+    assert main(["run", "--config", str(run_config)]) == 0
+    run = tmp_path / "run"
+    first = (run / "report.md").read_text()
+    (run / "report.md").unlink()
+    (run / "report.html").unlink()
+    assert main(["report", str(run)]) == 0
+    assert (run / "report.md").read_text() == first
+    assert (run / "report.html").is_file()
+
+
+def test_run_refuses_to_overwrite_and_resumes_from_its_directory(
+    run_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "--config", str(run_config), "steps=1"]) == 0
+    assert main(["run", "--config", str(run_config)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    before = (tmp_path / "run" / "eval_before.json").read_text()
+    assert main(["run", "--resume", str(tmp_path / "run"), "steps=2"]) == 0  # one more step, same evaluation
+    assert (tmp_path / "run" / "eval_before.json").read_text() == before
+    steps = [json.loads(ln)["step"] for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+
+
+def test_dry_run_checks_everything_and_runs_nothing(
+    run_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "--config", str(run_config), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "30 training prompts, 10 held-out prompts" in out and "config OK" in out
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("ppo.learnig_rate=1e-4", "Did you mean 'learning_rate'"),
+        ("ppo.mini_batch_size=3", "multiple of"),
+        ("data.text_field=prompt.txt", "prompt.txt"),
+        ("policy.model=./nowhere", "does not exist"),
+    ],
+)
+def test_dry_run_rejects_bad_configs_with_a_clear_message(
+    run_config: Path, override: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "--config", str(run_config), override, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_presets_are_listed(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("default", "lab3", "rtp"))
