@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cpu_flags": cpu_flags(),
         "versions": versions(),
     }
-    result["summary"]["log_stem"] = "ours"
+    result["summary"].update(log_stem="ours", versions=result["versions"])
     write(result, args.out or RESULTS / f"ours-{args.dtype}.json")
     return result
 
