@@ -193,6 +193,10 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="2", MKL_NUM_THREADS="2", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     env.update(TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1", **extra)
+    root = os.environ.get("PEER_VENVS")  # bench/setup_peers.sh's cache folder, when not the default
+    if root:
+        for name in ("trl116", "trl112", "trl011"):
+            env.setdefault(f"VENV_{name.upper()}", str(Path(root) / name))
     return env
 
 
