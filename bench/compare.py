@@ -73,7 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="ours only")
     p.add_argument("--results", type=Path, default=RESULTS / "compare")
-    p.add_argument("--model-dir", default=None, help="SmolLM2 HF folder for the peers (default: detoxrl's)")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="ours: any detoxrl model spec")
+    p.add_argument("--model-dir", default=None, help="HF folder for the peers (default: --model's folder)")
+    p.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads of every run")
     p.add_argument("--no-ours", action="store_true", help="run only the peers")
     p.add_argument("--sandwich", action="store_true", help="run ours again after the peers (drift check)")
     p.add_argument("--summarise-only", action="store_true", help="only print the table of --results")
@@ -183,15 +185,16 @@ def format_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def default_model_dir() -> str:
+def default_model_dir(spec: str) -> str:
     from detoxrl.models import local_folder
 
-    return local_folder("smollm2-135m-instruct").path
+    return local_folder(spec).path
 
 
-def child_env(extra: dict[str, str]) -> dict[str, str]:
+def child_env(extra: dict[str, str], threads: int = 2) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="2", MKL_NUM_THREADS="2", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env.update(TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     env.update(TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1", **extra)
     root = os.environ.get("PEER_VENVS")  # bench/setup_peers.sh's cache folder, when not the default
     if root:
@@ -204,12 +207,12 @@ def run_ours(args: argparse.Namespace, stem: str) -> int:
     """Ours as its own process under /usr/bin/time -v (so its peak RSS is measured like the peers')."""
     out = args.results / f"{stem}.json"
     cmd = [sys.executable, "-m", "bench.throughput", "--steps", str(args.steps), "--warmup", str(args.warmup)]
-    cmd += ["--dtype", args.dtype, "--out", str(out)]
+    cmd += ["--dtype", args.dtype, "--out", str(out), "--model", args.model, "--threads", str(args.threads)]
     if Path("/usr/bin/time").exists():
         cmd = ["/usr/bin/time", "-v", "-o", str(args.results / f"{stem}.time"), *cmd]
     pythonpath = os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")])
     print(f"\n### {stem}: {' '.join(cmd)}", flush=True)
-    rc = subprocess.call(cmd, cwd=REPO, env=child_env({"PYTHONPATH": pythonpath}))
+    rc = subprocess.call(cmd, cwd=REPO, env=child_env({"PYTHONPATH": pythonpath}, args.threads))
     if rc == 0:  # mark the JSON with its stem (ours-2 with --sandwich)
         data = json.loads(out.read_text())
         data["summary"]["log_stem"] = stem
@@ -221,14 +224,15 @@ def run_peer(args: argparse.Namespace, peer: str, model_dir: str) -> int:
     script = peers_dir() / "run_peer.sh"  # type: ignore[operator]
     cmd = ["bash", str(script), peer, "--steps", str(args.steps), "--warmup", str(args.warmup)]
     print(f"\n### {peer}: {' '.join(cmd)}", flush=True)
-    env = child_env({"MODEL_DIR": model_dir, "RESULTS_DIR": str(args.results.resolve())})
+    # run_peer.sh sets 2 OpenMP threads and the scripts call torch.set_num_threads(2) themselves
+    env = child_env({"MODEL_DIR": model_dir, "RESULTS_DIR": str(args.results.resolve())}, args.threads)
     return subprocess.call(cmd, cwd=REPO, env=env)
 
 
 def run_all(args: argparse.Namespace, peers: list[str]) -> dict[str, int]:
     """Ours, then each peer, then (--sandwich) ours again; never two at once. Returns exit codes."""
     args.results.mkdir(parents=True, exist_ok=True)
-    model_dir = args.model_dir or (default_model_dir() if peers else "")
+    model_dir = args.model_dir or (default_model_dir(args.model) if peers else "")
     codes = {}
     if not args.no_ours:
         codes["ours"] = run_ours(args, "ours")
