@@ -183,8 +183,8 @@ def summarise(records: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
     phase_rates = {
         k: {
             "median_s": phases[k],
-            "samples_per_s": SAMPLES_PER_STEP / phases[k] if phases[k] else None,
-            "tokens_per_s": per_phase_tokens[k] / sum(r[f"{k}_s"] for r in timed),
+            "samples_per_s": _rate(SAMPLES_PER_STEP, phases[k]),
+            "tokens_per_s": _rate(per_phase_tokens[k], sum(r[f"{k}_s"] for r in timed)),
         }
         for k in PHASES
     }
@@ -216,6 +216,10 @@ def summarise(records: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
         "kl_mean_timed": statistics.fmean(r["kl"] for r in timed),
         "peak_rss_mib_getrusage": peak_rss_mib(),
     }
+
+
+def _rate(amount: float, seconds: float | None) -> float | None:
+    return amount / seconds if seconds else None
 
 
 def _sum_or_none(*xs: float | None) -> float | None:
@@ -296,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         add_flops(rec, shape, peak[args.dtype])
         records.append(rec)
         print_step(i, rec)
-    result = {
+    result: dict[str, Any] = {
         "summary": summarise(records, args.warmup),
         "steps": records,
         "peak_flops_per_s": peak,
