@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,13 @@ def run_peer(args: argparse.Namespace, peer: str, model_dir: str) -> int:
 def run_all(args: argparse.Namespace, peers: list[str]) -> dict[str, int]:
     """Ours, then each peer, then (--sandwich) ours again; never two at once. Returns exit codes."""
     args.results.mkdir(parents=True, exist_ok=True)
+    stale = [Path(p) for p in glob.glob(str(args.results / "*")) if Path(p).is_file()]
+    if stale:  # earlier results would mix into this table: keep them aside
+        old = args.results / time.strftime("previous-%Y%m%dT%H%M%S")
+        old.mkdir()
+        for path in stale:
+            path.rename(old / path.name)
+        print(f"earlier results moved to {old}", flush=True)
     model_dir = args.model_dir or (default_model_dir(args.model) if peers else "")
     codes = {}
     if not args.no_ours:
