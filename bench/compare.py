@@ -162,6 +162,7 @@ def table_rows(runs: list[dict[str, Any]]) -> list[tuple[str, Callable[[dict[str
         ("new tokens/s (overall)", _get("gen_tokens_per_s_overall", "{:.1f}")),
         ("MFU update (needed FLOPs / peak)", _get("mfu_update", pct)),
         ("MFU whole step", _get("mfu_step", pct)),
+        ("FLOP floor s / step at the measured peak", _get("floor_step_s", "{:.1f}")),
         ("peak RSS GiB getrusage (time -v)", _rss),
         ("reward first → last step", lambda r: f"{_get('reward_first_step', '{:.3f}')(r)} → "
          f"{_get('reward_last_step', '{:.3f}')(r)}"),

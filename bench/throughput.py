@@ -155,6 +155,7 @@ def add_flops(rec: dict[str, Any], shape: ModelShape, peak: float | None) -> Non
     rec["mfu_update"] = mfu(need["update"], rec["update_s"], peak)
     rec["mfu_step"] = mfu(need["total"], rec["wall_s"], peak)
     rec["mfu_update_6n"] = mfu(six_n["update"], rec["update_s"], peak)
+    rec["floor_s"] = need["total"] / peak if peak else None  # the step's FLOPs at the matmul peak
     rec["mfu_forward"] = mfu(need["policy_pass"] + need["reference_pass"], rec["forward_s"], peak)
     rec["mfu_generation"] = mfu(need["generation"], rec["generation_s"], peak)
     rec["tokens"] = {
@@ -172,7 +173,8 @@ def _median(records: list[dict[str, Any]], key: str) -> float | None:
 def summarise(records: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
     """Medians of the measured steps, in the peers' key names (common.summarise) plus ours."""
     timed = records[warmup:] or records
-    med = {k: _median(timed, k) for k in ("wall_s", "cpu_util", "mfu_update", "mfu_step", "mfu_update_6n")}
+    keys = ("wall_s", "cpu_util", "mfu_update", "mfu_step", "mfu_update_6n", "floor_s")
+    med = {k: _median(timed, k) for k in keys}
     phases = {k: _median(timed, f"{k}_s") for k in (*PHASES, "advantages")}
     wall_total = sum(r["wall_s"] for r in timed)
     resp = sum(r["tokens"]["response"] for r in timed)
@@ -209,6 +211,7 @@ def summarise(records: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
         "mfu_update": med["mfu_update"],
         "mfu_step": med["mfu_step"],
         "mfu_update_6n": med["mfu_update_6n"],
+        "floor_step_s": med["floor_s"],
         "reward_first_step": records[0]["reward_mean"],
         "reward_last_step": records[-1]["reward_mean"],
         "kl_first_step": records[0]["kl"],
@@ -244,7 +247,7 @@ def fmt(x: float | None, spec: str = "{:.2f}") -> str:
 
 def format_table(result: dict[str, Any]) -> str:
     """A markdown table of one result: per phase seconds, samples/s, tokens/s; then the totals."""
-    s, peak = result["summary"], result["peak_flops_per_s"]
+    s = result["summary"]
     lines = ["| phase | median s | samples/s | tokens/s |", "| --- | ---: | ---: | ---: |"]
     for name, ph in s["phases"].items():
         cells = [fmt(ph["median_s"]), fmt(ph["samples_per_s"], "{:.3f}"), fmt(ph["tokens_per_s"], "{:.1f}")]
@@ -253,17 +256,20 @@ def format_table(result: dict[str, Any]) -> str:
         f"| **step** | {fmt(s['median_step_s'])} | {fmt(s['samples_per_s_median'], '{:.3f}')} | "
         f"{fmt(s['gen_tokens_per_s_overall'], '{:.1f}')} (new) |"
     )
-    pct = "{:.1%}"
-    lines += [
-        "",
+    return "\n".join([*lines, "", *_footer(result)])
+
+
+def _footer(result: dict[str, Any]) -> list[str]:
+    s, peak, pct = result["summary"], result["peak_flops_per_s"], "{:.1%}"
+    return [
         f"peak matmul: fp32 {fmt(_g(peak.get('float32')), '{:.1f}')} GFLOP/s, "
         f"bf16 {fmt(_g(peak.get('bfloat16')), '{:.1f}')} GFLOP/s; dtype in use {result['config']['dtype']}",
         f"MFU update {fmt(s['mfu_update'], pct)} (6N convention {fmt(s['mfu_update_6n'], pct)}), "
-        f"MFU step {fmt(s['mfu_step'], pct)}; peak RSS {s['peak_rss_mib_getrusage'] / 1024:.2f} GiB; "
+        f"MFU step {fmt(s['mfu_step'], pct)}; FLOP floor {fmt(s.get('floor_step_s'), '{:.1f}')} s/step",
+        f"peak RSS {s['peak_rss_mib_getrusage'] / 1024:.2f} GiB; "
         f"reward {fmt(s['reward_first_step'], '{:.3f}')} -> {fmt(s['reward_last_step'], '{:.3f}')}; "
         f"cpu util {fmt(s['median_cpu_util'])}",
     ]
-    return "\n".join(lines)
 
 
 def _g(x: float | None) -> float | None:
