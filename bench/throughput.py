@@ -41,7 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--model", default="smollm2-135m-instruct", help="any detoxrl model spec")
-    p.add_argument("--peak-size", type=int, default=2048, help="square matmul size for the peak")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (the issue's workload is the CPU)")
+    p.add_argument("--peak-size", type=int, default=None, help="square matmul size (2048 CPU, 8192 GPU)")
     p.add_argument("--peak-reps", type=int, default=7, help="timed matmuls per dtype (median)")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/ours-DTYPE.json)")
     p.add_argument("--seed", type=int, default=0)
@@ -56,24 +57,34 @@ def load_dialogues(path: Path, n: int, seed: int = 0) -> list[str]:
     return dialogues[:n]
 
 
-def measure_peak(size: int, reps: int) -> dict[str, float | None]:
+def measure_peak(size: int, reps: int, device: str = "cpu") -> dict[str, float | None]:
     """Median FLOP/s of ``torch.mm`` on (size x size) matrices, fp32 and bf16 (None if bf16 fails)."""
     import torch
 
     out: dict[str, float | None] = {}
     for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
         try:
-            a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-            torch.mm(a, b)  # warm-up (thread pool, packing buffers)
+            a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
+            torch.mm(a, b)  # warm-up (thread pool, packing buffers, kernels)
             times = []
             for _ in range(reps):
+                sync(device)
                 t = time.perf_counter()
                 torch.mm(a, b)
+                sync(device)
                 times.append(time.perf_counter() - t)
             out[name] = 2.0 * size**3 / statistics.median(times)
         except RuntimeError:
             out[name] = None
     return out
+
+
+def sync(device: Any) -> None:
+    """Wait for a GPU's queued work, so that host clocks time it (no-op on the CPU)."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def cpu_flags() -> dict[str, bool]:
@@ -93,7 +104,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, list[Any], ModelShape]:
     from detoxrl.trainer import PPOTrainer
 
     policy_config = PolicyConfig(model=args.model, dtype=args.dtype)  # LoRA r 32, alpha 32, q k v o
-    policy = load_policy(policy_config)
+    policy = load_policy(policy_config, args.device)
     actor_critic = build_actor_critic(policy, policy_config)
     n = SAMPLES_PER_STEP * (args.warmup + args.steps)
     dialogues = load_dialogues(dialogsum_file(), n, args.seed)
@@ -117,11 +128,13 @@ def run_step(trainer: Any, tokenizer: Any, queries: list[Any], args: argparse.Na
 
     t0, c0 = time.perf_counter(), time.process_time()
     responses = trainer.generate(queries, max_new_tokens=args.max_new_tokens, top_k=0, top_p=1.0)
+    sync(args.device)
     t1 = time.perf_counter()
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
     scores = torch.tensor(1.0 - predict_prob(texts), dtype=torch.float32)
     t2 = time.perf_counter()
     stats = trainer.step(queries, responses, scores)
+    sync(args.device)
     wall = time.perf_counter() - t0
     return {
         "samples": len(queries),
@@ -296,7 +309,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
     load_avg = os.getloadavg()
-    peak = measure_peak(args.peak_size, args.peak_reps)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    gpu = args.device.startswith("cuda")
+    peak = measure_peak(args.peak_size or (8192 if gpu else 2048), args.peak_reps, args.device)
     t_setup = time.perf_counter()
     trainer, tokenizer, queries, shape = build(args)
     setup_s = time.perf_counter() - t_setup
@@ -316,6 +332,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "load_avg_at_start": load_avg,
         "torch_threads": torch.get_num_threads(),
         "cpu_flags": cpu_flags(),
+        "gpu": torch.cuda.get_device_name() if gpu else None,
+        "peak_gpu_memory_mib": torch.cuda.max_memory_allocated() / 2**20 if gpu else None,
         "versions": versions(),
     }
     result["summary"].update(log_stem="ours", versions=result["versions"])
