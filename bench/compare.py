@@ -63,6 +63,8 @@ QUIRKS: dict[str, list[str]] = {
     "ours": [
         "'score' time = batching + old log-probs/values pass + reference pass (adapter disabled) + "
         "reward + advantages; 'train' = 4 mini-batch updates; responses stop at EOS, at most 48 tokens",
+        "responses are also cut at SmolLM2's BOS <|im_start|> (the model opening a new turn), which the "
+        "peers keep, generate past and train on",
     ],
 }
 
