@@ -110,6 +110,15 @@ def tiny_classifier_dir(tiny_dir: Path, tokenizer_dir: Path) -> Path:
     return _save(BertForSequenceClassification(config), tokenizer_dir, tiny_dir / "classifier")
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and a shared CPU makes 2-thread OpenMP stall."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED.is_dir():

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -18,13 +17,7 @@ QUERIES = [[5, 10, 6, 27], [4, 9, 50, 42, 17, 7, 39], [12]]
 RESPONSES = [[20, 21, 22], [30, 31, 32, 33, 34, 35], [40]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    """Tiny models run fastest on one thread, and a shared CPU makes 2-thread OpenMP stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(path: Path, **kwargs: object) -> ActorCritic:

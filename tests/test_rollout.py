@@ -4,7 +4,6 @@ exactly the log-probs of the distribution the tokens were sampled from (temperat
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -18,13 +17,7 @@ from detoxrl.rollout import LengthSampler, collect_rollout, generate_responses, 
 QUERIES = [torch.tensor(q) for q in ([5, 10, 6, 27], [4, 9, 50, 42, 17, 7, 39], [12, 13])]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    """Tiny models run fastest on one thread, and a shared CPU makes 2-thread OpenMP stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_length_sampler_is_uniform_on_a_half_open_range_and_seeded() -> None:

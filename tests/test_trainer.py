@@ -45,13 +45,7 @@ def penalty_reward(words: set[str]) -> Any:
     return reward
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    """Tiny models run fastest on one thread, and a shared CPU makes 2-thread OpenMP stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def text_length_reward(prompts: list[str], responses: list[str]) -> torch.Tensor:

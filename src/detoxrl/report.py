@@ -213,16 +213,22 @@ def plots(files: RunFiles) -> dict[str, bytes]:
     return out
 
 
+def _method(files: RunFiles) -> str:
+    c = files.comparison
+    return (
+        f"Paired over the same {c['n_prompts']} held-out prompts x {c['samples_per_prompt']} samples with "
+        f"the same seeds; {c['confidence']:.0%} bootstrap intervals over prompts. A delta whose interval "
+        "includes zero is reported as 'no significant change', never as an improvement."
+    )
+
+
 def build_markdown(files: RunFiles, images: dict[str, str]) -> str:
-    n, k = files.comparison["n_prompts"], files.comparison["samples_per_prompt"]
     cols, rows = _qualitative(files)
     parts = [
         "# detoxrl run report",
         f"**{files.summary.get('verdict', 'no verdict recorded')}**",
         _config_line(files.config) + ".",
-        f"## Before vs after\n\nPaired over the same {n} held-out prompts x {k} samples, same seeds; "
-        f"{files.comparison['confidence']:.0%} bootstrap intervals over prompts. A delta whose interval "
-        "includes zero is reported as *no significant change*.",
+        f"## Before vs after\n\n{_method(files)}",
         _md_table(COMPARISON_HEADER, comparison_rows(files.comparison)),
         "## Plots",
         *(f"![{name}]({src})" for name, src in images.items()),
@@ -259,17 +265,13 @@ def _img(name: str, png: bytes) -> str:
 
 def build_html(files: RunFiles, pngs: dict[str, bytes]) -> str:
     cols, rows = _qualitative(files)
-    n, k = files.comparison["n_prompts"], files.comparison["samples_per_prompt"]
     verdict = html.escape(str(files.summary.get("verdict", "no verdict recorded")))
-    confidence = f"{files.comparison['confidence']:.0%}"
     body = [
         "<h1>detoxrl run report</h1>",
         f"<p class='verdict'>{verdict}</p>",
         f"<p>{html.escape(_config_line(files.config))}.</p>",
         "<h2>Before vs after</h2>",
-        f"<p>Paired over the same {n} held-out prompts x {k} samples with the same seeds; {confidence} "
-        "bootstrap intervals over prompts. A delta whose interval includes zero is reported as "
-        "<em>no significant change</em>.</p>",
+        f"<p>{html.escape(_method(files))}</p>",
         _html_table(COMPARISON_HEADER, comparison_rows(files.comparison)),
         "<h2>Plots</h2>",
         *(_img(name, png) for name, png in pngs.items()),
