@@ -13,9 +13,36 @@ from detoxrl.cli import main
 RUN_FILES = [
     "config.yaml", "metrics.jsonl", "eval_before.json", "eval_after.json", "comparison.json",
     "comparison.csv", "comparison.md", "summary.json", "report.md", "report.html",
-    "final/adapter_config.json",
+    "final/adapter_config.json", "final/value_head.safetensors",
     "plots/training.png", "plots/toxicity_distributions.png", "plots/toxicity_per_prompt.png",
 ]  # fmt: skip
+
+
+def test_the_final_adapter_serves_in_a_transformers_pipeline(run_config: Path, tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    assert main(["run", "--config", str(run_config)]) == 0
+    base_dir = json.loads((tmp_path / "run" / "final" / "adapter_config.json").read_text())[
+        "base_model_name_or_path"
+    ]
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base_dir), tmp_path / "run" / "final"
+    )
+    generator = pipeline("text-generation", model=model, tokenizer=AutoTokenizer.from_pretrained(base_dir))
+    out = generator("you are a", max_new_tokens=3, do_sample=False)
+    assert out[0]["generated_text"].startswith("you are a")
+
+
+def test_tensorboard_events_hold_the_metrics(run_config: Path, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert main(["run", "--config", str(run_config)]) == 0
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    rewards = [e.value for e in events.Scalars("env/reward_mean")]
+    metrics = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rewards == pytest.approx([m["env/reward_mean"] for m in metrics])
 
 
 @pytest.fixture
@@ -92,6 +119,7 @@ def test_dry_run_checks_everything_and_runs_nothing(
         ("ppo.mini_batch_size=3", "multiple of"),
         ("data.text_field=prompt.txt", "prompt.txt"),
         ("policy.model=./nowhere", "does not exist"),
+        ("reward.model=tiny_rewards:nothing", "nothing"),
     ],
 )
 def test_dry_run_rejects_bad_configs_with_a_clear_message(

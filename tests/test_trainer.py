@@ -147,7 +147,14 @@ def test_checkpoints_are_complete_and_the_final_adapter_loads_with_plain_peft(
     config = RunConfig(**{**vars(run_config(tiny_causal_dir, 3, batch_size=4)), "save_every": 1})
     train(config, PROMPTS, text_length_reward, tmp_path, progress=False)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["checkpoint-000002", "checkpoint-000003", "config.yaml", "final", "metrics.jsonl"]
+    assert names == [
+        "checkpoint-000002",
+        "checkpoint-000003",
+        "config.yaml",
+        "final",
+        "metrics.jsonl",
+        "tensorboard",
+    ]
     ckpt = tmp_path / "checkpoint-000003"
     assert (ckpt / "state.pt").is_file() and (ckpt / "policy" / VALUE_HEAD_FILE).is_file()
     state = torch.load(ckpt / "state.pt", weights_only=False)

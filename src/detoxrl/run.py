@@ -32,7 +32,7 @@ def validate(config: RunConfig) -> list[str]:
     """Cheap checks before any heavy work (``--dry-run``): sizes, model specs, data, labels."""
     from detoxrl.data import load_prompts
     from detoxrl.models import resolve_source
-    from detoxrl.rewards import resolve_evaluator_specs
+    from detoxrl.rewards import build_reward, resolve_evaluator_specs
 
     ppo, notes = config.ppo, []
     if ppo.batch_size % ppo.mini_batch_size:
@@ -52,11 +52,8 @@ def validate(config: RunConfig) -> list[str]:
         notes.append(
             f"note: eval.num_prompts={config.eval.num_prompts} but only {len(prompts.eval)} held out"
         )
-    if config.reward.kind == "classifier" and config.reward.model:
-        from detoxrl.models import load_classifier
-
-        load_classifier(config.reward.model).label_index(config.reward.label)
-        notes.append(f"reward: {config.reward.model} label '{config.reward.label}'")
+    build_reward(config.reward)  # loads a classifier and checks its label, imports a callable, ...
+    notes.append(f"reward: {config.reward.kind} {config.reward.model or ''}".rstrip())
     notes.append(f"evaluators: {', '.join(resolve_evaluator_specs(config.eval.evaluators))}")
     return notes
 

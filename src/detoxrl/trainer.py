@@ -60,6 +60,7 @@ class PPOTrainer:
         generation: GenerationConfig | None = None,
         total_steps: int | None = None,
         metrics_path: str | Path | None = None,
+        tensorboard_dir: str | Path | None = None,
     ) -> None:
         self.config, self.actor_critic, self.tokenizer = config, actor_critic, tokenizer
         self.generation = generation or GenerationConfig()
@@ -72,6 +73,8 @@ class PPOTrainer:
         self.score_moments = ppo.RunningMoments()
         self.step_count = 0
         self.metrics_path = Path(metrics_path) if metrics_path else None
+        self.tensorboard_dir = tensorboard_dir
+        self._tensorboard: Any = None  # a SummaryWriter, opened at the first log_stats
 
     # ---- the classic API ------------------------------------------------------------------------
 
@@ -162,7 +165,20 @@ class PPOTrainer:
         if self.metrics_path is not None:
             with self.metrics_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+        if self.tensorboard_dir is not None:
+            self._log_tensorboard(record)
         return record
+
+    def _log_tensorboard(self, record: dict[str, Any]) -> None:
+        """The same scalars as metrics.jsonl, as TensorBoard events (``tensorboard --logdir RUN_DIR``)."""
+        if self._tensorboard is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tensorboard = SummaryWriter(str(self.tensorboard_dir))
+        for key, value in record.items():
+            if isinstance(value, int | float) and key != "step":
+                self._tensorboard.add_scalar(key, value, self.step_count)
+        self._tensorboard.flush()
 
     # ---- the pieces of a step -------------------------------------------------------------------
 
@@ -360,9 +376,8 @@ def train(
     policy = load_policy(config.policy, resolve_device(config.device))
     actor_critic = build_actor_critic(policy, config.policy, config.ppo.value_head_init_std)
     print(actor_critic.describe())
-    trainer = PPOTrainer(
-        config.ppo, actor_critic, policy.tokenizer, config.generation, config.steps, run_dir / "metrics.jsonl"
-    )
+    trainer = PPOTrainer(config.ppo, actor_critic, policy.tokenizer, config.generation, config.steps,
+                         run_dir / "metrics.jsonl", run_dir / "tensorboard")  # fmt: skip
     queries = tokenize_prompts(
         policy.tokenizer, format_prompts(policy.tokenizer, prompts, config.policy.chat_template)
     )
