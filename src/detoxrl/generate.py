@@ -6,6 +6,7 @@ Shapes: B prompts, P prompt tokens (padded), T response tokens (padded).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -115,6 +116,31 @@ def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
 
 
 @torch.no_grad()
+def sample_rows(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: list[torch.Tensor],
+    is_encoder_decoder: bool,
+    **generate_kwargs: Any,
+) -> torch.Tensor:
+    """One batch of prompts -> (B, T) generated ids (prompt removed, padded after each row's stop token),
+    with the KV cache; generation stops at every id of ``eos_token_ids``."""
+    pad_id = int(tokenizer.pad_token_id)
+    ids, mask = (pad_right if is_encoder_decoder else pad_left)(
+        [p.cpu() for p in prompt_ids], pad_id
+    )  # (B, P)
+    device = next(model.parameters()).device
+    kwargs = {
+        "pad_token_id": pad_id,
+        "eos_token_id": sorted(eos_token_ids(model, tokenizer)),
+        **generate_kwargs,
+    }
+    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs).cpu()  # type: ignore[operator]
+    # Encoder-decoders return decoder ids that start with the decoder start token;
+    # decoder-only models return the prompt followed by the response.
+    return out[:, 1:] if is_encoder_decoder else out[:, ids.shape[1] :]  # (B, T)
+
+
 def sample(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -122,23 +148,10 @@ def sample(
     settings: SamplingSettings,
     is_encoder_decoder: bool,
 ) -> list[torch.Tensor]:
-    """One batch of prompts -> B response id tensors (trimmed after EOS), with the KV cache."""
-    pad_id = int(tokenizer.pad_token_id)
-    pad = pad_right if is_encoder_decoder else pad_left
-    ids, mask = pad(prompt_ids, pad_id)  # (B, P)
-    device = next(model.parameters()).device
-    eos = eos_token_ids(model, tokenizer)
-    out = model.generate(  # type: ignore[operator]
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        pad_token_id=pad_id,
-        eos_token_id=sorted(eos),
-        **settings.generate_kwargs(),
-    ).cpu()
-    # Encoder-decoders return decoder ids that start with the decoder start token;
-    # decoder-only models return the prompt followed by the response.
-    responses = out[:, 1:] if is_encoder_decoder else out[:, ids.shape[1] :]  # (B, T)
-    return [trim_response(r, eos, pad_id) for r in responses]
+    """One batch of prompts -> B response id tensors, trimmed after EOS."""
+    rows = sample_rows(model, tokenizer, prompt_ids, is_encoder_decoder, **settings.generate_kwargs())
+    eos, pad_id = eos_token_ids(model, tokenizer), int(tokenizer.pad_token_id)
+    return [trim_response(r, eos, pad_id) for r in rows]
 
 
 def generate(

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from detoxrl.config import GenerationConfig
-from detoxrl.generate import eos_token_ids, pad_left, pad_right
+from detoxrl.generate import eos_token_ids, pad_left, pad_right, sample_rows, trim_response
 from detoxrl.policy import ActorCritic, ResponseBatch
 
 
@@ -110,20 +110,10 @@ def generate_responses(
     same distribution as generating row i alone with ``max_new_tokens=lengths[i]`` (tokens are sampled
     left to right), without the lab's one-prompt-at-a-time loop. Rows are also cut after their first EOS.
     """
-    pad_id = int(tokenizer.pad_token_id)
-    ids, mask = (pad_right if is_encoder_decoder else pad_left)([q.cpu() for q in queries], pad_id)  # (B, P)
-    device = next(model.parameters()).device
-    kwargs = {"do_sample": True, "pad_token_id": pad_id, **generation_kwargs, "max_new_tokens": max(lengths)}
-    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
-    # Encoder-decoders return the decoder start token first; decoder-only models return the prompt first.
-    rows = out[:, 1:] if is_encoder_decoder else out[:, ids.shape[1] :]  # (B, T)
-    eos = eos_token_ids(model, tokenizer)
-    responses = []
-    for row, length in zip(rows, lengths, strict=True):
-        row = row[:length]
-        ends = [j for j, tok in enumerate(row.tolist()) if tok in eos]
-        responses.append(row[: ends[0] + 1] if ends else row)
-    return responses
+    kwargs = {"do_sample": True, **generation_kwargs, "max_new_tokens": max(lengths)}
+    rows = sample_rows(model, tokenizer, queries, is_encoder_decoder, **kwargs)  # (B, T)
+    eos, pad_id = eos_token_ids(model, tokenizer), int(tokenizer.pad_token_id)
+    return [trim_response(row[:length], eos, pad_id) for row, length in zip(rows, lengths, strict=True)]
 
 
 @torch.no_grad()
