@@ -93,7 +93,9 @@ def assert_learns(records: list[dict[str, Any]], min_gain: float) -> tuple[float
     rewards = [r["env/reward_mean"] for r in records]
     before, after = sum(rewards[:3]) / 3, sum(rewards[-5:]) / 5
     kls = [r["objective/kl"] for r in records]
-    assert records[0]["objective/kl"] == 0.0  # the first rollout precedes any update
+    # The first rollout precedes any update; decoder-only old log-probs come from the sampling pass
+    # (KV cache), the reference's from a full pass: equal up to float32 rounding.
+    assert abs(records[0]["objective/kl"]) < 1e-4
     assert all(math.isfinite(k) for k in kls) and max(kls) < 40.0, kls
     assert after - before > min_gain, rewards
     return before, after

@@ -27,6 +27,7 @@ from torch import nn
 from detoxrl.config import PolicyConfig
 from detoxrl.models import Policy, attach_adapter, count_parameters
 from detoxrl.ppo import logprobs_from_logits
+from detoxrl.sampling import float32_head
 
 ReferenceKind = Literal["disabled_adapter", "frozen_adapter", "frozen_copy"]
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -101,6 +102,10 @@ class ActorCritic(nn.Module):
         hidden = getattr(config, "hidden_size", None) or config.d_model
         device = next(model.parameters()).device
         self.value_head = ValueHead(hidden, value_head_init_std).to(device)
+        # [D17] Plain decoder-only LMs on the CPU run each row alone (no padding work); elsewhere rows
+        # are batched, padded. Either way the LM head computes float32 logits.
+        self.causal_parts = plain_causal_lm(model)
+        self.padding_free = self.causal_parts is not None and device.type == "cpu"
         self._hidden: list[torch.Tensor] = []
         self._capture = False  # only our own passes keep hidden states (never generate()'s steps)
         # The LM head's input is the final hidden state whatever the architecture (post-norm, scaled for T5).
@@ -132,6 +137,10 @@ class ActorCritic(nn.Module):
 
     def _lm_forward(self, model: Any, batch: ResponseBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One pass -> (logits at response positions (B, T, V), final hidden states there (B, T, H))."""
+        if self.causal_parts is not None:
+            pass_ = self._row_hidden if self.padding_free else self._padded_hidden
+            hidden = pass_(model, batch)
+            return float32_head(model)(hidden), hidden
         t = batch.response_ids.shape[1]
         self._hidden.clear()
         self._capture = True
@@ -139,9 +148,33 @@ class ActorCritic(nn.Module):
             logits = self._logits(model, batch, t)
         finally:
             self._capture = False
-        hidden = self._hidden[-1][:, -t:] if self._hidden else None  # (B, T, H); None: a hook-less copy
+        kept = self._hidden[-1][:, -t:] if self._hidden else None  # (B, T, H); None: a hook-less copy
         self._hidden.clear()
-        return logits, hidden
+        return logits, kept
+
+    @staticmethod
+    def _padded_hidden(model: Any, batch: ResponseBatch) -> torch.Tensor:
+        """[D13] Left-padded prompt + response[:-1], positions counting real tokens only (as generation
+        does) -> the final hidden states at the T response positions (B, T, H)."""
+        backbone = _backbone(model)
+        ids = torch.cat([batch.query_ids, batch.response_ids[:, :-1]], dim=1)  # (B, P + T - 1)
+        mask = torch.cat([batch.query_mask, batch.response_mask[:, :-1]], dim=1)
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = backbone(input_ids=ids, attention_mask=mask, position_ids=positions)
+        return out.last_hidden_state[:, -batch.response_ids.shape[1] :]
+
+    @staticmethod
+    def _row_hidden(model: Any, batch: ResponseBatch) -> torch.Tensor:
+        """[D17] Each row's real prompt + response[:-1] tokens alone, no padding and no mask -> the final
+        hidden states at its response positions, zero-padded to (B, T, H)."""
+        backbone = _backbone(model)
+        t, rows = batch.response_ids.shape[1], []
+        for query, query_mask, response, response_mask in zip(*batch.tensors(), strict=True):
+            response = response[response_mask.bool()]
+            ids = torch.cat([query[query_mask.bool()], response[:-1]])
+            hidden = backbone(input_ids=ids[None]).last_hidden_state[0, -len(response) :]  # (T_i, H)
+            rows.append(torch.nn.functional.pad(hidden, (0, 0, 0, t - len(response))))
+        return torch.stack(rows)
 
     def _logits(self, model: Any, batch: ResponseBatch, t: int) -> torch.Tensor:
         if self.is_encoder_decoder:
@@ -213,6 +246,27 @@ class ActorCritic(nn.Module):
         else:
             load_model(self.model, str(path / "model.safetensors"), device=str(self.device))
         self.value_head.load_state_dict(load_file(str(path / VALUE_HEAD_FILE), device=str(self.device)))
+
+
+def plain_causal_lm(model: Any) -> tuple[Any, Any] | None:
+    """(backbone, causal LM) when ``model`` (PEFT-wrapped or not) is a decoder-only LM whose logits are
+    just its LM head applied to the backbone's last hidden state; else None (encoder-decoders, and
+    models that soft-cap or scale their logits or use sliding-window attention)."""
+    lm = model.get_base_model() if hasattr(model, "peft_config") else model
+    config = lm.config
+    backbone = getattr(lm, "base_model", None)
+    extras = ("final_logit_softcapping", "logit_scale", "sliding_window")
+    if config.is_encoder_decoder or backbone is None or backbone is lm:
+        return None
+    if any(getattr(config, name, None) not in (None, False) for name in extras):
+        return None
+    return backbone, lm
+
+
+def _backbone(model: Any) -> Any:
+    parts = plain_causal_lm(model)
+    assert parts is not None, "a plain decoder-only LM was expected"
+    return parts[0]
 
 
 def _clone_adapter_as_reference(model: Any) -> None:

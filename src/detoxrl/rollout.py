@@ -14,6 +14,9 @@ import torch
 from detoxrl.config import GenerationConfig
 from detoxrl.generate import eos_token_ids, pad_left, pad_right, sample_rows, trim_response
 from detoxrl.policy import ActorCritic, ResponseBatch
+from detoxrl.sampling import float32_head, sample_decoder
+
+FAST_SAMPLING_KWARGS = {"temperature", "top_k", "top_p", "do_sample"}
 
 
 class LengthSampler:
@@ -116,16 +119,66 @@ def generate_responses(
     return [trim_response(row[:length], eos, pad_id) for row, length in zip(rows, lengths, strict=True)]
 
 
+@dataclass(frozen=True)
+class SampledRollout:
+    """Responses with the sampling policy's log-probs and values, both (B, T) [D17]."""
+
+    responses: list[torch.Tensor]  # B x (T_i,)
+    logprobs: torch.Tensor
+    values: torch.Tensor
+
+    def matches(self, responses: list[torch.Tensor]) -> bool:
+        """Whether ``responses`` are exactly these (then their log-probs and values can be reused)."""
+        pairs = zip(responses, self.responses, strict=False)
+        return len(responses) == len(self.responses) and all(
+            a.shape == b.shape and torch.equal(a.cpu(), b) for a, b in pairs
+        )
+
+
+def can_sample_fast(actor_critic: ActorCritic, generation_kwargs: dict[str, Any]) -> bool:
+    """Plain decoder-only policies with only temperature / top-k / top-p set sample via ``sample_rollout``."""
+    return actor_critic.causal_parts is not None and set(generation_kwargs) <= FAST_SAMPLING_KWARGS
+
+
+@torch.no_grad()
+def sample_rollout(
+    actor_critic: ActorCritic,
+    tokenizer: Any,
+    queries: list[torch.Tensor],
+    lengths: list[int],
+    generation_kwargs: dict[str, Any],
+) -> SampledRollout:
+    """[D17] Sample responses (row i at most ``lengths[i]`` tokens, cut at the first stop id) and keep
+    each token's log-prob and value from the sampling pass itself: no second policy pass."""
+    assert actor_critic.causal_parts is not None, "sample_rollout needs a plain decoder-only policy"
+    backbone, lm = actor_critic.causal_parts
+    pad_id = int(tokenizer.pad_token_id)
+    out = sample_decoder(
+        backbone, float32_head(lm), queries, lengths, eos_token_ids(lm, tokenizer), pad_id,
+        float(generation_kwargs.get("temperature", 1.0)), int(generation_kwargs.get("top_k", 0) or 0),
+        float(generation_kwargs.get("top_p", 1.0)),
+    )  # fmt: skip
+    responses = [row[:n].cpu() for row, n in zip(out.tokens, out.lengths.tolist(), strict=True)]
+    t = max(len(r) for r in responses)
+    return SampledRollout(responses, out.logprobs[:, :t], actor_critic.value_head(out.hidden[:, :t]))
+
+
 @torch.no_grad()
 def collect_rollout(
-    actor_critic: ActorCritic, batch: ResponseBatch, scores: torch.Tensor, temperature: float = 1.0
+    actor_critic: ActorCritic,
+    batch: ResponseBatch,
+    scores: torch.Tensor,
+    temperature: float = 1.0,
+    sampled: SampledRollout | None = None,
 ) -> Rollout:
-    """[D1] Old log-probs and values from one policy pass, reference log-probs from one reference pass.
-
-    Computed once per rollout, before any update, so the ratio in the first mini-batch is exactly 1.
-    """
+    """[D1] Old log-probs and values from the sampling pass (``sampled``) or else from one policy pass,
+    and reference log-probs from one reference pass; computed once per rollout, before any update."""
     device = actor_critic.device
     batch = batch.to(device)
-    out = actor_critic(batch, temperature)
+    if sampled is None:
+        out = actor_critic(batch, temperature)
+        logprobs, values = out.logprobs, out.values
+    else:
+        logprobs, values = sampled.logprobs.to(device), sampled.values.to(device)
     ref_logprobs = actor_critic.reference_logprobs(batch, temperature)
-    return Rollout(batch, out.logprobs, ref_logprobs, out.values, scores.to(device).float())
+    return Rollout(batch, logprobs, ref_logprobs, values, scores.to(device).float())

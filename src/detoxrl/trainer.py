@@ -25,11 +25,14 @@ from detoxrl.policy import ActorCritic
 from detoxrl.rollout import (
     LengthSampler,
     Rollout,
+    SampledRollout,
     batch_indices,
+    can_sample_fast,
     collect_rollout,
     generate_responses,
     generation_kwargs,
     make_batch,
+    sample_rollout,
     trim_batch,
 )
 
@@ -75,6 +78,7 @@ class PPOTrainer:
         self.metrics_path = Path(metrics_path) if metrics_path else None
         self.tensorboard_dir = tensorboard_dir
         self._tensorboard: Any = None  # a SummaryWriter, opened at the first log_stats
+        self._sampled: SampledRollout | None = None  # the last generate()'s log-probs and values [D17]
 
     # ---- the classic API ------------------------------------------------------------------------
 
@@ -100,12 +104,17 @@ class PPOTrainer:
         max_new = generation_kwargs.pop("max_new_tokens", self.generation.max_new_tokens)
         lengths = [length_sampler() if length_sampler else max_new for _ in query_tensors]
         ac, queries, size = self.actor_critic, list(query_tensors), batch_size or len(query_tensors)
-        responses: list[torch.Tensor] = []
-        for i in range(0, len(queries), size):
-            responses += generate_responses(
-                ac.model, self.tokenizer, queries[i : i + size], lengths[i : i + size],
-                ac.is_encoder_decoder, generation_kwargs,
-            )  # fmt: skip
+        self._sampled = None
+        if can_sample_fast(ac, generation_kwargs) and size >= len(queries):
+            self._sampled = sample_rollout(ac, self.tokenizer, queries, lengths, generation_kwargs)
+            responses = self._sampled.responses
+        else:
+            responses = []
+            for i in range(0, len(queries), size):
+                responses += generate_responses(
+                    ac.model, self.tokenizer, queries[i : i + size], lengths[i : i + size],
+                    ac.is_encoder_decoder, generation_kwargs,
+                )  # fmt: skip
         if return_prompt:
             return [torch.cat([q.cpu(), r]) for q, r in zip(queries, responses, strict=True)]
         return responses
@@ -129,7 +138,8 @@ class PPOTrainer:
         moments = self.score_moments if self.config.score_norm else None
         scores_t = ppo.transform_scores(raw, self.config.score_scale, moments, self.config.score_clip)
         # 2. Old log-probs, values and reference log-probs, once, without gradients [D1].
-        rollout = collect_rollout(self.actor_critic, batch, scores_t, self.generation.temperature)
+        sampled = self._sampled if self._sampled and self._sampled.matches(list(responses)) else None
+        rollout = collect_rollout(self.actor_critic, batch, scores_t, self.generation.temperature, sampled)
         t1 = time.perf_counter()
         # 3. Per-token rewards with the KL penalty [D2][D3], GAE [D4], whitened advantages [D6].
         exp = self._experience(rollout)

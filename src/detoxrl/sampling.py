@@ -1,0 +1,161 @@
+"""Rollout sampling for decoder-only policies without padding waste or a second policy pass.
+
+Each prompt is prefilled alone (no padding, so no wasted FLOPs and a mask-free causal attention),
+then all rows decode together over one preallocated KV cache (appending writes in place instead of
+``torch.cat``-ing the whole cache every token). Besides the tokens it returns what PPO needs from
+the sampling policy anyway: each sampled token's log-prob (temperature applied, before any top-k /
+top-p filtering, as in the training pass) and the final hidden state that produced it, from which
+the critic's values follow, so the old log-probs and values need no second pass [D17].
+
+Shapes: B prompts, P longest prompt, T new tokens, H hidden size, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+Head = Callable[[torch.Tensor], torch.Tensor]  # final hidden states (N, H) -> float32 logits (N, V)
+
+
+class _BufferLayer(DynamicLayer):
+    """A cache layer over a preallocated (B, heads, P + T, d) buffer: ``update`` writes the new
+    keys/values in place and returns views, so decoding costs no copy of the cache per token."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+        super().__init__()
+        self._key_buffer, self._value_buffer, self._length = keys, values, length
+        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+        self.keys, self.values = keys[:, :, :length], values[:, :, :length]
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self._length + key_states.shape[-2]
+        self._key_buffer[:, :, self._length : end] = key_states
+        self._value_buffer[:, :, self._length : end] = value_states
+        self._length = end
+        self.keys, self.values = self._key_buffer[:, :, :end], self._value_buffer[:, :, :end]
+        return self.keys, self.values
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """Sampled responses, right-padded after each row's end, with the sampling policy's view of them."""
+
+    tokens: torch.Tensor  # (B, T) long, ``pad_id`` after each row's end
+    lengths: torch.Tensor  # (B,) tokens per row, its stop token included
+    logprobs: torch.Tensor  # (B, T) float32, 0 after each row's end
+    hidden: torch.Tensor  # (B, T, H) the final hidden state that predicted each token, 0 after the end
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """(B, V) logits with everything outside the top ``top_k`` and the nucleus ``top_p`` set to -inf
+    (0 and 1 switch a filter off; the most likely token always survives)."""
+    if 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        before = sorted_logits.softmax(-1).cumsum(-1) - sorted_logits.softmax(-1)  # mass above each token
+        drop = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, before >= top_p)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_tokens(
+    logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row from float32 logits (B, V) -> (tokens (B,), their log-probs (B,)).
+
+    The log-prob is that of softmax(logits / temperature), before filtering: the distribution the
+    training pass evaluates. Inverse-CDF sampling in float64 from torch's global RNG (seeded runs
+    repeat), which is an order of magnitude cheaper than ``torch.multinomial`` over a large vocabulary.
+    """
+    scaled = logits / temperature
+    logprobs = scaled.log_softmax(-1)
+    probs = filter_logits(scaled, top_k, top_p).softmax(-1) if top_k or top_p < 1 else logprobs.exp()
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand(len(cdf), 1, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]
+    tokens = torch.searchsorted(cdf, u).squeeze(1).clamp(max=logits.shape[-1] - 1)
+    return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(1)
+
+
+@torch.no_grad()
+def sample_decoder(
+    backbone: Any,
+    head: Head,
+    prompts: list[torch.Tensor],
+    max_new_tokens: list[int],
+    stop_ids: set[int],
+    pad_id: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> Sampled:
+    """Sample a response to each prompt (1-D token ids), row i at most ``max_new_tokens[i]`` tokens
+    and ending at its first stop id; decoding stops when every row has ended.
+
+    ``backbone(input_ids, ...)`` is the transformer without its LM head (its ``last_hidden_state`` is
+    what the head reads); ``head`` maps those states to float32 logits.
+    """
+    if temperature <= 0:
+        raise ValueError("PPO rollouts sample: generation.temperature must be > 0.")
+    device = next(backbone.parameters()).device
+    b, n_max, p_max = len(prompts), max(max_new_tokens), max(len(q) for q in prompts)
+    lengths = torch.tensor([len(q) for q in prompts], device=device)
+    # 1. Prefill each prompt alone; keep its last hidden state and its keys/values.
+    last, caches = [], []
+    for q in prompts:
+        out = backbone(input_ids=q.to(device)[None], use_cache=True)
+        last.append(out.last_hidden_state[:, -1])
+        caches.append(out.past_key_values)
+    # 2. One left-padded cache with room for the new tokens.
+    layers: list[Any] = []
+    for i in range(len(caches[0].layers)):
+        k0 = caches[0].layers[i].keys
+        keys = k0.new_zeros(b, k0.shape[1], p_max + n_max, k0.shape[3])
+        values = torch.zeros_like(keys)
+        for row, cache in enumerate(caches):
+            start = p_max - cache.layers[i].keys.shape[2]
+            keys[row, :, start:p_max] = cache.layers[i].keys[0]
+            values[row, :, start:p_max] = cache.layers[i].values[0]
+        layers.append(_BufferLayer(keys, values, p_max))
+    cache = DynamicCache()
+    cache.layers = layers
+    mask = torch.arange(p_max + n_max, device=device)[None] >= (p_max - lengths)[:, None]  # (B, P + T)
+    # 3. Decode all rows together; rows that have ended keep sampling into padding that is discarded.
+    hidden, limit = torch.cat(last), torch.tensor(max_new_tokens, device=device)
+    stop = torch.tensor(sorted(stop_ids), device=device)
+    tokens, logprobs, states = [], [], []
+    ended = torch.zeros(b, dtype=torch.bool, device=device)
+    count = torch.zeros(b, dtype=torch.long, device=device)
+    for t in range(n_max):
+        token, logprob = sample_tokens(head(hidden), temperature, top_k, top_p)
+        tokens.append(token.masked_fill(ended, pad_id))
+        logprobs.append(logprob.masked_fill(ended, 0.0))
+        states.append(hidden.masked_fill(ended[:, None], 0.0))
+        count += (~ended).long()
+        ended |= torch.isin(token, stop) | (t + 1 >= limit)
+        if bool(ended.all()):
+            break
+        out = backbone(
+            input_ids=token[:, None], attention_mask=mask[:, : p_max + t + 1].long(),
+            position_ids=(lengths + t)[:, None], past_key_values=cache, use_cache=True,
+        )  # fmt: skip
+        hidden = out.last_hidden_state[:, -1]
+    return Sampled(torch.stack(tokens, 1), count, torch.stack(logprobs, 1), torch.stack(states, 1))
+
+
+def float32_head(model: Any) -> Head:
+    """The LM head of ``model`` computed in float32 (log-probs are never taken from bf16 logits)."""
+    head = model.get_output_embeddings()
+    weight = head.weight.float()
+    bias = None if getattr(head, "bias", None) is None else head.bias.float()
+    return lambda h: F.linear(h.float(), weight, bias)
