@@ -31,6 +31,11 @@ from bench.paths import RESULTS, dialogsum_file
 INSTRUCTION = "Summarize the following conversation.\n\n{dialogue}"
 SAMPLES_PER_STEP = 16
 PHASES = ("generation", "reward", "forward", "update")
+LEVERS = {  # switched off one at a time to measure what each gains
+    "sampler": "transformers' generate() instead of detoxrl's sampler (implies recomputed stats)",
+    "sampled-stats": "old log-probs and values from a second policy pass, not from sampling",
+    "padding-free": "padded batches instead of one row at a time in the no-grad and update passes",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peak-reps", type=int, default=7, help="timed matmuls per dtype (median)")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/ours-DTYPE.json)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--without", default="", help=f"levers to switch off, comma-separated: {', '.join(LEVERS)}"
+    )
     return p.parse_args(argv)
 
 
@@ -115,6 +123,10 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, list[Any], ModelShape]:
     )
     ppo = PPOConfig(learning_rate=1.41e-5, batch_size=SAMPLES_PER_STEP, mini_batch_size=4, ppo_epochs=1)
     trainer = PPOTrainer(ppo, actor_critic, policy.tokenizer, gen)
+    unknown = set(filter(None, args.without.split(","))) - set(LEVERS)
+    if unknown:
+        raise SystemExit(f"--without: unknown lever(s) {sorted(unknown)}; choose from {sorted(LEVERS)}")
+    actor_critic.padding_free &= "padding-free" not in args.without
     r = policy_config.lora.r
     shape = ModelShape.from_config(policy.model.config.to_dict(), lora_rank=r)
     print(actor_critic.describe(), flush=True)
@@ -126,8 +138,13 @@ def run_step(trainer: Any, tokenizer: Any, queries: list[Any], args: argparse.Na
     import torch
     from profanity_check import predict_prob
 
+    off = set(filter(None, args.without.split(",")))
     t0, c0 = time.perf_counter(), time.process_time()
-    responses = trainer.generate(queries, max_new_tokens=args.max_new_tokens, top_k=0, top_p=1.0)
+    # min_new_tokens=0 changes nothing but is outside what detoxrl's sampler takes: generate() samples
+    extra = {"min_new_tokens": 0} if "sampler" in off else {}
+    responses = trainer.generate(queries, max_new_tokens=args.max_new_tokens, top_k=0, top_p=1.0, **extra)
+    if "sampled-stats" in off:
+        trainer._sampled = None
     sync(args.device)
     t1 = time.perf_counter()
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)

@@ -110,3 +110,24 @@ def test_trainer_reuses_sampled_statistics_only_for_its_own_responses(
     other = [torch.cat([r[:-1], torch.tensor([7])]) for r in responses]
     ppo.step(QUERIES, other, torch.ones(3))
     assert seen[0] is not None and seen[1] is None
+
+
+def test_d18_bf16_base_trains_float32_master_weights_with_float32_logprobs(tiny_causal_dir: Path) -> None:
+    config = PolicyConfig(model=str(tiny_causal_dir), dtype="bfloat16")
+    policy = load_policy(config)
+    ac = build_actor_critic(policy, config)
+    assert ac.model.get_input_embeddings().weight.dtype == torch.bfloat16
+    trainable = ac.trainable_parameters()
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)  # the optimiser's master copy
+    torch.manual_seed(0)
+    sampled = sample_rollout(ac, policy.tokenizer, QUERIES, [5, 5, 5], {"temperature": 1.0})
+    assert sampled.logprobs.dtype == sampled.values.dtype == torch.float32
+    batch = make_batch(QUERIES, sampled.responses, int(policy.tokenizer.pad_token_id), False)
+    out = ac(batch)  # with gradients, under autocast
+    mask = batch.response_mask.bool()
+    assert out.logprobs.dtype == torch.float32
+    assert torch.allclose(out.logprobs[mask], sampled.logprobs[mask], atol=0.1)  # bf16 rounding only
+    out.logprobs[mask].sum().backward()
+    grads = [p.grad for p in trainable if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 for g in grads)
+    assert any(float(g.abs().sum()) > 0 for g in grads)

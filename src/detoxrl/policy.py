@@ -78,8 +78,9 @@ class ValueHead(nn.Module):
         nn.init.zeros_(self.summary.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(B, T, H) -> (B, T)."""
-        return self.summary(hidden.float()).squeeze(-1)
+        """(B, T, H) -> (B, T), in float32 even under autocast."""
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.summary(hidden.float()).squeeze(-1)
 
 
 class ActorCritic(nn.Module):
@@ -135,11 +136,27 @@ class ActorCritic(nn.Module):
         trainable, total = count_parameters(self)
         return f"trainable params: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
 
+    @contextmanager
+    def autocast(self) -> Iterator[None]:
+        """[D18] With bf16/fp16 base weights and float32 LoRA weights (the optimiser's master copy), run
+        the adapter's matmuls in the base dtype too: autocast casts the small LoRA matrices per call
+        instead of PEFT casting every activation to float32 and back. LM head, value head, log-probs
+        and losses stay float32. A no-op for float32 models."""
+        dtype = self.model.get_input_embeddings().weight.dtype
+        if dtype == torch.float32 or not self.is_peft:
+            yield
+            return
+        from peft.helpers import disable_input_dtype_casting
+
+        with torch.autocast(self.device.type, dtype=dtype), disable_input_dtype_casting(self.model):
+            yield
+
     def _lm_forward(self, model: Any, batch: ResponseBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One pass -> (logits at response positions (B, T, V), final hidden states there (B, T, H))."""
         if self.causal_parts is not None:
             pass_ = self._row_hidden if self.padding_free else self._padded_hidden
-            hidden = pass_(model, batch)
+            with self.autocast():
+                hidden = pass_(model, batch)
             return float32_head(model)(hidden), hidden
         t = batch.response_ids.shape[1]
         self._hidden.clear()

@@ -153,11 +153,12 @@ def sample_rollout(
     assert actor_critic.causal_parts is not None, "sample_rollout needs a plain decoder-only policy"
     backbone, lm = actor_critic.causal_parts
     pad_id = int(tokenizer.pad_token_id)
-    out = sample_decoder(
-        backbone, float32_head(lm), queries, lengths, eos_token_ids(lm, tokenizer), pad_id,
-        float(generation_kwargs.get("temperature", 1.0)), int(generation_kwargs.get("top_k", 0) or 0),
-        float(generation_kwargs.get("top_p", 1.0)),
-    )  # fmt: skip
+    with actor_critic.autocast():
+        out = sample_decoder(
+            backbone, float32_head(lm), queries, lengths, eos_token_ids(lm, tokenizer), pad_id,
+            float(generation_kwargs.get("temperature", 1.0)), int(generation_kwargs.get("top_k", 0) or 0),
+            float(generation_kwargs.get("top_p", 1.0)),
+        )  # fmt: skip
     responses = [row[:n].cpu() for row, n in zip(out.tokens, out.lengths.tolist(), strict=True)]
     t = max(len(r) for r in responses)
     return SampledRollout(responses, out.logprobs[:, :t], actor_critic.value_head(out.hidden[:, :t]))
