@@ -74,7 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peers", default=DEFAULT_PEERS, help=f"comma list of {', '.join(PEERS)} (or 'none')")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="ours only")
+    p.add_argument(
+        "--dtype", default="bfloat16,float32", help="ours: float32, bfloat16 or both (comma list, in order)"
+    )
     p.add_argument("--results", type=Path, default=RESULTS / "compare")
     p.add_argument("--model", default="smollm2-135m-instruct", help="ours: any detoxrl model spec")
     p.add_argument("--model-dir", default=None, help="HF folder for the peers (default: --model's folder)")
@@ -82,7 +84,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-ours", action="store_true", help="run only the peers")
     p.add_argument("--sandwich", action="store_true", help="run ours again after the peers (drift check)")
     p.add_argument("--summarise-only", action="store_true", help="only print the table of --results")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
+    if not args.dtypes or set(args.dtypes) - {"float32", "bfloat16"}:
+        p.error(f"--dtype: float32, bfloat16 or both, got {args.dtype!r}")
+    return args
 
 
 def time_v_maxrss_mib(path: Path) -> float | None:
@@ -110,6 +116,7 @@ def load_runs(folder: Path) -> list[dict[str, Any]]:
             label += f" [{stem}]"
         runs.append(
             {"stem": stem, "label": label, "kind": kind, "summary": s,
+             "dtype": data.get("config", {}).get("dtype") if kind == "ours" else None,
              "time_v_rss_mib": time_v_maxrss_mib(folder / f"{stem}.time")}
         )  # fmt: skip
     return sorted(runs, key=lambda r: (r["kind"] != "ours", r["stem"]))
@@ -119,9 +126,13 @@ def fmt(x: float | None, spec: str = "{:.2f}") -> str:
     return "-" if x is None else spec.format(x)
 
 
-def ours_samples_per_s(runs: list[dict[str, Any]]) -> float | None:
-    """Mean samples/s (16 / median s per step) of our runs (two with --sandwich)."""
-    xs = [r["summary"]["samples_per_s_median"] for r in runs if r["kind"] == "ours"]
+def ours_samples_per_s(runs: list[dict[str, Any]], dtype: str | None = None) -> float | None:
+    """Mean samples/s (16 / median s per step) of our runs in ``dtype`` (all: None; two with --sandwich)."""
+    xs = [
+        r["summary"]["samples_per_s_median"]
+        for r in runs
+        if r["kind"] == "ours" and (dtype is None or r.get("dtype") == dtype)
+    ]
     xs = [x for x in xs if x]
     return sum(xs) / len(xs) if xs else None
 
@@ -156,7 +167,7 @@ def table_rows(runs: list[dict[str, Any]]) -> list[tuple[str, Callable[[dict[str
     return [
         ("median s / step (16 samples)", _get("median_step_s", "{:.1f}")),
         ("samples/s (16 / median)", _get("samples_per_s_median", "{:.3f}")),
-        ("**ours / this (samples/s)**", _ratio(ours_samples_per_s(runs))),
+        *_ratio_rows(runs),
         ("generation s (median)", _get("median_gen_s", "{:.1f}")),
         ("old/ref log-probs + values + reward s", _get("median_score_s", "{:.1f}")),
         ("update s (4 mini-batches)", _get("median_train_s", "{:.1f}")),
@@ -173,6 +184,14 @@ def table_rows(runs: list[dict[str, Any]]) -> list[tuple[str, Callable[[dict[str
         ("timed steps", _get("timed_steps", "{}")),
         ("trl / transformers / torch", _versions),
     ]  # fmt: skip
+
+
+def _ratio_rows(runs: list[dict[str, Any]]) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
+    """One 'ours / this' row per dtype of our runs (a single row when they share one)."""
+    dtypes = list(dict.fromkeys(r.get("dtype") for r in runs if r["kind"] == "ours"))
+    if len(dtypes) <= 1:
+        return [("**ours / this (samples/s)**", _ratio(ours_samples_per_s(runs)))]
+    return [(f"**ours ({d}) / this (samples/s)**", _ratio(ours_samples_per_s(runs, d))) for d in dtypes]
 
 
 def format_table(runs: list[dict[str, Any]]) -> str:
@@ -207,11 +226,11 @@ def child_env(extra: dict[str, str], threads: int = 2) -> dict[str, str]:
     return env
 
 
-def run_ours(args: argparse.Namespace, stem: str) -> int:
+def run_ours(args: argparse.Namespace, stem: str, dtype: str) -> int:
     """Ours as its own process under /usr/bin/time -v (so its peak RSS is measured like the peers')."""
     out = args.results / f"{stem}.json"
     cmd = [sys.executable, "-m", "bench.throughput", "--steps", str(args.steps), "--warmup", str(args.warmup)]
-    cmd += ["--dtype", args.dtype, "--out", str(out), "--model", args.model, "--threads", str(args.threads)]
+    cmd += ["--dtype", dtype, "--out", str(out), "--model", args.model, "--threads", str(args.threads)]
     if Path("/usr/bin/time").exists():
         cmd = ["/usr/bin/time", "-v", "-o", str(args.results / f"{stem}.time"), *cmd]
     pythonpath = os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")])
@@ -245,12 +264,13 @@ def run_all(args: argparse.Namespace, peers: list[str]) -> dict[str, int]:
         print(f"earlier results moved to {old}", flush=True)
     model_dir = args.model_dir or (default_model_dir(args.model) if peers else "")
     codes = {}
-    if not args.no_ours:
-        codes["ours"] = run_ours(args, "ours")
+    stems = {d: "ours" if len(args.dtypes) == 1 else f"ours-{d}" for d in args.dtypes}
+    for dtype, stem in stems.items() if not args.no_ours else ():
+        codes[stem] = run_ours(args, stem, dtype)
     for peer in peers:
         codes[peer] = run_peer(args, peer, model_dir)
-    if args.sandwich and not args.no_ours:
-        codes["ours-2"] = run_ours(args, "ours-2")
+    for dtype, stem in stems.items() if args.sandwich and not args.no_ours else ():
+        codes[f"{stem}-2"] = run_ours(args, f"{stem}-2", dtype)
     return codes
 
 

@@ -143,3 +143,16 @@ def test_load_runs_reads_results_and_time_reports(tmp_path: Path) -> None:
         ("grpo", "trl 1.16 GRPOTrainer"),
     ]
     assert runs[1]["time_v_rss_mib"] == pytest.approx(3565158 / 1024)
+
+
+def test_compare_gives_one_ratio_row_per_dtype_of_ours() -> None:
+    runs = [canned("ours-bfloat16", 0.8), canned("ours-float32", 0.4), canned("grpo", 0.2)]
+    for run, dtype in zip(runs[:2], ["bfloat16", "float32"], strict=True):
+        run.update(kind="ours", dtype=dtype)
+    lines = compare.format_table(runs).splitlines()
+    row = {line.split(" | ")[0].strip("| *"): line for line in lines if line.startswith("|")}
+    assert row["ours (bfloat16) / this (samples/s)"].endswith("| 1.00x | 2.00x | 4.00x |")
+    assert row["ours (float32) / this (samples/s)"].endswith("| 0.50x | 1.00x | 2.00x |")
+    assert compare.parse_args([]).dtypes == ["bfloat16", "float32"]
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--dtype", "float16"])

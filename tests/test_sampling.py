@@ -123,7 +123,8 @@ def test_d18_bf16_base_trains_float32_master_weights_with_float32_logprobs(tiny_
     sampled = sample_rollout(ac, policy.tokenizer, QUERIES, [5, 5, 5], {"temperature": 1.0})
     assert sampled.logprobs.dtype == sampled.values.dtype == torch.float32
     batch = make_batch(QUERIES, sampled.responses, int(policy.tokenizer.pad_token_id), False)
-    out = ac(batch)  # with gradients, under autocast
+    out = ac(batch)  # with gradients, under autocast, attention written out (eager) for the backward
+    assert ac.model.config._attn_implementation == "sdpa"  # restored after the pass
     mask = batch.response_mask.bool()
     assert out.logprobs.dtype == torch.float32
     assert torch.allclose(out.logprobs[mask], sampled.logprobs[mask], atol=0.1)  # bf16 rounding only

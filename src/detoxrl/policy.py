@@ -151,11 +151,27 @@ class ActorCritic(nn.Module):
         with torch.autocast(self.device.type, dtype=dtype), disable_input_dtype_casting(self.model):
             yield
 
+    @contextmanager
+    def _training_attention(self, model: Any) -> Iterator[None]:
+        """For passes with gradients on the CPU in bf16/fp16, attention written out (matmul + softmax)
+        instead of SDPA's flash kernel, whose backward is slow there at a few hundred tokens
+        (bench/README.md: -1.6 s per step); sampling and no-grad passes keep SDPA, faster for them."""
+        config = model.config
+        low_precision = self.model.get_input_embeddings().weight.dtype != torch.float32
+        if not (torch.is_grad_enabled() and low_precision and self.device.type == "cpu"):
+            yield
+            return
+        saved, config._attn_implementation = config._attn_implementation, "eager"
+        try:
+            yield
+        finally:
+            config._attn_implementation = saved
+
     def _lm_forward(self, model: Any, batch: ResponseBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One pass -> (logits at response positions (B, T, V), final hidden states there (B, T, H))."""
         if self.causal_parts is not None:
             pass_ = self._row_hidden if self.padding_free else self._padded_hidden
-            with self.autocast():
+            with self.autocast(), self._training_attention(model):
                 hidden = pass_(model, batch)
             return float32_head(model)(hidden), hidden
         t = batch.response_ids.shape[1]
