@@ -145,6 +145,7 @@ def run_step(trainer: Any, tokenizer: Any, queries: list[Any], args: argparse.Na
     responses = trainer.generate(queries, max_new_tokens=args.max_new_tokens, top_k=0, top_p=1.0, **extra)
     if "sampled-stats" in off:
         trainer._sampled = None
+    policy_pass = trainer._sampled is None  # else old log-probs and values come from sampling [D17]
     sync(args.device)
     t1 = time.perf_counter()
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
@@ -158,7 +159,8 @@ def run_step(trainer: Any, tokenizer: Any, queries: list[Any], args: argparse.Na
         "wall_s": wall,
         "generation_s": t1 - t0,
         "reward_s": t2 - t1,
-        "forward_s": stats["time/forward"],  # batching + old log-probs/values + reference log-probs
+        "forward_s": stats["time/forward"],  # batching + (policy pass) + reference log-probs
+        "policy_pass": policy_pass,
         "advantages_s": stats["time/advantages"],
         "update_s": stats["time/update"],
         "cpu_util": (time.process_time() - c0) / wall,
@@ -180,6 +182,8 @@ def add_flops(rec: dict[str, Any], shape: ModelShape, peak: float | None) -> Non
     p, t = rec["prompt_lengths"], rec["response_lengths"]
     need = step_flops(shape, p, t, backward_factor=1)
     six_n = step_flops(shape, p, t, backward_factor=2)
+    if not rec["policy_pass"]:  # not done, so not counted as needed work
+        need = {**need, "total": need["total"] - need["policy_pass"], "policy_pass": 0.0}
     rec["flops"] = need
     rec["flops_6n_update"] = six_n["update"]
     rec["mfu_update"] = mfu(need["update"], rec["update_s"], peak)
@@ -193,6 +197,7 @@ def add_flops(rec: dict[str, Any], shape: ModelShape, peak: float | None) -> Non
         "pass": sum(a + b - 1 for a, b in zip(p, t, strict=True)),  # real tokens fed to one full pass
         "prompt": sum(p),
     }
+    rec["tokens"]["forward"] = rec["tokens"]["pass"] * (2 if rec["policy_pass"] else 1)
 
 
 def _median(records: list[dict[str, Any]], key: str) -> float | None:
@@ -210,7 +215,8 @@ def summarise(records: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
     resp = sum(r["tokens"]["response"] for r in timed)
     passed = sum(r["tokens"]["pass"] for r in timed)
     per_phase_tokens = {
-        "generation": resp, "reward": resp, "forward": 2 * passed, "update": passed,
+        "generation": resp, "reward": resp, "update": passed,
+        "forward": sum(r["tokens"]["forward"] for r in timed),
     }  # fmt: skip
     phase_rates = {
         k: {

@@ -81,7 +81,7 @@ def record(wall: float, reward: float) -> dict[str, Any]:
     return {
         "samples": 16, "wall_s": wall, "generation_s": wall / 4, "reward_s": 0.1, "forward_s": wall / 4,
         "advantages_s": 0.0, "update_s": wall / 2 - 0.1, "cpu_util": 1.9, "reward_mean": reward, "kl": 0.5,
-        "tokens": {"response": 16 * 48, "pass": 16 * 300, "prompt": 16 * 253},
+        "tokens": {"response": 16 * 48, "pass": 16 * 300, "prompt": 16 * 253, "forward": 16 * 300},
         "mfu_update": 0.3, "mfu_step": 0.2, "mfu_update_6n": 0.45,
     }  # fmt: skip
 
@@ -94,6 +94,7 @@ def test_summarise_takes_medians_of_the_measured_steps() -> None:
     assert s["median_gen_s"] == 11.0 / 4 and s["median_train_s"] == pytest.approx(11.0 / 2 - 0.1)
     assert s["median_score_s"] == pytest.approx(0.1 + 11.0 / 4)
     assert s["phases"]["update"]["tokens_per_s"] == pytest.approx(3 * 16 * 300 / (33 / 2 - 0.3))
+    assert s["phases"]["forward"]["tokens_per_s"] == pytest.approx(3 * 16 * 300 / (33 / 4))
     assert (s["reward_first_step"], s["reward_last_step"]) == (0.9, 0.97)  # the warm-up step is first
     assert s["mean_resp_tokens"] == 48
     peak = {"float32": 1.7e11, "bfloat16": None}
@@ -156,3 +157,18 @@ def test_compare_gives_one_ratio_row_per_dtype_of_ours() -> None:
     assert compare.parse_args([]).dtypes == ["bfloat16", "float32"]
     with pytest.raises(SystemExit):
         compare.parse_args(["--dtype", "float16"])
+
+
+def test_a_policy_pass_taken_from_sampling_is_not_counted_as_needed_work() -> None:
+    shape = ModelShape.from_config(SMOLLM2, lora_rank=32)
+    recs = []
+    for policy_pass in (True, False):
+        rec = {"prompt_lengths": [200, 250], "response_lengths": [48, 30], "policy_pass": policy_pass,
+               "update_s": 2.0, "wall_s": 10.0, "forward_s": 1.0, "generation_s": 3.0}  # fmt: skip
+        throughput.add_flops(rec, shape, 1e11)
+        recs.append(rec)
+    with_pass, without = recs
+    skipped = with_pass["flops"]["policy_pass"]
+    assert with_pass["floor_s"] - without["floor_s"] == pytest.approx(skipped / 1e11)
+    assert with_pass["tokens"]["forward"] == 2 * without["tokens"]["forward"]
+    assert without["mfu_update"] == with_pass["mfu_update"]
