@@ -61,8 +61,11 @@ QUIRKS: dict[str, list[str]] = {
         "pad token <|endoftext|> instead of <|im_end|>",
     ],
     "ours": [
-        "'score' time = batching + old log-probs/values pass + reference pass (adapter disabled) + "
-        "reward + advantages; 'train' = 4 mini-batch updates; responses stop at EOS, at most 48 tokens",
+        "old log-probs and values come out of sampling (no second policy pass); 'score' time = batching + "
+        "reference pass (adapter disabled) + reward + advantages; 'train' = 4 mini-batch updates; "
+        "responses stop at EOS, at most 48 tokens",
+        "bfloat16 = bf16 base weights, float32 LoRA/value-head master weights and Adam, float32 LM head, "
+        "log-probs and losses (the peers run float32)",
         "responses are also cut at SmolLM2's BOS <|im_start|> (the model opening a new turn), which the "
         "peers keep, generate past and train on",
     ],

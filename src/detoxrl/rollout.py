@@ -123,16 +123,20 @@ def generate_responses(
 class SampledRollout:
     """Responses with the sampling policy's log-probs and values, both (B, T) [D17]."""
 
+    queries: list[torch.Tensor]  # B x (P_i,)
     responses: list[torch.Tensor]  # B x (T_i,)
     logprobs: torch.Tensor
     values: torch.Tensor
 
-    def matches(self, responses: list[torch.Tensor]) -> bool:
-        """Whether ``responses`` are exactly these (then their log-probs and values can be reused)."""
-        pairs = zip(responses, self.responses, strict=False)
-        return len(responses) == len(self.responses) and all(
-            a.shape == b.shape and torch.equal(a.cpu(), b) for a, b in pairs
-        )
+    def matches(self, queries: list[torch.Tensor], responses: list[torch.Tensor]) -> bool:
+        """Whether these are exactly the sampled pairs (then their log-probs and values can be reused)."""
+        return _same(queries, self.queries) and _same(responses, self.responses)
+
+
+def _same(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> bool:
+    return len(xs) == len(ys) and all(
+        a.shape == b.shape and torch.equal(a.cpu(), b.cpu()) for a, b in zip(xs, ys, strict=True)
+    )
 
 
 def can_sample_fast(actor_critic: ActorCritic, generation_kwargs: dict[str, Any]) -> bool:
@@ -161,7 +165,8 @@ def sample_rollout(
         )  # fmt: skip
     responses = [row[:n].cpu() for row, n in zip(out.tokens, out.lengths.tolist(), strict=True)]
     t = max(len(r) for r in responses)
-    return SampledRollout(responses, out.logprobs[:, :t], actor_critic.value_head(out.hidden[:, :t]))
+    values = actor_critic.value_head(out.hidden[:, :t])
+    return SampledRollout(list(queries), responses, out.logprobs[:, :t], values)
 
 
 @torch.no_grad()

@@ -137,8 +137,10 @@ class PPOTrainer:
             self.score_moments = ppo.update_moments(self.score_moments, raw)
         moments = self.score_moments if self.config.score_norm else None
         scores_t = ppo.transform_scores(raw, self.config.score_scale, moments, self.config.score_clip)
-        # 2. Old log-probs, values and reference log-probs, once, without gradients [D1].
-        sampled = self._sampled if self._sampled and self._sampled.matches(list(responses)) else None
+        # 2. Old log-probs, values (from sampling when these are the pairs generate() sampled [D17]) and
+        #    reference log-probs, once, without gradients [D1].
+        same = self._sampled is not None and self._sampled.matches(list(queries), list(responses))
+        sampled = self._sampled if same else None
         rollout = collect_rollout(self.actor_critic, batch, scores_t, self.generation.temperature, sampled)
         t1 = time.perf_counter()
         # 3. Per-token rewards with the KL penalty [D2][D3], GAE [D4], whitened advantages [D6].
