@@ -12,6 +12,7 @@ Shapes: B prompts, P longest prompt, T new tokens, H hidden size, V vocabulary.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -110,12 +111,14 @@ def sample_decoder(
     device = next(backbone.parameters()).device
     b, n_max, p_max = len(prompts), max(max_new_tokens), max(len(q) for q in prompts)
     lengths = torch.tensor([len(q) for q in prompts], device=device)
+    # transformers 5.24 renamed ``past_key_values`` (argument and output) to ``cache``
+    cache_arg = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
     # 1. Prefill each prompt alone; keep its last hidden state and its keys/values.
     last, caches = [], []
     for q in prompts:
         out = backbone(input_ids=q.to(device)[None], use_cache=True)
         last.append(out.last_hidden_state[:, -1])
-        caches.append(out.past_key_values)
+        caches.append(out[cache_arg])
     # 2. One left-padded cache with room for the new tokens.
     layers: list[Any] = []
     for i in range(len(caches[0].layers)):
@@ -147,7 +150,7 @@ def sample_decoder(
             break
         out = backbone(
             input_ids=token[:, None], attention_mask=mask[:, : p_max + t + 1].long(),
-            position_ids=(lengths + t)[:, None], past_key_values=cache, use_cache=True,
+            position_ids=(lengths + t)[:, None], use_cache=True, **{cache_arg: cache},
         )  # fmt: skip
         hidden = out.last_hidden_state[:, -1]
     return Sampled(torch.stack(tokens, 1), count, torch.stack(logprobs, 1), torch.stack(states, 1))
@@ -155,7 +158,7 @@ def sample_decoder(
 
 def float32_head(model: Any) -> Head:
     """The LM head of ``model`` computed in float32, autocast or not: log-probs are never taken from
-    bf16 logits (whose spacing near a logit of 16 is 0.06)."""
+    bf16 logits (spaced 0.0625 apart between 8 and 16)."""
     head = model.get_output_embeddings()
     weight = head.weight.float()
     bias = None if getattr(head, "bias", None) is None else head.bias.float()
