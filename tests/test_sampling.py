@@ -12,11 +12,12 @@ import torch
 
 import detoxrl.trainer as trainer_module
 from detoxrl.config import GenerationConfig, PolicyConfig, PPOConfig
+from detoxrl.errors import ConfigError
 from detoxrl.generate import eos_token_ids
 from detoxrl.models import load_policy
 from detoxrl.policy import ActorCritic, build_actor_critic
 from detoxrl.rollout import collect_rollout, make_batch, sample_rollout
-from detoxrl.sampling import filter_logits, sample_tokens
+from detoxrl.sampling import filter_logits, sample_decoder, sample_tokens
 from detoxrl.trainer import PPOTrainer
 
 QUERIES = [torch.tensor(q) for q in ([5, 10, 6, 27], [4, 9, 50, 42, 17, 7, 39], [12, 13])]
@@ -87,9 +88,13 @@ def test_sample_tokens_draws_from_the_tempered_distribution_and_filters() -> Non
     kept = filter_logits(probs.log()[None], top_p=0.6).isfinite()[0]
     assert kept.tolist() == [True, True, False, False]  # the smallest set whose mass reaches 0.6
     with pytest.raises(ValueError, match="temperature must be > 0"):
-        from detoxrl.sampling import sample_decoder
-
         sample_decoder(None, lambda h: h, QUERIES, [2, 2, 2], set(), 0, temperature=0.0)
+
+
+def test_a_zero_temperature_is_a_config_error_not_a_traceback(tiny_causal_dir: Path) -> None:
+    ac, tokenizer = perturbed(tiny_causal_dir)
+    with pytest.raises(ConfigError, match=r"generation.temperature is 0.0.*must be > 0"):
+        PPOTrainer(PPOConfig(), ac, tokenizer, GenerationConfig(temperature=0.0))
 
 
 def test_trainer_reuses_sampled_statistics_only_for_its_own_responses(

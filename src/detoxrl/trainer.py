@@ -20,7 +20,7 @@ import torch
 from detoxrl import ppo
 from detoxrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from detoxrl.config import GenerationConfig, PPOConfig, RunConfig, save_config
-from detoxrl.errors import TrainingError
+from detoxrl.errors import ConfigError, TrainingError
 from detoxrl.policy import ActorCritic
 from detoxrl.rollout import (
     LengthSampler,
@@ -67,6 +67,11 @@ class PPOTrainer:
     ) -> None:
         self.config, self.actor_critic, self.tokenizer = config, actor_critic, tokenizer
         self.generation = generation or GenerationConfig()
+        if self.generation.temperature <= 0:
+            raise ConfigError(
+                f"generation.temperature is {self.generation.temperature}: PPO samples its rollouts and "
+                "needs their log-probs, so it must be > 0 (1.0 samples from the model as it is)."
+            )
         self.optimizer = torch.optim.Adam(actor_critic.trainable_parameters(), lr=config.learning_rate)
         if config.lr_scheduler_type == "linear" and not total_steps:
             raise ValueError("lr_scheduler_type 'linear' needs total_steps (the number of PPO steps).")
