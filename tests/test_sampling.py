@@ -16,7 +16,7 @@ from detoxrl.errors import ConfigError
 from detoxrl.generate import eos_token_ids
 from detoxrl.models import load_policy
 from detoxrl.policy import ActorCritic, build_actor_critic
-from detoxrl.rollout import collect_rollout, make_batch, sample_rollout
+from detoxrl.rollout import can_sample_fast, collect_rollout, make_batch, sample_rollout
 from detoxrl.sampling import filter_logits, sample_decoder, sample_tokens
 from detoxrl.trainer import PPOTrainer
 
@@ -116,6 +116,8 @@ def test_trainer_reuses_sampled_statistics_only_for_its_own_responses(
     ppo.step(QUERIES, other, torch.ones(3))
     ppo.step(QUERIES[::-1], responses, torch.ones(3))  # the same responses to other prompts
     assert seen[0] is not None and seen[1:] == [None, None]
+    assert can_sample_fast(ac, {"top_k": 0, "temperature": 1.0})
+    assert not can_sample_fast(ac, {"do_sample": False}) and not can_sample_fast(ac, {"min_new_tokens": 2})
 
 
 def test_d18_bf16_base_trains_float32_master_weights_with_float32_logprobs(tiny_causal_dir: Path) -> None:

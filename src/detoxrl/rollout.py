@@ -140,8 +140,10 @@ def _same(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> bool:
 
 
 def can_sample_fast(actor_critic: ActorCritic, generation_kwargs: dict[str, Any]) -> bool:
-    """Plain decoder-only policies with only temperature / top-k / top-p set sample via ``sample_rollout``."""
-    return actor_critic.causal_parts is not None and set(generation_kwargs) <= FAST_SAMPLING_KWARGS
+    """Plain decoder-only policies with only temperature / top-k / top-p set sample via ``sample_rollout``
+    (``do_sample=False`` asks for greedy decoding: transformers' ``generate()`` does that)."""
+    plain = actor_critic.causal_parts is not None and set(generation_kwargs) <= FAST_SAMPLING_KWARGS
+    return plain and bool(generation_kwargs.get("do_sample", True))
 
 
 @torch.no_grad()
