@@ -140,3 +140,16 @@ def test_d18_bf16_base_trains_float32_master_weights_with_float32_logprobs(tiny_
     grads = [p.grad for p in trainable if p.grad is not None]
     assert grads and all(g.dtype == torch.float32 for g in grads)
     assert any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_a_frozen_lm_head_is_converted_once_a_trained_one_at_every_pass(tiny_causal_dir: Path) -> None:
+    ac, _ = perturbed(tiny_causal_dir)  # LoRA: the head is frozen
+    assert ac.float32_head(ac.model) is ac.float32_head(ac.model)
+    config = PolicyConfig(model=str(tiny_causal_dir), use_lora=False)
+    full = build_actor_critic(load_policy(config), config)  # full fine-tuning: the head trains
+    head = full.model.get_output_embeddings()
+    before = full.float32_head(full.model)(torch.ones(1, head.in_features))
+    with torch.no_grad():
+        head.weight.add_(1.0)
+    after = full.float32_head(full.model)(torch.ones(1, head.in_features))
+    assert not torch.allclose(before, after)

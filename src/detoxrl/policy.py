@@ -27,7 +27,7 @@ from torch import nn
 from detoxrl.config import PolicyConfig
 from detoxrl.models import Policy, attach_adapter, count_parameters
 from detoxrl.ppo import logprobs_from_logits
-from detoxrl.sampling import float32_head
+from detoxrl.sampling import Head, float32_head
 
 ReferenceKind = Literal["disabled_adapter", "frozen_adapter", "frozen_copy"]
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -107,6 +107,8 @@ class ActorCritic(nn.Module):
         # are batched, padded. Either way the LM head computes float32 logits.
         self.causal_parts = plain_causal_lm(model)
         self.padding_free = self.causal_parts is not None and device.type == "cpu"
+        self.compute_dtype = model.get_input_embeddings().weight.dtype  # the base weights' dtype
+        self._heads: dict[int, Head] = {}  # float32 copies of frozen LM heads, made once
         self._hidden: list[torch.Tensor] = []
         self._capture = False  # only our own passes keep hidden states (never generate()'s steps)
         # The LM head's input is the final hidden state whatever the architecture (post-norm, scaled for T5).
@@ -136,19 +138,31 @@ class ActorCritic(nn.Module):
         trainable, total = count_parameters(self)
         return f"trainable params: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
 
+    def float32_head(self, model: Any) -> Head:
+        """``sampling.float32_head`` of ``model``; a frozen head (LoRA, the reference) is converted once,
+        not at every pass (113 MB per call for SmolLM2 in bf16)."""
+        head = model.get_output_embeddings()
+        if head.weight.requires_grad:  # full fine-tuning: the weights change at every step
+            return float32_head(model)
+        if id(head) not in self._heads:
+            self._heads[id(head)] = float32_head(model)
+        return self._heads[id(head)]
+
     @contextmanager
     def autocast(self) -> Iterator[None]:
         """[D18] With bf16/fp16 base weights and float32 LoRA weights (the optimiser's master copy), run
         the adapter's matmuls in the base dtype too: autocast casts the small LoRA matrices per call
         instead of PEFT casting every activation to float32 and back. LM head, value head, log-probs
         and losses stay float32. A no-op for float32 models."""
-        dtype = self.model.get_input_embeddings().weight.dtype
-        if dtype == torch.float32 or not self.is_peft:
+        if self.compute_dtype == torch.float32 or not self.is_peft:
             yield
             return
         from peft.helpers import disable_input_dtype_casting
 
-        with torch.autocast(self.device.type, dtype=dtype), disable_input_dtype_casting(self.model):
+        with (
+            torch.autocast(self.device.type, dtype=self.compute_dtype),
+            disable_input_dtype_casting(self.model),
+        ):
             yield
 
     @contextmanager
@@ -157,7 +171,7 @@ class ActorCritic(nn.Module):
         instead of SDPA's flash kernel, whose backward is slow there at a few hundred tokens
         (bench/README.md: -1.6 s per step); sampling and no-grad passes keep SDPA, faster for them."""
         config = model.config
-        low_precision = self.model.get_input_embeddings().weight.dtype != torch.float32
+        low_precision = self.compute_dtype != torch.float32
         if not (torch.is_grad_enabled() and low_precision and self.device.type == "cpu"):
             yield
             return
@@ -173,7 +187,7 @@ class ActorCritic(nn.Module):
             pass_ = self._row_hidden if self.padding_free else self._padded_hidden
             with self.autocast(), self._training_attention(model):
                 hidden = pass_(model, batch)
-            return float32_head(model)(hidden), hidden
+            return self.float32_head(model)(hidden), hidden
         t = batch.response_ids.shape[1]
         self._hidden.clear()
         self._capture = True

@@ -14,7 +14,7 @@ import torch
 from detoxrl.config import GenerationConfig
 from detoxrl.generate import eos_token_ids, pad_left, pad_right, sample_rows, trim_response
 from detoxrl.policy import ActorCritic, ResponseBatch
-from detoxrl.sampling import float32_head, sample_decoder
+from detoxrl.sampling import sample_decoder
 
 FAST_SAMPLING_KWARGS = {"temperature", "top_k", "top_p", "do_sample"}
 
@@ -161,7 +161,7 @@ def sample_rollout(
     pad_id = int(tokenizer.pad_token_id)
     with actor_critic.autocast():
         out = sample_decoder(
-            backbone, float32_head(lm), queries, lengths, eos_token_ids(lm, tokenizer), pad_id,
+            backbone, actor_critic.float32_head(lm), queries, lengths, eos_token_ids(lm, tokenizer), pad_id,
             float(generation_kwargs.get("temperature", 1.0)), int(generation_kwargs.get("top_k", 0) or 0),
             float(generation_kwargs.get("top_p", 1.0)),
         )  # fmt: skip
