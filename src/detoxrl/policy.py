@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from detoxrl.attention import CAUSAL_ROWS
 from detoxrl.config import PolicyConfig
 from detoxrl.models import Policy, attach_adapter, count_parameters
 from detoxrl.ppo import logprobs_from_logits
@@ -166,16 +167,22 @@ class ActorCritic(nn.Module):
             yield
 
     @contextmanager
-    def _training_attention(self, model: Any) -> Iterator[None]:
-        """For passes with gradients on the CPU in bf16/fp16, attention written out (matmul + softmax)
-        instead of SDPA's flash kernel, whose backward is slow there at a few hundred tokens
-        (bench/README.md: -1.6 s per step); sampling and no-grad passes keep SDPA, faster for them."""
+    def attention(self, model: Any) -> Iterator[None]:
+        """On the CPU in bf16/fp16, attention written out as matmuls + softmax instead of SDPA's flash
+        kernel, whose backward is slow there at a few hundred tokens: unpadded rows (every pass, and
+        the prompts' prefill) ``attention.causal_attention``, padded batches with gradients
+        transformers' "eager" (bench/README.md measures both). Float32 and GPUs keep SDPA."""
         config = model.config
-        low_precision = self.compute_dtype != torch.float32
-        if not (torch.is_grad_enabled() and low_precision and self.device.type == "cpu"):
+        if self.device.type != "cpu" or self.compute_dtype == torch.float32:
+            implementation = None
+        elif self.padding_free:
+            implementation = CAUSAL_ROWS
+        else:
+            implementation = "eager" if torch.is_grad_enabled() else None
+        if implementation is None:
             yield
             return
-        saved, config._attn_implementation = config._attn_implementation, "eager"
+        saved, config._attn_implementation = config._attn_implementation, implementation
         try:
             yield
         finally:
@@ -185,7 +192,7 @@ class ActorCritic(nn.Module):
         """One pass -> (logits at response positions (B, T, V), final hidden states there (B, T, H))."""
         if self.causal_parts is not None:
             pass_ = self._row_hidden if self.padding_free else self._padded_hidden
-            with self.autocast(), self._training_attention(model):
+            with self.autocast(), self.attention(model):
                 hidden = pass_(model, batch)
             return self.float32_head(model)(hidden), hidden
         t = batch.response_ids.shape[1]
