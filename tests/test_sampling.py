@@ -17,7 +17,7 @@ from detoxrl.generate import eos_token_ids
 from detoxrl.models import load_policy
 from detoxrl.policy import ActorCritic, build_actor_critic
 from detoxrl.rollout import can_sample_fast, collect_rollout, make_batch, sample_rollout
-from detoxrl.sampling import filter_logits, sample_decoder, sample_tokens
+from detoxrl.sampling import filter_logits, inverse_cdf, sample_decoder, sample_tokens
 from detoxrl.trainer import PPOTrainer
 
 QUERIES = [torch.tensor(q) for q in ([5, 10, 6, 27], [4, 9, 50, 42, 17, 7, 39], [12, 13])]
@@ -91,6 +91,20 @@ def test_sample_tokens_draws_from_the_tempered_distribution_and_filters() -> Non
         sample_decoder(None, lambda h: h, QUERIES, [2, 2, 2], set(), 0, temperature=0.0)
 
 
+def test_inverse_cdf_draws_in_proportion_to_the_weights_across_blocks() -> None:
+    weights = torch.rand(37) * (torch.arange(37) % 5 != 0)  # zeros, including whole-block gaps below
+    weights[8:16] = 0.0
+    weights[36] = 3.0  # the last, partly padded block
+    torch.manual_seed(0)
+    draws = inverse_cdf(weights.expand(100_000, 37).contiguous(), block=8)
+    freq = torch.bincount(draws, minlength=37).float() / len(draws)
+    assert torch.allclose(freq, weights / weights.sum(), atol=0.004), freq
+    assert freq[weights == 0].sum() == 0  # a zero weight is never drawn
+    one_hot = torch.zeros(3, 1000)
+    one_hot[torch.arange(3), torch.tensor([0, 511, 999])] = 1.0
+    assert inverse_cdf(one_hot).tolist() == [0, 511, 999]
+
+
 def test_a_zero_temperature_is_a_config_error_not_a_traceback(tiny_causal_dir: Path) -> None:
     ac, tokenizer = perturbed(tiny_causal_dir)
     with pytest.raises(ConfigError, match=r"generation.temperature is 0.0.*must be > 0"):
@@ -131,7 +145,7 @@ def test_d18_bf16_base_trains_float32_master_weights_with_float32_logprobs(tiny_
     sampled = sample_rollout(ac, policy.tokenizer, QUERIES, [5, 5, 5], {"temperature": 1.0})
     assert sampled.logprobs.dtype == sampled.values.dtype == torch.float32
     batch = make_batch(QUERIES, sampled.responses, int(policy.tokenizer.pad_token_id), False)
-    out = ac(batch)  # with gradients, under autocast, attention written out (eager) for the backward
+    out = ac(batch)  # with gradients, under autocast, attention.causal_attention for the backward
     assert ac.model.config._attn_implementation == "sdpa"  # restored after the pass
     mask = batch.response_mask.bool()
     assert out.logprobs.dtype == torch.float32

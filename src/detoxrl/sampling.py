@@ -23,6 +23,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 Head = Callable[[torch.Tensor], torch.Tensor]  # final hidden states (N, H) -> float32 logits (N, V)
+HEAD_SLICE = 2048
 
 
 class _BufferLayer(DynamicLayer):
@@ -76,16 +77,33 @@ def sample_tokens(
     """Draw one token per row from float32 logits (B, V) -> (tokens (B,), their log-probs (B,)).
 
     The log-prob is that of softmax(logits / temperature), before filtering: the distribution the
-    training pass evaluates. Inverse-CDF sampling in float64 from torch's global RNG (seeded runs
-    repeat), which is an order of magnitude cheaper than ``torch.multinomial`` over a large vocabulary.
+    training pass evaluates. Tokens come from ``inverse_cdf`` with torch's global RNG (seeded runs
+    repeat), an order of magnitude cheaper than ``torch.multinomial`` over a large vocabulary.
     """
     scaled = logits / temperature
     logprobs = scaled.log_softmax(-1)
     probs = filter_logits(scaled, top_k, top_p).softmax(-1) if top_k or top_p < 1 else logprobs.exp()
-    cdf = probs.double().cumsum(-1)
-    u = torch.rand(len(cdf), 1, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]
-    tokens = torch.searchsorted(cdf, u).squeeze(1).clamp(max=logits.shape[-1] - 1)
+    tokens = inverse_cdf(probs)
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(1)
+
+
+def inverse_cdf(weights: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """(B, V) non-negative float32 weights -> (B,) an index per row, drawn with probability proportional
+    to its weight. One uniform draw per row picks a block of ``block`` indices by the cumulated block
+    sums, then an index inside that block by its own cumulated weights, both in float64: exact to
+    float32's rounding of each block's sum, without a float64 cumsum over the whole vocabulary (which
+    cost 16 ms a token for 16 rows of SmolLM2's 49152)."""
+    b, v = weights.shape
+    blocks = F.pad(weights, (0, -v % block)).view(b, -1, block)  # (B, N, block)
+    sums = blocks.sum(-1).double()  # (B, N)
+    cdf = sums.cumsum(-1)
+    u = torch.rand(b, 1, dtype=torch.float64, device=weights.device) * cdf[:, -1:]
+    k = torch.searchsorted(cdf, u).clamp(max=blocks.shape[1] - 1)  # (B, 1) the block
+    inner = blocks.gather(1, k[:, :, None].expand(b, 1, block)).squeeze(1).double().cumsum(-1)  # (B, block)
+    mass = sums.gather(1, k)
+    share = ((u - cdf.gather(1, k) + mass) / mass.clamp_min(1e-300)).clamp(0, 1)  # where in the block
+    j = torch.searchsorted(inner, share * inner[:, -1:]).clamp(max=block - 1)
+    return (k * block + j).squeeze(1).clamp(max=v - 1)
 
 
 @torch.no_grad()
@@ -160,11 +178,15 @@ def float32_head(model: Any) -> Head:
     """The LM head of ``model`` computed in float32, autocast or not: log-probs are never taken from
     bf16 logits (spaced 0.0625 apart between 8 and 16)."""
     head = model.get_output_embeddings()
-    weight = head.weight.float()
+    # in slices of 2048 vocabulary rows, which stay in cache: 13 ms instead of 18 ms for 16 rows of
+    # SmolLM2 on 2 cores, 73 ms instead of 81 ms for 180
+    weights = head.weight.float().split(HEAD_SLICE)
     bias = None if getattr(head, "bias", None) is None else head.bias.float()
+    biases = [None] * len(weights) if bias is None else bias.split(HEAD_SLICE)
 
     def logits(hidden: torch.Tensor) -> torch.Tensor:
         with torch.autocast(hidden.device.type, enabled=False):
-            return F.linear(hidden.float(), weight, bias)
+            h = hidden.float()
+            return torch.cat([F.linear(h, w, b) for w, b in zip(weights, biases, strict=True)], -1)
 
     return logits
