@@ -35,6 +35,7 @@ LEVERS = {  # switched off one at a time to measure what each gains
     "sampler": "transformers' generate() instead of detoxrl's sampler (implies recomputed stats)",
     "sampled-stats": "old log-probs and values from a second policy pass, not from sampling",
     "padding-free": "padded batches instead of one row at a time in the no-grad and update passes",
+    "row-attention": "transformers' eager (with gradients) or SDPA instead of detoxrl's causal attention",
 }
 
 
@@ -127,6 +128,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, list[Any], ModelShape]:
     if unknown:
         raise SystemExit(f"--without: unknown lever(s) {sorted(unknown)}; choose from {sorted(LEVERS)}")
     actor_critic.padding_free &= "padding-free" not in args.without
+    actor_critic.row_attention &= "row-attention" not in args.without
     r = policy_config.lora.r
     shape = ModelShape.from_config(policy.model.config.to_dict(), lora_rank=r)
     print(actor_critic.describe(), flush=True)

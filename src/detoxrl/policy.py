@@ -108,6 +108,7 @@ class ActorCritic(nn.Module):
         # are batched, padded. Either way the LM head computes float32 logits.
         self.causal_parts = plain_causal_lm(model)
         self.padding_free = self.causal_parts is not None and device.type == "cpu"
+        self.row_attention = True  # attention.causal_attention for those rows in bf16/fp16 (see attention())
         self.compute_dtype = model.get_input_embeddings().weight.dtype  # the base weights' dtype
         self._heads: dict[int, Head] = {}  # float32 copies of frozen LM heads, made once
         self._hidden: list[torch.Tensor] = []
@@ -175,7 +176,7 @@ class ActorCritic(nn.Module):
         config = model.config
         if self.device.type != "cpu" or self.compute_dtype == torch.float32:
             implementation = None
-        elif self.padding_free:
+        elif self.padding_free and self.row_attention:
             implementation = CAUSAL_ROWS
         else:
             implementation = "eager" if torch.is_grad_enabled() else None
