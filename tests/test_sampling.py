@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import detoxrl.trainer as trainer_module
+from detoxrl.attention import CAUSAL_ROWS
 from detoxrl.config import GenerationConfig, PolicyConfig, PPOConfig
 from detoxrl.errors import ConfigError
 from detoxrl.generate import eos_token_ids
@@ -145,7 +146,12 @@ def test_d18_bf16_base_trains_float32_master_weights_with_float32_logprobs(tiny_
     sampled = sample_rollout(ac, policy.tokenizer, QUERIES, [5, 5, 5], {"temperature": 1.0})
     assert sampled.logprobs.dtype == sampled.values.dtype == torch.float32
     batch = make_batch(QUERIES, sampled.responses, int(policy.tokenizer.pad_token_id), False)
+    used: list[str] = []
+    attention = ac.model.get_base_model().model.layers[0].self_attn
+    hook = attention.register_forward_pre_hook(lambda m, _: used.append(m.config._attn_implementation))
     out = ac(batch)  # with gradients, under autocast, attention.causal_attention for the backward
+    hook.remove()
+    assert used and set(used) == {CAUSAL_ROWS}  # every row's pass took it
     assert ac.model.config._attn_implementation == "sdpa"  # restored after the pass
     mask = batch.response_mask.bool()
     assert out.logprobs.dtype == torch.float32
