@@ -1,5 +1,5 @@
 """The causal attention of unpadded rows (attention.py) computes what SDPA computes, forward and
-backward, and hands anything else (a padding mask) to SDPA."""
+backward, keeps rows packed end to end apart, and hands anything else (a padding mask) to SDPA."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import pytest
 import torch
 
 import detoxrl.attention as attention
-from detoxrl.attention import CAUSAL_ROWS, causal_attention
+from detoxrl.attention import CAUSAL_ROWS, causal_attention, packed_inputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROWS = [torch.tensor(r) for r in ([5, 10, 6, 27], [4, 9, 50, 42, 17, 7, 39, 8, 11], [12, 13])]
 
 
 def run(model: torch.nn.Module, implementation: str, **inputs: torch.Tensor) -> tuple[torch.Tensor, list]:
@@ -55,3 +57,56 @@ def test_causal_attention_masks_the_future_and_reads_each_query_heads_group() ->
         g = head // 2  # heads 0, 1 read key/value head 0; heads 2, 3 read head 1
         scores = (query[0, head] @ key[0, g].T * 0.5).masked_fill(torch.ones(5, 5).triu(1).bool(), -torch.inf)
         assert torch.allclose(out[0, :, head], scores.softmax(-1) @ value[0, g], atol=1e-6)
+
+
+def tiny_model(architecture: str, dtype: torch.dtype) -> torch.nn.Module:
+    """A 2-layer causal LM: Llama (rotary positions, grouped queries) or GPT-2 (learned positions)."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = (
+        tf.LlamaConfig(
+            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+        if architecture == "llama"
+        else tf.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=1)
+    )  # fmt: skip
+    return tf.AutoModelForCausalLM.from_config(config).to(dtype).eval()  # eval: no dropout
+
+
+def close(a: torch.Tensor, b: torch.Tensor, tol: float) -> bool:
+    """Equal to ``tol`` relative to the larger of 1 and b's largest entry."""
+    return float((a.float() - b.float()).abs().max()) <= tol * max(1.0, float(b.float().abs().max()))
+
+
+@pytest.mark.parametrize(
+    ("architecture", "dtype", "tol"),
+    [("llama", torch.float32, 1e-5), ("gpt2", torch.float32, 1e-5), ("llama", torch.bfloat16, 0.02)],
+)
+def test_rows_packed_end_to_end_equal_each_row_alone(
+    architecture: str, dtype: torch.dtype, tol: float
+) -> None:
+    model = tiny_model(architecture, dtype)
+    backbone = model.base_model
+    alone = torch.cat([backbone(input_ids=row[None]).last_hidden_state[0] for row in ROWS])  # SDPA
+    weights = torch.linspace(-1, 1, alone.shape[-1], dtype=dtype)
+    (alone * weights).sum().backward()
+    expected_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    model.config._attn_implementation = CAUSAL_ROWS
+    packed = backbone(**packed_inputs(ROWS)).last_hidden_state[0]  # (N, H), one sequence
+    (packed * weights).sum().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert packed.shape == alone.shape
+    assert close(packed, alone, tol)  # no row sees another
+    assert all(close(g, e, tol) for g, e in zip(grads, expected_grads, strict=True))
+    crossed = backbone(input_ids=torch.cat(ROWS)[None]).last_hidden_state[0]  # rows not told apart
+    assert not close(crossed[len(ROWS[0]) :], alone[len(ROWS[0]) :], tol)
+
+
+def test_packed_rows_refuse_a_mask() -> None:
+    query, key = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 6, 8)
+    mask = torch.ones(1, 1, 6, 6, dtype=torch.bool)
+    with pytest.raises(ValueError, match="row_lengths"):
+        causal_attention(torch.nn.Module(), query, key, key, mask, row_lengths=[2, 4])

@@ -173,3 +173,19 @@ def test_a_frozen_lm_head_is_converted_once_a_trained_one_at_every_pass(tiny_cau
         head.weight.add_(1.0)
     after = full.float32_head(full.model)(torch.ones(1, head.in_features))
     assert not torch.allclose(before, after)
+
+
+def test_a_packed_prefill_samples_what_prompts_prefilled_alone_sample(tiny_causal_dir: Path) -> None:
+    ac, _ = perturbed(tiny_causal_dir)
+    backbone, lm = ac.causal_parts
+    assert ac.packs_rows  # sample_rollout packs the prompts here
+    runs = []
+    for packed in (True, False):
+        torch.manual_seed(5)
+        with ac.attention(lm):
+            runs.append(
+                sample_decoder(backbone, ac.float32_head(lm), QUERIES, [6, 6, 6], set(), 0, packed=packed)
+            )
+    assert torch.equal(runs[0].tokens, runs[1].tokens)
+    assert torch.allclose(runs[0].logprobs, runs[1].logprobs, atol=1e-5)
+    assert torch.allclose(runs[0].hidden, runs[1].hidden, atol=1e-5)

@@ -1,10 +1,13 @@
-"""Causal self-attention for the gradient passes of one unpadded row, registered with transformers.
+"""Causal self-attention of unpadded rows packed end to end, registered with transformers.
 
-On the CPU in bf16, SDPA's flash kernel has a slow backward at a few hundred tokens and the "eager"
-attention spends as long on its float32 softmax, mask and casts as on its matmuls. One row of a
-causal LM needs neither a padding mask nor repeated key/value heads: the query heads that share a
-key/value head are stacked into one matmul, and the causal mask and the scale enter that matmul
-(``baddbmm``). bench/README.md measures it. Knows nothing of PPO or of which model calls it.
+Rows of different lengths run as one sequence (``row_lengths``; position ids restart at each row):
+every linear layer then sees one large matrix instead of a small one per row, and only attention
+needs to know where rows end. Each row attends causally to itself alone, without a mask. In bf16 on
+the CPU, SDPA's flash kernel has a slow backward at a few hundred tokens and the "eager" attention
+spends as long on its float32 softmax, mask and casts as on its matmuls; one row needs neither a
+padding mask nor repeated key/value heads, so the query heads that share a key/value head are
+stacked into one matmul, and the causal mask and the scale enter that matmul (``baddbmm``). Float32
+rows use SDPA. bench/README.md measures both. Knows nothing of PPO or of which model calls it.
 
 Shapes: B rows, H query heads, G key/value heads (H = G * R), L tokens, D head size.
 """
@@ -15,6 +18,7 @@ import functools
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -38,28 +42,63 @@ def causal_attention(
     attention_mask: torch.Tensor | None,
     dropout: float = 0.0,
     scaling: float | None = None,
+    row_lengths: list[int] | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """query (B, H, L, D), key and value (B, G, L, D) -> ((B, L, H, D), None), as transformers'
-    attention functions. Anything but plain causal self-attention over unpadded rows (a mask, a
-    KV cache longer than the query, dropout, soft-capping, sinks) goes to SDPA unchanged."""
-    b, h, length, d = query.shape
+    attention functions; with ``row_lengths`` (B = 1, summing to L) each packed row attends only to
+    itself. Anything but plain causal self-attention over unpadded rows (a mask, a KV cache longer
+    than the query, dropout, soft-capping, sinks) goes to SDPA unchanged."""
+    _, h, length, d = query.shape
     g = key.shape[1]
     plain = attention_mask is None and key.shape[2] == length and h % g == 0 and not dropout
     extras = kwargs.get("softcap") or kwargs.get("s_aux") is not None
     if not plain or extras or not getattr(module, "is_causal", True):
+        if row_lengths is not None and len(row_lengths) > 1:
+            raise ValueError("Packed rows (row_lengths) need plain causal self-attention without a mask.")
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-    r = h // g
     scale = scaling if scaling is not None else d**-0.5
+    if row_lengths is None or len(row_lengths) == 1:
+        out = causal_row(query, key, value, scale)  # (B, H, L, D)
+    else:
+        parts = zip(*(x.split(row_lengths, 2) for x in (query, key, value)), strict=True)
+        out = torch.cat([causal_row(q, k, v, scale) for q, k, v in parts], 2)
+    return out.transpose(1, 2), None
+
+
+def causal_row(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    """query (B, H, L, D), key and value (B, G, L, D) of one row -> (B, H, L, D), causal."""
+    if query.dtype == torch.float32:  # SDPA is faster there than the matmuls below
+        return F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scale, enable_gqa=True)
+    b, h, length, d = query.shape
+    g = key.shape[1]
+    r = h // g
     q = query.reshape(b * g, r * length, d)  # query head j reads key/value head j // R
     k, v = key.reshape(b * g, length, d), value.reshape(b * g, length, d)
     bias = causal_bias(length, r, query.dtype, query.device)
     weights = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale).softmax(-1)  # (B * G, R * L, L)
-    out = torch.bmm(weights, v)  # (B * G, R * L, D)
-    return out.view(b, h, length, d).transpose(1, 2), None
+    return torch.bmm(weights, v).view(b, h, length, d)  # (B * G, R * L, D) -> (B, H, L, D)
+
+
+def packed_inputs(rows: list[torch.Tensor]) -> dict[str, Any]:
+    """1-D token rows -> a backbone's keyword arguments that pack them end to end: ``input_ids`` and
+    ``position_ids`` (1, N), restarting at each row, and ``row_lengths`` for ``causal_attention``."""
+    lengths = [len(row) for row in rows]
+    positions = torch.cat([torch.arange(n, device=rows[0].device) for n in lengths])
+    return {"input_ids": torch.cat(rows)[None], "position_ids": positions[None], "row_lengths": lengths}
+
+
+def rows_mask(
+    *, attention_mask: torch.Tensor | None, q_length: int, kv_length: int, **kwargs: Any
+) -> torch.Tensor | None:
+    """SDPA's mask function, except that unpadded rows without a cache (packed ones included, which
+    transformers would give a block-diagonal mask) get none: ``causal_attention`` keeps them causal."""
+    if attention_mask is None and q_length == kv_length:
+        return None
+    return sdpa_mask(attention_mask=attention_mask, q_length=q_length, kv_length=kv_length, **kwargs)
 
 
 # A mask function is registered too, so that a padded batch still gets its mask (and goes to SDPA);
-# an unpadded row gets None from it and takes the path above.
+# unpadded rows get None from it and take the path above.
 AttentionInterface.register(CAUSAL_ROWS, causal_attention)
-AttentionMaskInterface.register(CAUSAL_ROWS, sdpa_mask)
+AttentionMaskInterface.register(CAUSAL_ROWS, rows_mask)

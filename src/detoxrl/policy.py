@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from detoxrl.attention import CAUSAL_ROWS
+from detoxrl.attention import CAUSAL_ROWS, packed_inputs
 from detoxrl.config import PolicyConfig
 from detoxrl.models import Policy, attach_adapter, count_parameters
 from detoxrl.ppo import logprobs_from_logits
@@ -104,11 +104,16 @@ class ActorCritic(nn.Module):
         hidden = getattr(config, "hidden_size", None) or config.d_model
         device = next(model.parameters()).device
         self.value_head = ValueHead(hidden, value_head_init_std).to(device)
-        # [D17] Plain decoder-only LMs on the CPU run each row alone (no padding work); elsewhere rows
-        # are batched, padded. Either way the LM head computes float32 logits.
+        # [D17] Plain decoder-only LMs on the CPU pack their rows end to end (no padding work), if their
+        # attention goes through transformers' AttentionInterface (which passes on ``row_lengths``);
+        # elsewhere rows are batched, padded. Either way the LM head computes float32 logits.
         self.causal_parts = plain_causal_lm(model)
-        self.padding_free = self.causal_parts is not None and device.type == "cpu"
-        self.row_attention = True  # attention.causal_attention for those rows in bf16/fp16 (see attention())
+        self.padding_free = (
+            self.causal_parts is not None
+            and device.type == "cpu"
+            and getattr(self.causal_parts[1], "_supports_attention_backend", False)
+        )
+        self.row_attention = True  # attention.causal_attention for those rows (see attention())
         self.compute_dtype = model.get_input_embeddings().weight.dtype  # the base weights' dtype
         self._heads: dict[int, Head] = {}  # float32 copies of frozen LM heads, made once
         self._hidden: list[torch.Tensor] = []
@@ -169,15 +174,17 @@ class ActorCritic(nn.Module):
 
     @contextmanager
     def attention(self, model: Any) -> Iterator[None]:
-        """On the CPU in bf16/fp16, attention written out as matmuls + softmax instead of SDPA's flash
-        kernel, whose backward is slow there at a few hundred tokens: unpadded rows (every pass, and
-        the prompts' prefill) ``attention.causal_attention``, padded batches with gradients
-        transformers' "eager" (bench/README.md measures both). Float32 and GPUs keep SDPA."""
+        """On the CPU, rows packed end to end (``padding_free``) take ``attention.causal_attention``,
+        which keeps each row to itself without a mask: bf16/fp16 as matmuls + softmax (SDPA's flash
+        backward is slow there at a few hundred tokens), float32 through SDPA. Padded batches with
+        gradients in bf16/fp16 take transformers' "eager"; GPUs keep SDPA (bench/README.md measures all)."""
         config = model.config
-        if self.device.type != "cpu" or self.compute_dtype == torch.float32:
+        if self.device.type != "cpu":
             implementation = None
-        elif self.padding_free and self.row_attention:
+        elif self.packs_rows:
             implementation = CAUSAL_ROWS
+        elif self.compute_dtype == torch.float32:
+            implementation = None
         else:
             implementation = "eager" if torch.is_grad_enabled() else None
         if implementation is None:
@@ -188,6 +195,13 @@ class ActorCritic(nn.Module):
             yield
         finally:
             config._attn_implementation = saved
+
+    @property
+    def packs_rows(self) -> bool:
+        """Whether passes run packed rows under ``attention.causal_attention``, which a packed prefill
+        needs: transformers finds packed rows by their restarting position ids only without a KV cache
+        (that is how the update and the reference pass still pack rows without ``row_attention``)."""
+        return self.padding_free and self.row_attention
 
     def _lm_forward(self, model: Any, batch: ResponseBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One pass -> (logits at response positions (B, T, V), final hidden states there (B, T, H))."""
@@ -220,16 +234,20 @@ class ActorCritic(nn.Module):
 
     @staticmethod
     def _row_hidden(model: Any, batch: ResponseBatch) -> torch.Tensor:
-        """[D17] Each row's real prompt + response[:-1] tokens alone, no padding and no mask -> the final
-        hidden states at its response positions, zero-padded to (B, T, H)."""
-        backbone = _backbone(model)
-        t, rows = batch.response_ids.shape[1], []
-        for query, query_mask, response, response_mask in zip(*batch.tensors(), strict=True):
-            response = response[response_mask.bool()]
-            ids = torch.cat([query[query_mask.bool()], response[:-1]])
-            hidden = backbone(input_ids=ids[None]).last_hidden_state[0, -len(response) :]  # (T_i, H)
-            rows.append(torch.nn.functional.pad(hidden, (0, 0, 0, t - len(response))))
-        return torch.stack(rows)
+        """[D17] The rows' real prompt + response[:-1] tokens packed end to end into one sequence, no
+        padding (position ids restart at each row; attention keeps each row to itself) -> the final
+        hidden states at each row's response positions, zero-padded to (B, T, H)."""
+        backbone, t = _backbone(model), batch.response_ids.shape[1]
+        responses = [r[m.bool()] for r, m in zip(batch.response_ids, batch.response_mask, strict=True)]
+        rows = [
+            torch.cat([q[m.bool()], r[:-1]])
+            for q, m, r in zip(batch.query_ids, batch.query_mask, responses, strict=True)
+        ]
+        hidden = backbone(**packed_inputs(rows)).last_hidden_state[0]  # (N, H), N tokens in all
+        return torch.stack([
+            torch.nn.functional.pad(h[-len(r) :], (0, 0, 0, t - len(r)))
+            for h, r in zip(hidden.split([len(row) for row in rows]), responses, strict=True)
+        ])  # fmt: skip
 
     def _logits(self, model: Any, batch: ResponseBatch, t: int) -> torch.Tensor:
         if self.is_encoder_decoder:

@@ -1,8 +1,9 @@
 """Rollout sampling for decoder-only policies without padding waste or a second policy pass.
 
-Each prompt is prefilled alone (no padding, so no wasted FLOPs and a mask-free causal attention),
-then all rows decode together over one preallocated KV cache (appending writes in place instead of
-``torch.cat``-ing the whole cache every token). Besides the tokens it returns what PPO needs from
+The prompts are prefilled packed end to end in one pass, or each alone (no padding either way, so
+no wasted FLOPs and a mask-free causal attention), then all rows decode together over one
+preallocated KV cache (appending writes in place instead of ``torch.cat``-ing the whole cache every
+token). Besides the tokens it returns what PPO needs from
 the sampling policy anyway: each sampled token's log-prob (temperature applied, before any top-k /
 top-p filtering, as in the training pass) and the final hidden state that produced it, from which
 the critic's values follow, so the old log-probs and values need no second pass [D17].
@@ -21,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+
+from detoxrl.attention import packed_inputs
 
 Head = Callable[[torch.Tensor], torch.Tensor]  # final hidden states (N, H) -> float32 logits (N, V)
 HEAD_SLICE = 2048
@@ -117,42 +120,50 @@ def sample_decoder(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
+    packed: bool = False,
 ) -> Sampled:
     """Sample a response to each prompt (1-D token ids), row i at most ``max_new_tokens[i]`` tokens
     and ending at its first stop id; decoding stops when every row has ended.
 
     ``backbone(input_ids, ...)`` is the transformer without its LM head (its ``last_hidden_state`` is
-    what the head reads); ``head`` maps those states to float32 logits.
+    what the head reads); ``head`` maps those states to float32 logits. ``packed`` prefills all
+    prompts as one sequence, which needs an attention that honours ``row_lengths`` (the backbone's
+    config set to ``attention.CAUSAL_ROWS``).
     """
     if temperature <= 0:
         raise ValueError("PPO rollouts sample: generation.temperature must be > 0.")
     device = next(backbone.parameters()).device
-    b, n_max, p_max = len(prompts), max(max_new_tokens), max(len(q) for q in prompts)
-    lengths = torch.tensor([len(q) for q in prompts], device=device)
+    sizes = [len(q) for q in prompts]
+    b, n_max, p_max = len(prompts), max(max_new_tokens), max(sizes)
+    lengths = torch.tensor(sizes, device=device)
     # transformers 5.24 renamed ``past_key_values`` (argument and output) to ``cache``
     cache_arg = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
-    # 1. Prefill each prompt alone; keep its last hidden state and its keys/values.
-    last, caches = [], []
-    for q in prompts:
-        out = backbone(input_ids=q.to(device)[None], use_cache=True)
-        last.append(out.last_hidden_state[:, -1])
-        caches.append(out[cache_arg])
+    # 1. Prefill: the prompts packed end to end in one pass (``packed``) or each alone; keep each
+    #    prompt's last hidden state and, per layer, its keys and values (G, P_i, d).
+    if packed:
+        out = backbone(**packed_inputs([q.to(device) for q in prompts]), use_cache=True)
+        last = out.last_hidden_state[0, lengths.cumsum(0) - 1]  # (B, H)
+        kv = [(x.keys[0].split(sizes, 1), x.values[0].split(sizes, 1)) for x in out[cache_arg].layers]
+    else:
+        outs = [backbone(input_ids=q.to(device)[None], use_cache=True) for q in prompts]
+        last = torch.cat([o.last_hidden_state[:, -1] for o in outs])
+        per_layer = zip(*(o[cache_arg].layers for o in outs), strict=True)  # each layer, one per prompt
+        kv = [([x.keys[0] for x in layer], [x.values[0] for x in layer]) for layer in per_layer]
     # 2. One left-padded cache with room for the new tokens.
     layers: list[Any] = []
-    for i in range(len(caches[0].layers)):
-        k0 = caches[0].layers[i].keys
-        keys = k0.new_zeros(b, k0.shape[1], p_max + n_max, k0.shape[3])
+    for row_keys, row_values in kv:
+        g, d = row_keys[0].shape[0], row_keys[0].shape[-1]
+        keys = row_keys[0].new_zeros(b, g, p_max + n_max, d)
         values = torch.zeros_like(keys)
-        for row, cache in enumerate(caches):
-            start = p_max - cache.layers[i].keys.shape[2]
-            keys[row, :, start:p_max] = cache.layers[i].keys[0]
-            values[row, :, start:p_max] = cache.layers[i].values[0]
+        for row, (k, v) in enumerate(zip(row_keys, row_values, strict=True)):
+            keys[row, :, p_max - sizes[row] : p_max] = k
+            values[row, :, p_max - sizes[row] : p_max] = v
         layers.append(_BufferLayer(keys, values, p_max))
     cache = DynamicCache()
     cache.layers = layers
     mask = torch.arange(p_max + n_max, device=device)[None] >= (p_max - lengths)[:, None]  # (B, P + T)
     # 3. Decode all rows together; rows that have ended keep sampling into padding that is discarded.
-    hidden, limit = torch.cat(last), torch.tensor(max_new_tokens, device=device)
+    hidden, limit = last, torch.tensor(max_new_tokens, device=device)
     stop = torch.tensor(sorted(stop_ids), device=device)
     tokens, logprobs, states = [], [], []
     ended = torch.zeros(b, dtype=torch.bool, device=device)
