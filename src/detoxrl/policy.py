@@ -206,7 +206,7 @@ class ActorCritic(nn.Module):
     def _lm_forward(self, model: Any, batch: ResponseBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One pass -> (logits at response positions (B, T, V), final hidden states there (B, T, H))."""
         if self.causal_parts is not None:
-            pass_ = self._row_hidden if self.padding_free else self._padded_hidden
+            pass_ = self._packed_hidden if self.padding_free else self._padded_hidden
             with self.autocast(), self.attention(model):
                 hidden = pass_(model, batch)
             return self.float32_head(model)(hidden), hidden
@@ -233,7 +233,7 @@ class ActorCritic(nn.Module):
         return out.last_hidden_state[:, -batch.response_ids.shape[1] :]
 
     @staticmethod
-    def _row_hidden(model: Any, batch: ResponseBatch) -> torch.Tensor:
+    def _packed_hidden(model: Any, batch: ResponseBatch) -> torch.Tensor:
         """[D17] The rows' real prompt + response[:-1] tokens packed end to end into one sequence, no
         padding (position ids restart at each row; attention keeps each row to itself) -> the final
         hidden states at each row's response positions, zero-padded to (B, T, H)."""
