@@ -3,10 +3,10 @@
 The prompts are prefilled packed end to end in one pass, or each alone (no padding either way, so
 no wasted FLOPs and a mask-free causal attention), then all rows decode together over one
 preallocated KV cache (appending writes in place instead of ``torch.cat``-ing the whole cache every
-token). Besides the tokens it returns what PPO needs from
-the sampling policy anyway: each sampled token's log-prob (temperature applied, before any top-k /
-top-p filtering, as in the training pass) and the final hidden state that produced it, from which
-the critic's values follow, so the old log-probs and values need no second pass [D17].
+token). Besides the tokens it returns what PPO needs from the sampling policy anyway: each sampled
+token's log-prob (temperature applied, before any top-k / top-p filtering, as in the training pass)
+and the final hidden state that produced it, from which the critic's values follow, so the old
+log-probs and values need no second pass [D17].
 
 Shapes: B prompts, P longest prompt, T new tokens, H hidden size, V vocabulary.
 """
