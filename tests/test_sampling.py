@@ -63,12 +63,14 @@ def test_padding_free_passes_equal_padded_batches(tiny_causal_dir: Path) -> None
     responses = [torch.tensor(r) for r in ([20, 21, 22], [30, 31, 32, 33, 34, 35], [40])]
     batch = make_batch(QUERIES, responses, 0, False)
     rows = ac(batch), ac.reference_logprobs(batch)
+    ac.row_attention = False  # packed rows told apart by transformers' own mask from the position ids
+    masked = ac(batch), ac.reference_logprobs(batch)
     ac.padding_free = False
     padded = ac(batch), ac.reference_logprobs(batch)
     ac.causal_parts = None  # the generic path (the model's own LM head, hidden states from a hook)
     generic = ac(batch), ac.reference_logprobs(batch)
     mask = batch.response_mask.bool()
-    for other in (padded, generic):
+    for other in (masked, padded, generic):
         assert torch.allclose(rows[0].logprobs[mask], other[0].logprobs[mask], atol=1e-5)
         assert torch.allclose(rows[0].values[mask], other[0].values[mask], atol=1e-5)
         assert torch.allclose(rows[1][mask], other[1][mask], atol=1e-5)

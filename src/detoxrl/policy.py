@@ -243,7 +243,8 @@ class ActorCritic(nn.Module):
             torch.cat([q[m.bool()], r[:-1]])
             for q, m, r in zip(batch.query_ids, batch.query_mask, responses, strict=True)
         ]
-        hidden = backbone(**packed_inputs(rows)).last_hidden_state[0]  # (N, H), N tokens in all
+        # no cache: transformers then also tells packed rows apart by their position ids (row_attention off)
+        hidden = backbone(**packed_inputs(rows), use_cache=False).last_hidden_state[0]  # (N, H), N tokens
         return torch.stack([
             torch.nn.functional.pad(h[-len(r) :], (0, 0, 0, t - len(r)))
             for h, r in zip(hidden.split([len(row) for row in rows]), responses, strict=True)
