@@ -34,8 +34,11 @@ PHASES = ("generation", "reward", "forward", "update")
 LEVERS = {  # switched off one at a time to measure what each gains
     "sampler": "transformers' generate() instead of detoxrl's sampler (implies recomputed stats)",
     "sampled-stats": "old log-probs and values from a second policy pass, not from sampling",
-    "padding-free": "padded batches instead of one row at a time in the no-grad and update passes",
-    "row-attention": "transformers' eager (with gradients) or SDPA instead of detoxrl's causal attention",
+    "padding-free": "padded batches instead of rows packed end to end in the no-grad and update passes",
+    "row-attention": (
+        "transformers' masked eager (with gradients) or SDPA instead of detoxrl's causal attention "
+        "(the prefill then takes one prompt at a time)"
+    ),
 }
 
 
