@@ -110,3 +110,14 @@ def test_packed_rows_refuse_a_mask() -> None:
     mask = torch.ones(1, 1, 6, 6, dtype=torch.bool)
     with pytest.raises(ValueError, match="row_lengths"):
         causal_attention(torch.nn.Module(), query, key, key, mask, row_lengths=[2, 4])
+
+
+def test_each_packed_rows_mask_is_made_once_per_pass_not_per_layer(monkeypatch) -> None:
+    model = tiny_model("llama", torch.bfloat16)  # 2 layers
+    model.config._attn_implementation = CAUSAL_ROWS
+    made, make = [], attention.causal_bias
+    monkeypatch.setattr(attention, "causal_bias", lambda n, *a: made.append(n) or make(n, *a))
+    attention.causal_biases.cache_clear()
+    with torch.no_grad():
+        model.base_model(**packed_inputs(ROWS))
+    assert sorted(made) == sorted(len(row) for row in ROWS)

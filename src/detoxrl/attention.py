@@ -26,12 +26,21 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 CAUSAL_ROWS = "detoxrl_causal_rows"
 
 
-@functools.lru_cache(maxsize=4)
 def causal_bias(length: int, repeats: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """(1, R * L, L) additive mask, -inf above the diagonal of each of the R stacked (L, L) blocks."""
     above = torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
     bias = torch.zeros(length, length, dtype=dtype, device=device).masked_fill_(above, float("-inf"))
     return bias.repeat(repeats, 1)[None]
+
+
+@functools.lru_cache(maxsize=1)
+def causal_biases(
+    lengths: tuple[int, ...], repeats: int, dtype: torch.dtype, device: torch.device
+) -> list[torch.Tensor]:
+    """``causal_bias`` of each packed row, made once per pass (every layer of it asks again; the rows
+    cycle through each layer, so a cache by length alone would be rebuilt at every layer)."""
+    made = {n: causal_bias(n, repeats, dtype, device) for n in set(lengths)}
+    return [made[n] for n in lengths]
 
 
 def causal_attention(
@@ -58,24 +67,31 @@ def causal_attention(
             raise ValueError("Packed rows (row_lengths) need plain causal self-attention without a mask.")
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     scale = scaling if scaling is not None else d**-0.5
-    if row_lengths is None or len(row_lengths) == 1:
-        out = causal_row(query, key, value, scale)  # (B, H, L, D)
-    else:
-        parts = zip(*(x.split(row_lengths, 2) for x in (query, key, value)), strict=True)
-        out = torch.cat([causal_row(q, k, v, scale) for q, k, v in parts], 2)
+    rows = row_lengths or [length]
+    biases = (
+        [None] * len(rows)
+        if query.dtype == torch.float32  # SDPA is faster there than our matmuls
+        else causal_biases(tuple(rows), h // g, query.dtype, query.device)
+    )
+    parts = zip(*(x.split(rows, 2) for x in (query, key, value)), biases, strict=True)
+    outs = [causal_row(q, k, v, scale, bias) for q, k, v, bias in parts]  # each (B, H, L_i, D)
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, 2)
     return out.transpose(1, 2), None
 
 
-def causal_row(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
-    """query (B, H, L, D), key and value (B, G, L, D) of one row -> (B, H, L, D), causal."""
-    if query.dtype == torch.float32:  # SDPA is faster there than the matmuls below
+def causal_row(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """query (B, H, L, D), key and value (B, G, L, D) of one row -> (B, H, L, D), causal: through SDPA
+    without a ``bias``, else (bf16/fp16) the stacked query heads in one ``baddbmm`` with ``bias``
+    (``causal_bias``), softmax, ``bmm``."""
+    if bias is None:
         return F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scale, enable_gqa=True)
     b, h, length, d = query.shape
     g = key.shape[1]
     r = h // g
     q = query.reshape(b * g, r * length, d)  # query head j reads key/value head j // R
     k, v = key.reshape(b * g, length, d), value.reshape(b * g, length, d)
-    bias = causal_bias(length, r, query.dtype, query.device)
     weights = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale).softmax(-1)  # (B * G, R * L, L)
     return torch.bmm(weights, v).view(b, h, length, d)  # (B * G, R * L, D) -> (B, H, L, D)
 

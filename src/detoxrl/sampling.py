@@ -142,11 +142,11 @@ def sample_decoder(
     #    prompt's last hidden state and, per layer, its keys and values (G, P_i, d).
     if packed:
         out = backbone(**packed_inputs([q.to(device) for q in prompts]), use_cache=True)
-        last = out.last_hidden_state[0, lengths.cumsum(0) - 1]  # (B, H)
+        hidden = out.last_hidden_state[0, lengths.cumsum(0) - 1]  # (B, H)
         kv = [(x.keys[0].split(sizes, 1), x.values[0].split(sizes, 1)) for x in out[cache_arg].layers]
     else:
         outs = [backbone(input_ids=q.to(device)[None], use_cache=True) for q in prompts]
-        last = torch.cat([o.last_hidden_state[:, -1] for o in outs])
+        hidden = torch.cat([o.last_hidden_state[:, -1] for o in outs])
         per_layer = zip(*(o[cache_arg].layers for o in outs), strict=True)  # each layer, one per prompt
         kv = [([x.keys[0] for x in layer], [x.values[0] for x in layer]) for layer in per_layer]
     # 2. One left-padded cache with room for the new tokens.
@@ -163,7 +163,7 @@ def sample_decoder(
     cache.layers = layers
     mask = torch.arange(p_max + n_max, device=device)[None] >= (p_max - lengths)[:, None]  # (B, P + T)
     # 3. Decode all rows together; rows that have ended keep sampling into padding that is discarded.
-    hidden, limit = last, torch.tensor(max_new_tokens, device=device)
+    limit = torch.tensor(max_new_tokens, device=device)
     stop = torch.tensor(sorted(stop_ids), device=device)
     tokens, logprobs, states = [], [], []
     ended = torch.zeros(b, dtype=torch.bool, device=device)
