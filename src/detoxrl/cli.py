@@ -44,8 +44,7 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import torch
-
+    from detoxrl import runtime
     from detoxrl.config import PolicyConfig
     from detoxrl.generate import SamplingSettings, format_prompts, generate
     from detoxrl.models import load_policy, resolve_device
@@ -60,8 +59,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if not Path(args.adapter).exists():
             raise DetoxError(f"Adapter path '{args.adapter}' does not exist.")
         model = PeftModel.from_pretrained(model, args.adapter)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    runtime.configure(args.threads)
     prompts = format_prompts(policy.tokenizer, texts, not args.no_chat_template)
     settings = SamplingSettings(
         max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
@@ -120,8 +118,7 @@ def _eval_config(args: argparse.Namespace) -> EvalConfig:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import torch
-
+    from detoxrl import runtime
     from detoxrl.config import PolicyConfig, RewardConfig
     from detoxrl.data import read_texts
     from detoxrl.evaluation import EvalResult, compare, evaluate, reference_nll
@@ -135,8 +132,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from detoxrl.models import attach_adapter, load_policy, resolve_device
     from detoxrl.rewards import build_evaluator, build_reward
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    runtime.configure(args.threads)
     config = _eval_config(args)
     prompt_file = args.prompts or _default_prompt_file()
     prompts, refs = read_texts(prompt_file, args.field, args.reference_field, config.num_prompts)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from detoxrl import runtime
 from detoxrl.config import RunConfig, save_config
 from detoxrl.errors import ConfigError
 from detoxrl.evaluation import EvalResult, NLLFn
@@ -156,8 +157,7 @@ def run(config: RunConfig, resume: bool = False, progress: bool = True) -> RunSu
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")  # first, so that a run that dies early can be resumed
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    runtime.configure(config.threads)
     prompts = load_prompts(config.data)
     held_out = prompts.eval[: config.eval.num_prompts]
     eval_texts = [e.text for e in held_out]

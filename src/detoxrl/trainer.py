@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from detoxrl import ppo
+from detoxrl import ppo, runtime
 from detoxrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from detoxrl.config import GenerationConfig, PPOConfig, RunConfig, save_config
 from detoxrl.errors import ConfigError, TrainingError
@@ -386,8 +386,7 @@ def train(
     run_dir = Path(out_dir or config.output_dir)
     _prepare_run_dir(run_dir, resume)
     torch.manual_seed(config.seed), random.seed(config.seed), np.random.seed(config.seed)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    runtime.configure(config.threads)
     save_config(config, run_dir / "config.yaml")
     # 2. The policy with its value head and reference, and the trainer.
     policy = load_policy(config.policy, resolve_device(config.device))
