@@ -39,6 +39,8 @@ LEVERS = {  # switched off one at a time to measure what each gains
         "transformers' masked eager (with gradients) or SDPA instead of detoxrl's causal attention "
         "(the prefill then takes one prompt at a time)"
     ),
+    "lean-decoding": "transformers' forward for each decoding step instead of decoding.LlamaStep",
+    "malloc": "glibc's default malloc, which gives freed activations back to the kernel each pass",
 }
 
 
@@ -132,6 +134,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, list[Any], ModelShape]:
         raise SystemExit(f"--without: unknown lever(s) {sorted(unknown)}; choose from {sorted(LEVERS)}")
     actor_critic.padding_free &= "padding-free" not in args.without
     actor_critic.row_attention &= "row-attention" not in args.without
+    actor_critic.lean_decoding &= "lean-decoding" not in args.without
     r = policy_config.lora.r
     shape = ModelShape.from_config(policy.model.config.to_dict(), lora_rank=r)
     print(actor_critic.describe(), flush=True)
@@ -335,6 +338,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(args.threads)
+    if "malloc" not in args.without:
+        from detoxrl.runtime import keep_freed_memory
+
+        keep_freed_memory()
     random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
     load_avg = os.getloadavg()
     if args.device == "auto":

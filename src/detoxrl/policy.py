@@ -114,6 +114,7 @@ class ActorCritic(nn.Module):
             and getattr(self.causal_parts[1], "_supports_attention_backend", False)
         )
         self.row_attention = True  # attention.causal_attention for those rows (see attention())
+        self.lean_decoding = True  # rollouts of Llama-style models decode through decoding.LlamaStep
         self.compute_dtype = model.get_input_embeddings().weight.dtype  # the base weights' dtype
         self._heads: dict[int, Head] = {}  # float32 copies of frozen LM heads, made once
         self._hidden: list[torch.Tensor] = []

@@ -164,6 +164,7 @@ def sample_rollout(
             backbone, actor_critic.float32_head(lm), queries, lengths, eos_token_ids(lm, tokenizer), pad_id,
             float(generation_kwargs.get("temperature", 1.0)), int(generation_kwargs.get("top_k", 0) or 0),
             float(generation_kwargs.get("top_p", 1.0)), packed=actor_critic.packs_rows,
+            lean=actor_critic.lean_decoding,
         )  # fmt: skip
     responses = [row[:n].cpu() for row, n in zip(out.tokens, out.lengths.tolist(), strict=True)]
     t = max(len(r) for r in responses)

@@ -3,51 +3,28 @@
 The prompts are prefilled packed end to end in one pass, or each alone (no padding either way, so
 no wasted FLOPs and a mask-free causal attention), then all rows decode together over one
 preallocated KV cache (appending writes in place instead of ``torch.cat``-ing the whole cache every
-token). Besides the tokens it returns what PPO needs from the sampling policy anyway: each sampled
-token's log-prob (temperature applied, before any top-k / top-p filtering, as in the training pass)
-and the final hidden state that produced it, from which the critic's values follow, so the old
-log-probs and values need no second pass [D17].
+token), a step of ``decoding`` per token. Besides the tokens it returns what PPO needs from the
+sampling policy anyway: each sampled token's log-prob (temperature applied, before any top-k /
+top-p filtering, as in the training pass) and the final hidden state that produced it, from which
+the critic's values follow, so the old log-probs and values need no second pass [D17].
 
 Shapes: B prompts, P longest prompt, T new tokens, H hidden size, V vocabulary.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from detoxrl.attention import packed_inputs
+from detoxrl.decoding import LlamaStep, TransformersStep, cache_name
 
 Head = Callable[[torch.Tensor], torch.Tensor]  # final hidden states (N, H) -> float32 logits (N, V)
 HEAD_SLICE = 2048
-
-
-class _BufferLayer(DynamicLayer):
-    """A cache layer over a preallocated (B, heads, P + T, d) buffer: ``update`` writes the new
-    keys/values in place and returns views, so decoding costs no copy of the cache per token."""
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
-        super().__init__()
-        self._key_buffer, self._value_buffer, self._length = keys, values, length
-        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
-        self.keys, self.values = keys[:, :, :length], values[:, :, :length]
-
-    def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        end = self._length + key_states.shape[-2]
-        self._key_buffer[:, :, self._length : end] = key_states
-        self._value_buffer[:, :, self._length : end] = value_states
-        self._length = end
-        self.keys, self.values = self._key_buffer[:, :, :end], self._value_buffer[:, :, :end]
-        return self.keys, self.values
 
 
 @dataclass(frozen=True)
@@ -121,6 +98,7 @@ def sample_decoder(
     top_k: int = 0,
     top_p: float = 1.0,
     packed: bool = False,
+    lean: bool = True,
 ) -> Sampled:
     """Sample a response to each prompt (1-D token ids), row i at most ``max_new_tokens[i]`` tokens
     and ending at its first stop id; decoding stops when every row has ended.
@@ -128,7 +106,8 @@ def sample_decoder(
     ``backbone(input_ids, ...)`` is the transformer without its LM head (its ``last_hidden_state`` is
     what the head reads); ``head`` maps those states to float32 logits. ``packed`` prefills all
     prompts as one sequence, which needs an attention that honours ``row_lengths`` (the backbone's
-    config set to ``attention.CAUSAL_ROWS``).
+    config set to ``attention.CAUSAL_ROWS``). ``lean`` decodes Llama-style models through
+    ``decoding.LlamaStep`` (others always take transformers' forward).
     """
     if temperature <= 0:
         raise ValueError("PPO rollouts sample: generation.temperature must be > 0.")
@@ -136,8 +115,7 @@ def sample_decoder(
     sizes = [len(q) for q in prompts]
     b, n_max, p_max = len(prompts), max(max_new_tokens), max(sizes)
     lengths = torch.tensor(sizes, device=device)
-    # transformers 5.24 renamed ``past_key_values`` (argument and output) to ``cache``
-    cache_arg = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+    cache_arg = cache_name(backbone)
     # 1. Prefill: the prompts packed end to end in one pass (``packed``) or each alone; keep each
     #    prompt's last hidden state and, per layer, its keys and values (G, P_i, d).
     if packed:
@@ -149,19 +127,19 @@ def sample_decoder(
         hidden = torch.cat([o.last_hidden_state[:, -1] for o in outs])
         per_layer = zip(*(o[cache_arg].layers for o in outs), strict=True)  # each layer, one per prompt
         kv = [([x.keys[0] for x in layer], [x.values[0] for x in layer]) for layer in per_layer]
-    # 2. One left-padded cache with room for the new tokens.
-    layers: list[Any] = []
+    # 2. One left-padded cache with room for the new tokens: per layer (B, G, P + T, d), each prompt
+    #    right-aligned at column P; Llama-style models decode through the lean LlamaStep.
+    keys, values = [], []
     for row_keys, row_values in kv:
         g, d = row_keys[0].shape[0], row_keys[0].shape[-1]
-        keys = row_keys[0].new_zeros(b, g, p_max + n_max, d)
-        values = torch.zeros_like(keys)
+        keys.append(row_keys[0].new_zeros(b, g, p_max + n_max, d))
+        values.append(torch.zeros_like(keys[-1]))
         for row, (k, v) in enumerate(zip(row_keys, row_values, strict=True)):
-            keys[row, :, p_max - sizes[row] : p_max] = k
-            values[row, :, p_max - sizes[row] : p_max] = v
-        layers.append(_BufferLayer(keys, values, p_max))
-    cache = DynamicCache()
-    cache.layers = layers
-    mask = torch.arange(p_max + n_max, device=device)[None] >= (p_max - lengths)[:, None]  # (B, P + T)
+            keys[-1][row, :, p_max - sizes[row] : p_max] = k
+            values[-1][row, :, p_max - sizes[row] : p_max] = v
+    step = (lean and LlamaStep.build(backbone, keys, values, lengths)) or TransformersStep(
+        backbone, keys, values, lengths
+    )
     # 3. Decode all rows together; rows that have ended keep sampling into padding that is discarded.
     limit = torch.tensor(max_new_tokens, device=device)
     stop = torch.tensor(sorted(stop_ids), device=device)
@@ -177,11 +155,7 @@ def sample_decoder(
         ended |= torch.isin(token, stop) | (t + 1 >= limit)
         if bool(ended.all()):
             break
-        out = backbone(
-            input_ids=token[:, None], attention_mask=mask[:, : p_max + t + 1].long(),
-            position_ids=(lengths + t)[:, None], use_cache=True, **{cache_arg: cache},
-        )  # fmt: skip
-        hidden = out.last_hidden_state[:, -1]
+        hidden = step(token, t)
     return Sampled(torch.stack(tokens, 1), count, torch.stack(logprobs, 1), torch.stack(states, 1))
 
 
