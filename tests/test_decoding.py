@@ -101,8 +101,8 @@ def test_frozen_base_weights_are_fused_once_trained_ones_at_every_build(
 ) -> None:
     config = PolicyConfig(model=str(tiny_causal_dir), use_lora=use_lora)
     backbone, _ = build_actor_critic(load_policy(config), config).causal_parts
-    fused, matmul = [], decoding._matmul
-    monkeypatch.setattr(decoding, "_matmul", lambda w, rows: fused.append(w) or matmul(w, rows))
+    fused, matmul = [], decoding.prepacked
+    monkeypatch.setattr(decoding, "prepacked", lambda w, rows: fused.append(w) or matmul(w, rows))
     with torch.no_grad():
         for _ in range(2):
             LlamaStep(backbone, *left_padded_cache(backbone, QUERIES, 12))

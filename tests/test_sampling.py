@@ -191,3 +191,15 @@ def test_a_packed_prefill_samples_what_prompts_prefilled_alone_sample(tiny_causa
     assert torch.equal(runs[0].tokens, runs[1].tokens)
     assert torch.allclose(runs[0].logprobs, runs[1].logprobs, atol=1e-5)
     assert torch.allclose(runs[0].hidden, runs[1].hidden, atol=1e-5)
+
+
+def test_the_sampling_head_computes_the_training_heads_float32_logits(tiny_causal_dir: Path) -> None:
+    config = PolicyConfig(model=str(tiny_causal_dir), dtype="bfloat16")
+    ac = build_actor_critic(load_policy(config), config)
+    _, lm = ac.causal_parts
+    hidden = torch.randn(5, lm.config.hidden_size, dtype=torch.bfloat16)
+    sampling, training = ac.float32_head(lm, rows=5)(hidden), ac.float32_head(lm)(hidden)
+    assert sampling.dtype == training.dtype == torch.float32
+    assert torch.allclose(sampling, training, atol=1e-5)
+    assert ac.float32_head(lm, rows=5) is ac.float32_head(lm, rows=16)  # made once, kept apart
+    assert ac.float32_head(lm, rows=5) is not ac.float32_head(lm)

@@ -116,7 +116,7 @@ class ActorCritic(nn.Module):
         self.row_attention = True  # attention.causal_attention for those rows (see attention())
         self.lean_decoding = True  # rollouts of Llama-style models decode through decoding.LlamaStep
         self.compute_dtype = model.get_input_embeddings().weight.dtype  # the base weights' dtype
-        self._heads: dict[int, Head] = {}  # float32 copies of frozen LM heads, made once
+        self._heads: dict[tuple[int, bool], Head] = {}  # float32 copies of frozen LM heads, made once
         self._hidden: list[torch.Tensor] = []
         self._capture = False  # only our own passes keep hidden states (never generate()'s steps)
         # The LM head's input is the final hidden state whatever the architecture (post-norm, scaled for T5).
@@ -146,15 +146,16 @@ class ActorCritic(nn.Module):
         trainable, total = count_parameters(self)
         return f"trainable params: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
 
-    def float32_head(self, model: Any) -> Head:
+    def float32_head(self, model: Any, rows: int = 0) -> Head:
         """``sampling.float32_head`` of ``model``; a frozen head (LoRA, the reference) is converted once,
         not at every pass (113 MB per call for SmolLM2 in bf16)."""
         head = model.get_output_embeddings()
         if head.weight.requires_grad:  # full fine-tuning: the weights change at every step
-            return float32_head(model)
-        if id(head) not in self._heads:
-            self._heads[id(head)] = float32_head(model)
-        return self._heads[id(head)]
+            return float32_head(model, rows)
+        key = (id(head), rows > 0)  # the sampling head is kept apart: it has no gradients
+        if key not in self._heads:
+            self._heads[key] = float32_head(model, rows)
+        return self._heads[key]
 
     @contextmanager
     def autocast(self) -> Iterator[None]:

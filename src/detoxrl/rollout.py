@@ -159,9 +159,10 @@ def sample_rollout(
     assert actor_critic.causal_parts is not None, "sample_rollout needs a plain decoder-only policy"
     backbone, lm = actor_critic.causal_parts
     pad_id = int(tokenizer.pad_token_id)
-    with actor_critic.autocast(), actor_critic.attention(lm):  # the prefill's attention; decoding keeps SDPA
+    head = actor_critic.float32_head(lm, rows=len(queries))
+    with actor_critic.autocast(), actor_critic.attention(lm):  # attention of the prefill and TransformersStep
         out = sample_decoder(
-            backbone, actor_critic.float32_head(lm), queries, lengths, eos_token_ids(lm, tokenizer), pad_id,
+            backbone, head, queries, lengths, eos_token_ids(lm, tokenizer), pad_id,
             float(generation_kwargs.get("temperature", 1.0)), int(generation_kwargs.get("top_k", 0) or 0),
             float(generation_kwargs.get("top_p", 1.0)), packed=actor_critic.packs_rows,
             lean=actor_critic.lean_decoding,

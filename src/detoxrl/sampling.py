@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from detoxrl.attention import packed_inputs
-from detoxrl.decoding import LlamaStep, TransformersStep, cache_name
+from detoxrl.decoding import LlamaStep, TransformersStep, cache_name, prepacked
 
 Head = Callable[[torch.Tensor], torch.Tensor]  # final hidden states (N, H) -> float32 logits (N, V)
 HEAD_SLICE = 2048
@@ -159,10 +159,20 @@ def sample_decoder(
     return Sampled(torch.stack(tokens, 1), count, torch.stack(logprobs, 1), torch.stack(states, 1))
 
 
-def float32_head(model: Any) -> Head:
+def float32_head(model: Any, rows: int = 0) -> Head:
     """The LM head of ``model`` computed in float32, autocast or not: log-probs are never taken from
-    bf16 logits (spaced 0.0625 apart between 8 and 16)."""
+    bf16 logits (spaced 0.0625 apart between 8 and 16). ``rows`` > 0: for sampling, without gradients,
+    ``rows`` at a time through ``decoding.prepacked`` (6.3 instead of 13.6 ms for 16 rows of SmolLM2)."""
     head = model.get_output_embeddings()
+    if rows:
+        bias = None if getattr(head, "bias", None) is None else head.bias.detach().float()
+        matmul = prepacked(head.weight.float(), rows, bias)
+
+        def sampling_logits(hidden: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(hidden.device.type, enabled=False):
+                return matmul(hidden.float())
+
+        return sampling_logits
     # in slices of 2048 vocabulary rows, which stay in cache: 13 ms instead of 18 ms for 16 rows of
     # SmolLM2 on 2 cores, 73 ms instead of 81 ms for 180
     weights = head.weight.float().split(HEAD_SLICE)
