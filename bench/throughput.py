@@ -337,11 +337,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    torch.set_num_threads(args.threads)
-    if "malloc" not in args.without:
-        from detoxrl.runtime import keep_freed_memory
+    from detoxrl import runtime
 
-        keep_freed_memory()
+    if "malloc" in args.without:
+        torch.set_num_threads(args.threads)
+    else:
+        runtime.configure(args.threads)
     random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
     load_avg = os.getloadavg()
     if args.device == "auto":
