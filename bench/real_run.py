@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from profanity_check import predict_prob
 
-from detoxrl.config import GenerationConfig, PolicyConfig, PPOConfig, RunConfig
+from detoxrl.config import PolicyConfig, PPOConfig, RunConfig, SamplingConfig
 from detoxrl.trainer import train
 
 PROMPTS = Path(__file__).resolve().parents[2] / "shared/data/real-toxicity-prompts/challenging_toxic.jsonl"
@@ -53,7 +53,8 @@ def compare(run_dir: Path, n: int, samples: int = 2) -> None:
     from peft import PeftModel
 
     from detoxrl.config import load_config
-    from detoxrl.generate import SamplingSettings, generate
+    from detoxrl.engine import select_engine
+    from detoxrl.generate import generate
     from detoxrl.models import load_policy
     from detoxrl.rollout import batch_indices
 
@@ -62,13 +63,13 @@ def compare(run_dir: Path, n: int, samples: int = 2) -> None:
     prompts = load_prompt_texts()
     seen = {i for s in range(config.steps) for i in batch_indices(len(prompts), 16, s, config.seed)}
     held = [p for i, p in enumerate(prompts) if i not in seen][:n] * samples
-    settings = SamplingSettings(max_new_tokens=config.generation.max_new_tokens, top_k=0, top_p=1.0)
+    settings = SamplingConfig(max_new_tokens=config.generation.max_new_tokens, length_sampling="fixed")
     policy = load_policy(config.policy)
     tox = {}
     for name in ("base", "trained"):
         model = policy.model if name == "base" else PeftModel.from_pretrained(policy.model, run_dir / "final")
-        out = generate(model, policy.tokenizer, held, settings, is_encoder_decoder=False, seed=123)
-        tox[name] = torch.tensor(predict_prob(out.responses), dtype=torch.float64)
+        out = generate(select_engine(), model, policy.tokenizer, held, settings, seed=123)
+        tox[name] = torch.tensor(predict_prob(out.texts), dtype=torch.float64)
     diff = tox["trained"] - tox["base"]
     print(f"held-out prompts: {len(held) // samples} x {samples} samples")
     for name, t in tox.items():
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> None:
     prompts = load_prompt_texts()
     config = RunConfig(
         policy=PolicyConfig(chat_template=False),  # smollm2-135m-instruct, LoRA r 32 on q, k, v, o
-        generation=GenerationConfig(min_new_tokens=16, max_new_tokens=32, length_sampling="per_prompt"),
+        generation=SamplingConfig(min_new_tokens=16, max_new_tokens=32, length_sampling="per_prompt"),
         ppo=PPOConfig(learning_rate=args.lr, batch_size=16, mini_batch_size=4, ppo_epochs=1),
         steps=args.steps,
         save_every=10,

@@ -31,15 +31,14 @@ from bench.paths import RESULTS, dialogsum_file
 INSTRUCTION = "Summarize the following conversation.\n\n{dialogue}"
 SAMPLES_PER_STEP = 16
 PHASES = ("generation", "reward", "forward", "update")
-LEVERS = {  # switched off one at a time to measure what each gains
-    "sampler": "transformers' generate() instead of detoxrl's sampler (implies recomputed stats)",
+LEVERS = {  # switched off one at a time to measure what each gains (the CPU engine's CpuOptions)
     "sampled-stats": "old log-probs and values from a second policy pass, not from sampling",
-    "padding-free": "padded batches instead of rows packed end to end in the no-grad and update passes",
-    "row-attention": (
-        "transformers' masked eager (with gradients) or SDPA instead of detoxrl's causal attention "
-        "(the prefill then takes one prompt at a time)"
+    "packed-rows": (
+        "padded batches (transformers' SDPA) instead of rows packed end to end in the no-grad and update "
+        "passes; the prefill then takes one prompt at a time"
     ),
-    "lean-decoding": "transformers' forward for each decoding step instead of decoding.LlamaStep",
+    "lean-decoding": "transformers' forward for each decoding step instead of engine.decoding.LlamaStep",
+    "prepack": "plain matmuls instead of oneDNN's prepacked weights for decoding and the sampling head",
     "malloc": "glibc's default malloc, which gives freed activations back to the kernel each pass",
 }
 
@@ -53,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--model", default="smollm2-135m-instruct", help="any detoxrl model spec")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (the issue's workload is the CPU)")
+    p.add_argument("--engine", default="auto", choices=["auto", "reference", "cpu"], help="policy.engine")
     p.add_argument("--peak-size", type=int, default=None, help="square matmul size (2048 CPU, 8192 GPU)")
     p.add_argument("--peak-reps", type=int, default=7, help="timed matmuls per dtype (median)")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/ours-DTYPE.json)")
@@ -109,9 +109,26 @@ def cpu_flags() -> dict[str, bool]:
     return {f: f in flags for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")}
 
 
-def build(args: argparse.Namespace) -> tuple[Any, Any, list[Any], ModelShape]:
+def engine_of(args: argparse.Namespace) -> Any:
+    """``--engine`` on ``--device``, the ``--without`` levers switched off, threads set."""
+    from detoxrl.engine import select_engine
+
+    off = set(filter(None, args.without.split(",")))
+    if off - set(LEVERS):
+        raise SystemExit(
+            f"--without: unknown lever(s) {sorted(off - set(LEVERS))}; choose from {sorted(LEVERS)}"
+        )
+    names = {"packed-rows": "packed_rows", "lean-decoding": "lean_decoding", "prepack": "prepack",
+             "malloc": "keep_freed_memory"}  # fmt: skip
+    options = {names[lever]: False for lever in off & set(names)}
+    engine = select_engine(args.engine, args.device, **(options if args.device == "cpu" else {}))
+    engine.configure(args.threads)
+    return engine
+
+
+def build(args: argparse.Namespace, engine: Any) -> tuple[Any, Any, list[Any], ModelShape]:
     """The trainer, its tokenizer, the tokenized prompts of every step and the model's shape."""
-    from detoxrl.config import GenerationConfig, PolicyConfig, PPOConfig
+    from detoxrl.config import PolicyConfig, PPOConfig, SamplingConfig
     from detoxrl.generate import format_prompts, tokenize_prompts
     from detoxrl.models import load_policy
     from detoxrl.policy import build_actor_critic
@@ -119,25 +136,17 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, list[Any], ModelShape]:
 
     policy_config = PolicyConfig(model=args.model, dtype=args.dtype)  # LoRA r 32, alpha 32, q k v o
     policy = load_policy(policy_config, args.device)
-    actor_critic = build_actor_critic(policy, policy_config)
+    actor_critic = build_actor_critic(policy, policy_config, engine=engine)
     n = SAMPLES_PER_STEP * (args.warmup + args.steps)
     dialogues = load_dialogues(dialogsum_file(), n, args.seed)
     texts = [INSTRUCTION.format(dialogue=d) for d in dialogues]
     queries = tokenize_prompts(policy.tokenizer, format_prompts(policy.tokenizer, texts, chat_template=True))
-    gen = GenerationConfig(
-        min_new_tokens=args.max_new_tokens, max_new_tokens=args.max_new_tokens, length_sampling="fixed"
-    )
+    gen = SamplingConfig(max_new_tokens=args.max_new_tokens, length_sampling="fixed")
     ppo = PPOConfig(learning_rate=1.41e-5, batch_size=SAMPLES_PER_STEP, mini_batch_size=4, ppo_epochs=1)
     trainer = PPOTrainer(ppo, actor_critic, policy.tokenizer, gen)
-    unknown = set(filter(None, args.without.split(","))) - set(LEVERS)
-    if unknown:
-        raise SystemExit(f"--without: unknown lever(s) {sorted(unknown)}; choose from {sorted(LEVERS)}")
-    actor_critic.padding_free &= "padding-free" not in args.without
-    actor_critic.row_attention &= "row-attention" not in args.without
-    actor_critic.lean_decoding &= "lean-decoding" not in args.without
     r = policy_config.lora.r
     shape = ModelShape.from_config(policy.model.config.to_dict(), lora_rank=r)
-    print(actor_critic.describe(), flush=True)
+    print(engine.describe(), actor_critic.describe(), sep="\n", flush=True)
     return trainer, policy.tokenizer, queries, shape
 
 
@@ -146,14 +155,11 @@ def run_step(trainer: Any, tokenizer: Any, queries: list[Any], args: argparse.Na
     import torch
     from profanity_check import predict_prob
 
-    off = set(filter(None, args.without.split(",")))
     t0, c0 = time.perf_counter(), time.process_time()
-    # min_new_tokens=0 changes nothing but is outside what detoxrl's sampler takes: generate() samples
-    extra = {"min_new_tokens": 0} if "sampler" in off else {}
-    responses = trainer.generate(queries, max_new_tokens=args.max_new_tokens, top_k=0, top_p=1.0, **extra)
-    if "sampled-stats" in off:
-        trainer._sampled = None
-    policy_pass = trainer._sampled is None  # else old log-probs and values come from sampling [D17]
+    responses = trainer.generate(queries, max_new_tokens=args.max_new_tokens, top_k=0, top_p=1.0)
+    if "sampled-stats" in args.without:
+        trainer._last = None
+    policy_pass = trainer._last is None  # else old log-probs and values come from sampling [D17]
     sync(args.device)
     t1 = time.perf_counter()
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
@@ -167,9 +173,8 @@ def run_step(trainer: Any, tokenizer: Any, queries: list[Any], args: argparse.Na
         "wall_s": wall,
         "generation_s": t1 - t0,
         "reward_s": t2 - t1,
-        "forward_s": stats["time/forward"],  # batching + (policy pass) + reference log-probs
+        "forward_s": stats["time/forward"],  # batching + (policy pass) + reference pass + advantages
         "policy_pass": policy_pass,
-        "advantages_s": stats["time/advantages"],
         "update_s": stats["time/update"],
         "cpu_util": (time.process_time() - c0) / wall,
         "reward_mean": float(scores.mean()),
@@ -218,7 +223,7 @@ def summarise(records: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
     timed = records[warmup:] or records
     keys = ("wall_s", "cpu_util", "mfu_update", "mfu_step", "mfu_update_6n", "floor_s")
     med = {k: _median(timed, k) for k in keys}
-    phases = {k: _median(timed, f"{k}_s") for k in (*PHASES, "advantages")}
+    phases = {k: _median(timed, f"{k}_s") for k in PHASES}
     wall_total = sum(r["wall_s"] for r in timed)
     resp = sum(r["tokens"]["response"] for r in timed)
     passed = sum(r["tokens"]["pass"] for r in timed)
@@ -245,10 +250,9 @@ def summarise(records: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
         # generation, the two rollout passes and the update each feed about P + T - 1 real tokens a row
         "processed_tokens_per_s_overall": 4 * passed / wall_total,
         "median_gen_s": phases["generation"],
-        "median_score_s": _sum_or_none(phases["reward"], phases["forward"], phases["advantages"]),
+        "median_score_s": _sum_or_none(phases["reward"], phases["forward"]),
         "median_train_s": phases["update"],
         "phases": phase_rates,
-        "median_advantages_s": phases["advantages"],
         "mean_resp_tokens": resp / sum(r["samples"] for r in timed),
         "mean_prompt_tokens": sum(r["tokens"]["prompt"] for r in timed) / sum(r["samples"] for r in timed),
         "median_cpu_util": med["cpu_util"],
@@ -337,12 +341,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from detoxrl import runtime
-
-    if "malloc" in args.without:
-        torch.set_num_threads(args.threads)
-    else:
-        runtime.configure(args.threads)
+    engine = engine_of(args)
     random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
     load_avg = os.getloadavg()
     if args.device == "auto":
@@ -350,7 +349,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     gpu = args.device.startswith("cuda")
     peak = measure_peak(args.peak_size or (8192 if gpu else 2048), args.peak_reps, args.device)
     t_setup = time.perf_counter()
-    trainer, tokenizer, queries, shape = build(args)
+    trainer, tokenizer, queries, shape = build(args, engine)
     setup_s = time.perf_counter() - t_setup
     records = []
     for i in range(args.warmup + args.steps):
@@ -368,6 +367,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "load_avg_at_start": load_avg,
         "torch_threads": torch.get_num_threads(),
         "cpu_flags": cpu_flags(),
+        "engine": engine.describe(),
         "gpu": torch.cuda.get_device_name() if gpu else None,
         "peak_gpu_memory_mib": torch.cuda.max_memory_allocated() / 2**20 if gpu else None,
         "versions": versions(),

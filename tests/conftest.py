@@ -119,6 +119,21 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(params=["fast-kernels", "no-kernels"])
+def kernels(request, monkeypatch) -> str:
+    """Each test that takes it runs twice: with this CPU's kernel probes as they are, and with every probe
+    forced to say no (``DETOXRL_FAST_KERNELS=0``), as on a CPU without AVX512 or AMX: the fallbacks must
+    give the same numbers, so an AVX2-only CPU is covered wherever the tests run."""
+    from detoxrl.engine import probes
+
+    if request.param == "no-kernels":
+        monkeypatch.setenv(probes.DISABLE_ENV, "0")
+    probes.clear()
+    yield request.param
+    monkeypatch.undo()
+    probes.clear()
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED.is_dir():

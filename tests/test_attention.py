@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import detoxrl.attention as attention
-from detoxrl.attention import CAUSAL_ROWS, causal_attention, packed_inputs
+import detoxrl.engine.attention as attention
+from detoxrl.engine.attention import CAUSAL_ROWS, causal_attention, packed_inputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

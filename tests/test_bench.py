@@ -80,7 +80,7 @@ def test_load_dialogues_selects_and_shuffles_like_the_peers(tmp_path: Path) -> N
 def record(wall: float, reward: float) -> dict[str, Any]:
     return {
         "samples": 16, "wall_s": wall, "generation_s": wall / 4, "reward_s": 0.1, "forward_s": wall / 4,
-        "advantages_s": 0.0, "update_s": wall / 2 - 0.1, "cpu_util": 1.9, "reward_mean": reward, "kl": 0.5,
+        "update_s": wall / 2 - 0.1, "cpu_util": 1.9, "reward_mean": reward, "kl": 0.5,
         "tokens": {"response": 16 * 48, "pass": 16 * 300, "prompt": 16 * 253, "forward": 16 * 300},
         "mfu_update": 0.3, "mfu_step": 0.2, "mfu_update_6n": 0.45,
     }  # fmt: skip

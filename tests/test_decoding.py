@@ -1,20 +1,23 @@
-"""The lean decoding step (decoding.LlamaStep) computes what transformers' forward computes, step after
-step over a left-padded cache, with LoRA on any linear layer, in float32 and in bf16 with prepacked
-weights; models it does not cover take transformers' forward."""
+"""The CPU engine's lean decoding step (engine/decoding.LlamaStep) computes what transformers' forward
+computes, step after step over a left-padded cache, with LoRA on any linear layer, in float32 and in
+bf16 with prepacked weights (or plain matmuls where the probes say no); models it does not cover take
+transformers' forward."""
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
 
-from detoxrl import decoding
-from detoxrl.config import LoraSettings, PolicyConfig
-from detoxrl.decoding import LlamaStep, TransformersStep, llama_style
+from detoxrl.config import LoraSettings, PolicyConfig, SamplingConfig
+from detoxrl.engine import decoding, probes
+from detoxrl.engine.cpu import CpuEngine, CpuOptions
+from detoxrl.engine.decoding import LlamaStep, TransformersStep, llama_style
+from detoxrl.engine.reference import cache_name, plain_causal_lm
 from detoxrl.models import load_policy
 from detoxrl.policy import build_actor_critic
-from detoxrl.sampling import sample_decoder
 from test_sampling import QUERIES, perturbed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,7 +28,7 @@ def left_padded_cache(backbone, prompts: list[torch.Tensor], slots: int) -> tupl
     sizes = [len(q) for q in prompts]
     p = max(sizes)
     outs = [backbone(input_ids=q[None], use_cache=True) for q in prompts]
-    name = decoding.cache_name(backbone)
+    name = cache_name(backbone)
     keys, values = [], []
     for layer in range(len(outs[0][name].layers)):
         g, d = outs[0][name].layers[layer].keys.shape[1], outs[0][name].layers[layer].keys.shape[-1]
@@ -41,7 +44,7 @@ def left_padded_cache(backbone, prompts: list[torch.Tensor], slots: int) -> tupl
 def decode_both(backbone, prompts: list[torch.Tensor], steps: int) -> tuple[list, list]:
     """The hidden states of ``steps`` decoding steps (the same tokens fed to both) from each step kind."""
     keys, values, lengths = left_padded_cache(backbone, prompts, max(len(q) for q in prompts) + steps)
-    lean = LlamaStep(backbone, keys, values, lengths)
+    lean = LlamaStep(backbone, keys, values, lengths, decoding.prepacked, {})  # type: ignore[arg-type]
     plain = TransformersStep(backbone, [k.clone() for k in keys], [v.clone() for v in values], lengths)
     tokens = torch.randint(4, 60, (steps, len(prompts)))
     return [lean(tokens[t], t) for t in range(steps)], [plain(tokens[t], t) for t in range(steps)]
@@ -56,7 +59,7 @@ def test_llama_step_equals_transformers_forward_with_lora_on_any_layer(tiny_caus
     for name, p in ac.model.named_parameters():
         if "lora_B" in name:
             p.normal_(0, 0.3)
-    backbone, _ = ac.causal_parts
+    backbone, _ = plain_causal_lm(ac.model)
     assert llama_style(backbone)
     lean, plain = decode_both(backbone, QUERIES, 5)
     for a, b in zip(lean, plain, strict=True):
@@ -67,14 +70,20 @@ def test_llama_step_equals_transformers_forward_with_lora_on_any_layer(tiny_caus
 
 
 @torch.no_grad()
-def test_bf16_llama_step_with_prepacked_weights_stays_within_bf16_rounding(tiny_causal_dir: Path) -> None:
+def test_bf16_llama_step_with_prepacked_weights_stays_within_bf16_rounding(
+    kernels: str, tiny_causal_dir: Path
+) -> None:
+    if kernels == "fast-kernels" and not probes.onednn_prepack(torch.bfloat16):
+        pytest.skip(
+            "needs oneDNN's bf16 prepack (AVX512-BW/VL/DQ or AVX-NE-CONVERT); the probe found none here"
+        )
     config = PolicyConfig(model=str(tiny_causal_dir), dtype="bfloat16")
     ac = build_actor_critic(load_policy(config), config)
     for name, p in ac.model.named_parameters():
         if "lora_B" in name:
             p.normal_(0, 0.3)
-    backbone, _ = ac.causal_parts
-    with ac.autocast():
+    backbone, _ = plain_causal_lm(ac.model)
+    with ac.engine.autocast(ac.model):
         lean, plain = decode_both(backbone, QUERIES, 5)
     for a, b in zip(lean, plain, strict=True):
         assert a.dtype == torch.bfloat16
@@ -82,30 +91,32 @@ def test_bf16_llama_step_with_prepacked_weights_stays_within_bf16_rounding(tiny_
 
 
 @torch.no_grad()
-def test_sampling_through_either_step_gives_the_same_rollout(tiny_causal_dir: Path) -> None:
-    ac, _ = perturbed(tiny_causal_dir)
-    backbone, lm = ac.causal_parts
+def test_sampling_through_either_step_gives_the_same_rollout(kernels: str, tiny_causal_dir: Path) -> None:
     runs = []
     for lean in (True, False):
+        ac, _ = perturbed(tiny_causal_dir, CpuEngine(CpuOptions(lean_decoding=lean)))
         torch.manual_seed(5)
-        with ac.attention(lm):
-            head = ac.float32_head(lm)
-            runs.append(sample_decoder(backbone, head, QUERIES, [7, 7, 7], set(), 0, lean=lean))
+        runs.append(ac.sample(QUERIES, [7, 7, 7], SamplingConfig(), set(), 0))
     assert torch.equal(runs[0].tokens, runs[1].tokens)
     assert torch.allclose(runs[0].logprobs, runs[1].logprobs, atol=1e-5)
 
 
 @pytest.mark.parametrize("use_lora", [True, False])
 def test_frozen_base_weights_are_fused_once_trained_ones_at_every_build(
-    tiny_causal_dir: Path, use_lora: bool, monkeypatch
+    tiny_causal_dir: Path, use_lora: bool
 ) -> None:
     config = PolicyConfig(model=str(tiny_causal_dir), use_lora=use_lora)
-    backbone, _ = build_actor_critic(load_policy(config), config).causal_parts
-    fused, matmul = [], decoding.prepacked
-    monkeypatch.setattr(decoding, "prepacked", lambda w, rows: fused.append(w) or matmul(w, rows))
+    backbone, _ = plain_causal_lm(build_actor_critic(load_policy(config), config).model)
+    fused: list[torch.Tensor] = []
+    kept: decoding.FusedCache = weakref.WeakKeyDictionary()
+
+    def linear(weight: torch.Tensor, rows: int) -> decoding.Linear:
+        fused.append(weight)
+        return decoding.prepacked(weight, rows)
+
     with torch.no_grad():
         for _ in range(2):
-            LlamaStep(backbone, *left_padded_cache(backbone, QUERIES, 12))
+            LlamaStep(backbone, *left_padded_cache(backbone, QUERIES, 12), linear, kept)
     assert len(fused) == 4 * len(backbone.layers) * (1 if use_lora else 2)  # qkv, o, gate_up, down
     if not use_lora:  # a trained weight that changed between builds is read again
         with torch.no_grad():
@@ -126,4 +137,4 @@ def test_other_models_take_transformers_forward(tiny_causal_dir: Path) -> None:
     )  # fmt: skip
     assert not llama_style(gpt2)
     assert not llama_style(biased)  # q, k, v and o carry biases the lean step does not add
-    assert LlamaStep.build(biased, [], [], torch.tensor([1])) is None
+    assert LlamaStep.build(biased, [], [], torch.tensor([1]), decoding.prepacked, {}) is None  # type: ignore[arg-type]

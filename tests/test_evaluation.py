@@ -14,7 +14,9 @@ import torch
 
 from detoxrl import stats
 from detoxrl.cli import main
-from detoxrl.config import EvalConfig, PolicyConfig
+from detoxrl.config import EvalConfig, PolicyConfig, SamplingConfig
+from detoxrl.engine import ReferenceEngine, select_engine
+from detoxrl.engine.cpu import CpuEngine
 from detoxrl.evaluation import EvalResult, SampleRecord, compare, compute_metrics, evaluate, reference_nll
 from detoxrl.evaluation_io import (
     format_table,
@@ -23,11 +25,12 @@ from detoxrl.evaluation_io import (
     save_evaluation,
     table_markdown,
 )
-from detoxrl.generate import SamplingSettings, format_prompts, generate
+from detoxrl.generate import format_prompts, generate
 from detoxrl.models import attach_adapter, load_policy
 
 PROMPTS = ["you are a kind", "the movie was", "shut up you", "thank you for", "what a lovely day"]
-CONFIG = EvalConfig(samples_per_prompt=2, max_new_tokens=6, bootstrap_resamples=200, batch_size=4)
+CONFIG = EvalConfig(samples_per_prompt=2, sampling=SamplingConfig(max_new_tokens=6, length_sampling="fixed"),
+                    bootstrap_resamples=200, batch_size=4)  # fmt: skip
 BAD = {"idiot", "stupid", "dumb", "shut", "hate"}
 
 
@@ -103,25 +106,19 @@ def _slow_nll(model, prompt: torch.Tensor, response: torch.Tensor, enc_dec: bool
     return total
 
 
+@pytest.mark.parametrize("engine", [CpuEngine, ReferenceEngine])
 @pytest.mark.parametrize("kind", ["causal", "seq2seq"])
 def test_batched_perplexity_matches_a_token_by_token_loop(
-    kind: str, tiny_causal_dir, tiny_seq2seq_dir
+    kind: str, engine: type[ReferenceEngine], tiny_causal_dir, tiny_seq2seq_dir
 ) -> None:
     policy = load_policy(PolicyConfig(model=str(tiny_causal_dir if kind == "causal" else tiny_seq2seq_dir)))
-    enc_dec = policy.is_encoder_decoder
+    enc_dec, run = policy.is_encoder_decoder, engine()
     prompts = format_prompts(policy.tokenizer, PROMPTS, True)
-    gens = generate(
-        policy.model,
-        policy.tokenizer,
-        prompts,
-        SamplingSettings(max_new_tokens=7),
-        is_encoder_decoder=enc_dec,
-        seed=0,
-    )
+    gens = generate(run, policy.model, policy.tokenizer, prompts, SamplingConfig(max_new_tokens=7), seed=0)
     assert (
         len({len(r) for r in gens.response_ids}) > 1 or len({len(p) for p in gens.prompt_ids}) > 1
     )  # padding
-    nll = reference_nll(policy.model, policy.tokenizer, is_encoder_decoder=enc_dec, batch_size=3)
+    nll = reference_nll(run, policy.model, policy.tokenizer, is_encoder_decoder=enc_dec, batch_size=3)
     batched = nll(gens.prompt_ids, gens.response_ids)
     slow = [
         _slow_nll(policy.model, p, r, enc_dec)
@@ -134,15 +131,9 @@ def test_reference_with_the_adapter_disabled_is_the_base_model(tiny_causal_dir: 
     config = PolicyConfig(model=str(tiny_causal_dir))
     policy = load_policy(config)
     prompts = format_prompts(policy.tokenizer, PROMPTS, True)
-    gens = generate(
-        policy.model,
-        policy.tokenizer,
-        prompts,
-        SamplingSettings(max_new_tokens=5),
-        is_encoder_decoder=False,
-        seed=0,
-    )
-    base = reference_nll(policy.model, policy.tokenizer, is_encoder_decoder=False)(
+    engine = select_engine()
+    gens = generate(engine, policy.model, policy.tokenizer, prompts, SamplingConfig(max_new_tokens=5), seed=0)
+    base = reference_nll(engine, policy.model, policy.tokenizer, is_encoder_decoder=False)(
         gens.prompt_ids, gens.response_ids
     )
     peft = attach_adapter(policy, config)
@@ -150,8 +141,8 @@ def test_reference_with_the_adapter_disabled_is_the_base_model(tiny_causal_dir: 
         for name, p in peft.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5)
-    off = reference_nll(peft, policy.tokenizer, is_encoder_decoder=False, disable_adapter=True)
-    on = reference_nll(peft, policy.tokenizer, is_encoder_decoder=False)
+    off = reference_nll(engine, peft, policy.tokenizer, is_encoder_decoder=False, disable_adapter=True)
+    on = reference_nll(engine, peft, policy.tokenizer, is_encoder_decoder=False)
     np.testing.assert_allclose(off(gens.prompt_ids, gens.response_ids), base, rtol=1e-5)
     assert not np.allclose(on(gens.prompt_ids, gens.response_ids), base, rtol=1e-3)
 
@@ -165,7 +156,7 @@ def test_rouge_against_references_and_encoder_decoders(tiny_seq2seq_dir: Path) -
         policy,
         config=config,
         references=refs,
-        reference=reference_nll(policy.model, policy.tokenizer, is_encoder_decoder=True),
+        reference=reference_nll(select_engine(), policy.model, policy.tokenizer, is_encoder_decoder=True),
     )
     nonempty = [r for r in again.records if r.response]
     assert nonempty and all(r.rouge is not None and r.rouge["rouge1"] == pytest.approx(1.0) for r in nonempty)

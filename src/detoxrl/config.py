@@ -19,6 +19,7 @@ import yaml
 from detoxrl.errors import ConfigError
 
 Dtype = Literal["float32", "bfloat16", "float16", "auto"]
+EngineName = Literal["auto", "reference", "cpu"]
 T = typing.TypeVar("T")
 
 
@@ -42,6 +43,9 @@ class PolicyConfig:
     use_lora: bool = True  # False: full fine-tuning with a frozen copy as the reference
     lora: LoraSettings = field(default_factory=LoraSettings)
     chat_template: bool = True  # wrap prompts in the tokenizer's chat template when it has one
+    # How the model runs (detoxrl/engine/): auto = the CPU engine on the CPU, the reference engine
+    # (plain transformers + peft) elsewhere; reference = the plain path everywhere (for a bug report)
+    engine: EngineName = "auto"
 
 
 @dataclass(frozen=True)
@@ -60,15 +64,20 @@ class RewardConfig:
 
 
 @dataclass(frozen=True)
-class GenerationConfig:
-    """Sampling for rollouts. Response lengths are drawn uniformly from [min_new_tokens, max_new_tokens]."""
+class SamplingConfig:
+    """How responses are sampled by the one sampler (sampling.py), in rollouts (``generation``) and in
+    evaluation (``eval.sampling``) alike. A response ends at its first stop id (EOS; for chat models
+    also the start of a new turn) or at its token limit: ``max_new_tokens``, or with ``length_sampling``
+    a limit drawn uniformly from [min_new_tokens, max_new_tokens] (trl's LengthSampler) per prompt or
+    once per batch."""
 
     min_new_tokens: int = 32
     max_new_tokens: int = 64
     length_sampling: Literal["per_prompt", "per_batch", "fixed"] = "per_batch"
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
+    min_tokens: int = 0  # no stop id before this many tokens (vLLM's min_tokens; the lab's min_length)
+    temperature: float = 1.0  # 0: greedy decoding (evaluation and generation only: PPO samples)
+    top_k: int = 0  # 0: no top-k filter
+    top_p: float = 1.0  # 1: no nucleus filter
 
 
 @dataclass(frozen=True)
@@ -124,17 +133,18 @@ class DataConfig:
     max_examples: int | None = None  # cap on prompts kept from source, after filters and shuffle
 
 
+def _eval_sampling() -> SamplingConfig:
+    return SamplingConfig(max_new_tokens=48, length_sampling="fixed")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
-    """Before/after evaluation on held-out prompts."""
+    """Before/after evaluation on held-out prompts, sampled as ``sampling`` says (48 tokens by default)."""
 
     num_prompts: int = 64
     samples_per_prompt: int = 1
     evaluators: tuple[str, ...] = ("profanity",)  # "profanity" or a classifier spec "path[:toxic_label]"
-    max_new_tokens: int = 48
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
+    sampling: SamplingConfig = field(default_factory=_eval_sampling)
     batch_size: int = 16
     bootstrap_resamples: int = 2000
     confidence: float = 0.95
@@ -148,7 +158,7 @@ class RunConfig:
 
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    generation: SamplingConfig = field(default_factory=SamplingConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -335,5 +345,7 @@ def load_config(
     return from_dict(RunConfig, data)
 
 
-def save_config(config: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+def save_config(config: RunConfig, path: str | Path, comment: str | None = None) -> None:
+    """The config as YAML, ``comment`` (e.g. the engine this machine chose) as its first lines."""
+    header = "".join(f"# {line}\n" for line in (comment or "").splitlines())
+    Path(path).write_text(header + yaml.safe_dump(to_dict(config), sort_keys=False))

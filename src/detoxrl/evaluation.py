@@ -16,12 +16,14 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from detoxrl import stats
+from detoxrl.batch import make_batch
 from detoxrl.config import EvalConfig, from_dict
-from detoxrl.generate import Generations, SamplingSettings, format_prompts, generate, pad_right
+from detoxrl.engine import Engine, select_engine
+from detoxrl.generate import Responses, eval_mode, format_prompts, generate
+from detoxrl.ppo import logprobs_from_logits
 from detoxrl.rewards import Reward, ToxicityScorer, scored_texts
 
 NLLFn = Callable[[list[torch.Tensor], list[torch.Tensor]], np.ndarray]  # prompt ids, response ids -> (B,)
@@ -76,39 +78,24 @@ class EvalResult:
 
 @torch.no_grad()
 def response_nll(
-    model: PreTrainedModel,
+    engine: Engine,
+    model: Any,
     prompt_ids: list[torch.Tensor],
     response_ids: list[torch.Tensor],
     *,
     is_encoder_decoder: bool,
     pad_id: int,
 ) -> np.ndarray:
-    """Summed NLL (nats) of each response's tokens given its prompt: (B,). Right-padded so positions
-    of real tokens start at 0 whatever the padding; logits in float32."""
-    device = next(model.parameters()).device
-    if is_encoder_decoder:
-        ids, mask = pad_right(prompt_ids, pad_id)  # (B, P)
-        targets, target_mask = pad_right(response_ids, pad_id)  # (B, T)
-        start = torch.full((len(response_ids), 1), int(model.config.decoder_start_token_id))
-        decoder_ids = torch.cat([start, targets[:, :-1]], dim=1)  # (B, T) teacher forcing
-        logits = model(
-            input_ids=ids.to(device), attention_mask=mask.to(device), decoder_input_ids=decoder_ids.to(device)
-        ).logits
-    else:
-        ids, mask = pad_right(
-            [torch.cat([p, r]) for p, r in zip(prompt_ids, response_ids, strict=True)], pad_id
-        )
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1]  # (B, L-1, V)
-        targets = ids[:, 1:]  # position j predicts token j + 1
-        target_mask = torch.zeros_like(targets)
-        for i, (p, r) in enumerate(zip(prompt_ids, response_ids, strict=True)):
-            target_mask[i, len(p) - 1 : len(p) - 1 + len(r)] = 1
-    nll = F.cross_entropy(logits.float().transpose(1, 2), targets.to(device), reduction="none")  # (B, T)
-    return (nll.cpu() * target_mask).sum(dim=1).double().numpy()
+    """Summed NLL (nats) of each response's tokens given its prompt: (B,), from the teacher-forced pass
+    that training uses [D13] (float32 logits)."""
+    batch = make_batch(prompt_ids, response_ids, pad_id, is_encoder_decoder).to(engine.device)
+    logprobs = logprobs_from_logits(engine.forward(model, batch).logits, batch.response_ids)  # (B, T)
+    return (-(logprobs * batch.response_mask)).sum(1).double().cpu().numpy()
 
 
 def reference_nll(
-    model: PreTrainedModel,
+    engine: Engine,
+    model: Any,
     tokenizer: PreTrainedTokenizerBase,
     *,
     is_encoder_decoder: bool,
@@ -120,18 +107,13 @@ def reference_nll(
     The reference must share the policy's tokenizer: it reads the policy's token ids."""
 
     def score(prompt_ids: list[torch.Tensor], response_ids: list[torch.Tensor]) -> np.ndarray:
-        context = model.disable_adapter() if disable_adapter else contextlib.nullcontext()  # type: ignore[operator]
-        out, pad_id, was_training = [], int(tokenizer.pad_token_id), model.training
-        enc_dec = is_encoder_decoder
-        model.eval()
-        try:
-            with context:
-                for i in range(0, len(prompt_ids), batch_size):
-                    chunk = slice(i, i + batch_size)
-                    out.append(response_nll(model, prompt_ids[chunk], response_ids[chunk],
-                                            is_encoder_decoder=enc_dec, pad_id=pad_id))  # fmt: skip
-        finally:
-            model.train(was_training)
+        context = model.disable_adapter() if disable_adapter else contextlib.nullcontext()
+        out, pad_id = [], int(tokenizer.pad_token_id)
+        with eval_mode(model), context:
+            for i in range(0, len(prompt_ids), batch_size):
+                chunk = slice(i, i + batch_size)
+                out.append(response_nll(engine, model, prompt_ids[chunk], response_ids[chunk],
+                                        is_encoder_decoder=is_encoder_decoder, pad_id=pad_id))  # fmt: skip
         return np.concatenate(out) if out else np.zeros(0)
 
     return score
@@ -206,27 +188,26 @@ def _rouge(responses: list[str], references: list[str]) -> list[dict[str, float]
 
 
 def sample_passes(
-    model: PreTrainedModel,
+    engine: Engine,
+    model: Any,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     config: EvalConfig,
     *,
-    is_encoder_decoder: bool,
     seed: int,
     chat_template: bool,
-) -> list[Generations]:
-    """k passes over the prompts; pass j is seeded by ``sample_seed(seed, j)``."""
-    settings = SamplingSettings(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                top_k=config.top_k, top_p=config.top_p)  # fmt: skip
+) -> list[Responses]:
+    """k passes over the prompts through the sampler that trained; pass j is seeded by
+    ``sample_seed(seed, j)``."""
     formatted = format_prompts(tokenizer, list(prompts), chat_template)
-    return [generate(model, tokenizer, formatted, settings, is_encoder_decoder=is_encoder_decoder,
-                     seed=sample_seed(seed, j), batch_size=config.batch_size)
+    return [generate(engine, model, tokenizer, formatted, config.sampling, seed=sample_seed(seed, j),
+                     batch_size=config.batch_size)
             for j in range(config.samples_per_prompt)]  # fmt: skip
 
 
 def measure(
     prompts: Sequence[str],
-    passes: list[Generations],
+    passes: list[Responses],
     config: EvalConfig,
     evaluators: Sequence[ToxicityScorer],
     *,
@@ -237,7 +218,7 @@ def measure(
     """Every sample's toxicity, reward, NLL and ROUGE, as prompt-major records."""
     order = [(p, j) for p in range(len(prompts)) for j in range(len(passes))]  # prompt-major
     texts = [prompts[p] for p, _ in order]
-    responses = [passes[j].responses[p] for p, j in order]
+    responses = [passes[j].texts[p] for p, j in order]
     response_ids = [passes[j].response_ids[p] for p, j in order]
     scored = scored_texts(texts, responses, config.text)
     toxicity = {e.name: np.asarray(e(scored), dtype=np.float64) for e in evaluators}
@@ -257,7 +238,7 @@ def measure(
 
 
 def evaluate(
-    model: PreTrainedModel,
+    model: Any,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     config: EvalConfig,
@@ -270,10 +251,12 @@ def evaluate(
     seed: int = 0,
     chat_template: bool = True,
     label: str = "eval",
+    engine: Engine | None = None,
 ) -> EvalResult:
     """Sample ``config.samples_per_prompt`` responses per prompt with fixed seeds and measure them.
 
-    Step 1: k seeded passes over the prompts (``sample_passes``).
+    Step 1: k seeded passes over the prompts (``sample_passes``) on ``engine`` (default: the one that
+    ``policy.engine: auto`` picks for the model's device).
     Step 2: toxicity of each response (or prompt + response, ``config.text``) by every evaluator;
     the optional reward, perplexity under ``reference`` (if ``config.perplexity``) and ROUGE against
     ``references`` (``measure``).
@@ -283,8 +266,8 @@ def evaluate(
         raise ValueError("evaluate() needs at least one prompt.")
     if references is not None and len(references) != len(prompts):
         raise ValueError(f"Got {len(references)} references for {len(prompts)} prompts.")
-    passes = sample_passes(model, tokenizer, prompts, config, is_encoder_decoder=is_encoder_decoder,
-                           seed=seed, chat_template=chat_template)  # fmt: skip
+    engine = engine or select_engine("auto", next(model.parameters()).device)
+    passes = sample_passes(engine, model, tokenizer, prompts, config, seed=seed, chat_template=chat_template)
     records = measure(
         prompts, passes, config, evaluators, references=references, reward=reward, reference=reference
     )

@@ -171,24 +171,13 @@ def local_folder(spec: str) -> ModelSource:
 
 
 def torch_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
-    """``auto`` is bf16 where the hardware has bf16 matmuls, else float32 (the only dtype whose
-    matmuls need no conversion there)."""
+    """``auto`` is bf16 where the hardware has bf16 matmuls (``engine.probes.native_bf16``), else float32
+    (the only dtype whose matmuls need no conversion there)."""
     if name == "auto":
+        from detoxrl.engine.probes import native_bf16
+
         return torch.bfloat16 if native_bf16(device) else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def native_bf16(device: torch.device | str) -> bool:
-    """A GPU that supports bf16, or a CPU with AVX512-BF16 or AMX (bf16 matmuls at ~2.4x the float32
-    peak on 2 such cores: bench/README.md)."""
-    if str(device).startswith("cuda"):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if str(device) == "cpu":  # torch.cpu's checks are private: absent ones count as unsupported
-        checks = (
-            getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        )
-        return any(check() for check in checks if check is not None)
-    return False
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from detoxrl import runtime
 from detoxrl.config import RunConfig, save_config
+from detoxrl.engine import Engine
 from detoxrl.errors import ConfigError
 from detoxrl.evaluation import EvalResult, NLLFn
 from detoxrl.models import Policy
@@ -62,11 +62,11 @@ def validate(config: RunConfig) -> list[str]:
 # ---- the models evaluated before and after --------------------------------------------------------
 
 
-def _nll(model: Any, policy: Policy, switch: Any = None) -> NLLFn:
+def _nll(engine: Engine, model: Any, policy: Policy, switch: Any = None) -> NLLFn:
     """Response NLL under ``model`` inside the context ``switch()`` (the reference's adapter state)."""
     from detoxrl.evaluation import reference_nll
 
-    score = reference_nll(model, policy.tokenizer, is_encoder_decoder=policy.is_encoder_decoder)
+    score = reference_nll(engine, model, policy.tokenizer, is_encoder_decoder=policy.is_encoder_decoder)
 
     def nll(prompt_ids: list[torch.Tensor], response_ids: list[torch.Tensor]) -> Any:
         with switch() if switch else contextlib.nullcontext():
@@ -75,30 +75,29 @@ def _nll(model: Any, policy: Policy, switch: Any = None) -> NLLFn:
     return nll
 
 
-def before_model(config: RunConfig) -> tuple[Policy, Any, NLLFn]:
+def before_model(config: RunConfig, engine: Engine) -> tuple[Policy, Any, NLLFn]:
     """The policy as PPO starts from it (base, or base + the loaded adapter): also the reference."""
-    from detoxrl.models import attach_adapter, load_policy, resolve_device
+    from detoxrl.models import attach_adapter, load_policy
 
-    policy = load_policy(config.policy, resolve_device(config.device))
+    policy = load_policy(config.policy, engine.device)
     model = attach_adapter(policy, config.policy) if config.policy.adapter else policy.model
-    return policy, model, _nll(model, policy)
+    return policy, model, _nll(engine, model, policy)
 
 
-def after_model(config: RunConfig, final_dir: Path) -> tuple[Policy, Any, NLLFn]:
+def after_model(config: RunConfig, final_dir: Path, engine: Engine) -> tuple[Policy, Any, NLLFn]:
     """The trained policy, and the NLL under the reference held beside it in the same base weights."""
     from peft import PeftModel
 
-    from detoxrl.models import load_policy, resolve_device
+    from detoxrl.models import load_policy
 
-    device = resolve_device(config.device)
-    policy = load_policy(config.policy, device)
+    policy = load_policy(config.policy, engine.device)
     if not config.policy.use_lora:  # full fine-tuning: the trained weights, and the base as reference
         trained: Any = type(policy.model).from_pretrained(final_dir, dtype=policy.model.dtype)
-        trained.to(device)
-        return policy, trained, _nll(policy.model, policy)
+        trained.to(engine.device)
+        return policy, trained, _nll(engine, policy.model, policy)
     model = PeftModel.from_pretrained(policy.model, str(final_dir), adapter_name="trained")
     if config.policy.adapter is None:
-        return policy, model, _nll(model, policy, model.disable_adapter)
+        return policy, model, _nll(engine, model, policy, model.disable_adapter)
     model.load_adapter(config.policy.adapter, adapter_name="reference")
 
     @contextlib.contextmanager
@@ -110,11 +109,12 @@ def after_model(config: RunConfig, final_dir: Path) -> tuple[Policy, Any, NLLFn]
             model.set_adapter("trained")
 
     model.set_adapter("trained")
-    return policy, model, _nll(model, policy, reference)
+    return policy, model, _nll(engine, model, policy, reference)
 
 
 def evaluate_model(
     config: RunConfig,
+    engine: Engine,
     loaded: tuple[Policy, Any, NLLFn],
     prompts: list[str],
     refs: list[str] | None,
@@ -124,12 +124,12 @@ def evaluate_model(
     from detoxrl.rewards import build_evaluator, build_reward, resolve_evaluator_specs
 
     policy, model, nll = loaded
-    device: torch.device = next(model.parameters()).device
+    device = engine.device
     evaluators = [build_evaluator(spec, device) for spec in resolve_evaluator_specs(config.eval.evaluators)]
     return evaluate(model, policy.tokenizer, prompts, config.eval, evaluators,
                     is_encoder_decoder=policy.is_encoder_decoder, references=refs,
                     reward=build_reward(config.reward, device), reference=nll, seed=config.seed,
-                    chat_template=config.policy.chat_template, label=label)  # fmt: skip
+                    chat_template=config.policy.chat_template, label=label, engine=engine)  # fmt: skip
 
 
 # ---- the run -----------------------------------------------------------------------------------------
@@ -143,6 +143,7 @@ def run(config: RunConfig, resume: bool = False, progress: bool = True) -> RunSu
     Step 5: paired comparison, the qualitative table and the report.
     """
     from detoxrl.data import load_prompts
+    from detoxrl.engine import select_engine
     from detoxrl.evaluation import compare
     from detoxrl.evaluation_io import load_result, result_to_dict, write_json
     from detoxrl.models import resolve_device
@@ -156,8 +157,10 @@ def run(config: RunConfig, resume: bool = False, progress: bool = True) -> RunSu
             f"'{run_dir}' already holds a run: resume it (--resume) or set output_dir=another/folder."
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")  # first, so that a run that dies early can be resumed
-    runtime.configure(config.threads)
+    engine = select_engine(config.policy.engine, resolve_device(config.device))
+    # first, so that a run that dies early can be resumed
+    save_config(config, run_dir / "config.yaml", comment=engine.describe())
+    engine.configure(config.threads)
     prompts = load_prompts(config.data)
     held_out = prompts.eval[: config.eval.num_prompts]
     eval_texts = [e.text for e in held_out]
@@ -167,13 +170,15 @@ def run(config: RunConfig, resume: bool = False, progress: bool = True) -> RunSu
         before = load_result(before_path)
     else:
         print(f"[1/3] evaluating the starting policy on {len(eval_texts)} held-out prompts")
-        before = evaluate_model(config, before_model(config), eval_texts, refs, "before")
+        before = evaluate_model(config, engine, before_model(config, engine), eval_texts, refs, "before")
         write_json(result_to_dict(before), before_path)
     print(f"[2/3] PPO: {config.steps} steps of {config.ppo.batch_size} prompts")
-    reward = build_reward(config.reward, resolve_device(config.device))
-    result = train(config, [e.text for e in prompts.train], reward, run_dir, resume=resume, progress=progress)
+    reward = build_reward(config.reward, engine.device)
+    result = train(config, [e.text for e in prompts.train], reward, run_dir, resume, progress, engine)
     print(f"[3/3] evaluating the trained policy on the same {len(eval_texts)} prompts and seeds")
-    after = evaluate_model(config, after_model(config, result.final_dir), eval_texts, refs, "after")
+    after = evaluate_model(
+        config, engine, after_model(config, result.final_dir, engine), eval_texts, refs, "after"
+    )
     write_json(result_to_dict(after), run_dir / "eval_after.json")
     comparison = compare(before, after, config.eval)
     return finish(run_dir, before, after, comparison, time.perf_counter() - start)

@@ -1,30 +1,27 @@
-"""Rollout sampling for decoder-only policies without padding waste or a second policy pass.
+"""The one sampler: rollouts, evaluation and ``detoxrl generate`` all sample through ``sample``, on
+whichever engine runs the model. Knows nothing of PPO or rewards; how a model is run (prefill, KV
+cache, kernels) is the engine's.
 
-The prompts are prefilled packed end to end in one pass, or each alone (no padding either way, so
-no wasted FLOPs and a mask-free causal attention), then all rows decode together over one
-preallocated KV cache (appending writes in place instead of ``torch.cat``-ing the whole cache every
-token), a step of ``decoding`` per token. Besides the tokens it returns what PPO needs from the
-sampling policy anyway: each sampled token's log-prob (temperature applied, before any top-k /
-top-p filtering, as in the training pass) and the final hidden state that produced it, from which
-the critic's values follow, so the old log-probs and values need no second pass [D17].
+Besides the tokens it returns what PPO needs from the sampling policy anyway: each sampled token's
+log-prob (temperature applied, before any top-k / top-p / min-tokens filtering, as the teacher-forced
+pass computes it) and the LM head's input that produced it, from which the critic's values follow, so
+the old log-probs and values need no second pass [D17].
 
-Shapes: B prompts, P longest prompt, T new tokens, H hidden size, V vocabulary.
+Shapes: B prompts, T new tokens, H hidden size, V vocabulary.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-from detoxrl.attention import packed_inputs
-from detoxrl.decoding import LlamaStep, TransformersStep, cache_name, prepacked
+from detoxrl.config import SamplingConfig
 
-Head = Callable[[torch.Tensor], torch.Tensor]  # final hidden states (N, H) -> float32 logits (N, V)
-HEAD_SLICE = 2048
+if TYPE_CHECKING:
+    from detoxrl.engine import Engine
 
 
 @dataclass(frozen=True)
@@ -34,7 +31,41 @@ class Sampled:
     tokens: torch.Tensor  # (B, T) long, ``pad_id`` after each row's end
     lengths: torch.Tensor  # (B,) tokens per row, its stop token included
     logprobs: torch.Tensor  # (B, T) float32, 0 after each row's end
-    hidden: torch.Tensor  # (B, T, H) the final hidden state that predicted each token, 0 after the end
+    hidden: torch.Tensor  # (B, T, H) the LM head's input that predicted each token, 0 after the end
+    temperature: float  # the temperature of ``logprobs``
+
+    def responses(self) -> list[torch.Tensor]:
+        """B 1-D tensors of each row's tokens, its stop token included, on the CPU."""
+        return [row[:n] for row, n in zip(self.tokens.cpu(), self.lengths.tolist(), strict=True)]
+
+
+class LengthSampler:
+    """A uniform integer in ``[min_value, max_value)``, like trl's former ``LengthSampler``.
+
+    Draws from torch's global RNG (or ``generator``), so seeding and checkpointed RNG states cover it.
+    """
+
+    def __init__(self, min_value: int, max_value: int) -> None:
+        if not 1 <= min_value < max_value:
+            raise ValueError(
+                f"LengthSampler needs 1 <= min_value < max_value, got ({min_value}, {max_value})."
+            )
+        self.min_value, self.max_value = min_value, max_value
+
+    def __call__(self, generator: torch.Generator | None = None) -> int:
+        return int(torch.randint(self.min_value, self.max_value, (1,), generator=generator))
+
+
+def response_limits(settings: SamplingConfig, n: int) -> list[int]:
+    """Each of ``n`` responses' token limit: ``max_new_tokens``, or drawn uniformly from [min_new_tokens,
+    max_new_tokens] once per prompt or once for the batch (``length_sampling``)."""
+    low, high = max(settings.min_new_tokens, 1), settings.max_new_tokens
+    if settings.length_sampling == "fixed" or low >= high:
+        return [high] * n
+    sampler = LengthSampler(low, high + 1)
+    if settings.length_sampling == "per_batch":
+        return [sampler()] * n
+    return [sampler() for _ in range(n)]
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -52,18 +83,28 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 
 def sample_tokens(
-    logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    banned: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row from float32 logits (B, V) -> (tokens (B,), their log-probs (B,)).
 
     The log-prob is that of softmax(logits / temperature), before filtering: the distribution the
-    training pass evaluates. Tokens come from ``inverse_cdf`` with torch's global RNG (seeded runs
-    repeat), an order of magnitude cheaper than ``torch.multinomial`` over a large vocabulary.
+    training pass evaluates. ``banned`` (B, V) bool removes tokens (a stop id before ``min_tokens``).
+    Temperature 0 is greedy decoding (log-probs then at temperature 1). Tokens come from
+    ``inverse_cdf`` with torch's RNG (seeded runs repeat), an order of magnitude cheaper than
+    ``torch.multinomial`` over a large vocabulary on the CPU.
     """
-    scaled = logits / temperature
+    scaled = logits / temperature if temperature > 0 else logits
     logprobs = scaled.log_softmax(-1)
-    probs = filter_logits(scaled, top_k, top_p).softmax(-1) if top_k or top_p < 1 else logprobs.exp()
-    tokens = inverse_cdf(probs)
+    filtered = scaled if banned is None else scaled.masked_fill(banned, float("-inf"))
+    if temperature <= 0:
+        tokens = filtered.argmax(-1)
+    else:
+        plain = banned is None and not top_k and top_p >= 1
+        tokens = inverse_cdf(logprobs.exp() if plain else filter_logits(filtered, top_k, top_p).softmax(-1))
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(1)
 
 
@@ -87,100 +128,39 @@ def inverse_cdf(weights: torch.Tensor, block: int = 256) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_decoder(
-    backbone: Any,
-    head: Head,
+def sample(
+    engine: Engine,
+    model: Any,
     prompts: list[torch.Tensor],
-    max_new_tokens: list[int],
+    limits: list[int],
+    settings: SamplingConfig,
     stop_ids: set[int],
     pad_id: int,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    packed: bool = False,
-    lean: bool = True,
 ) -> Sampled:
-    """Sample a response to each prompt (1-D token ids), row i at most ``max_new_tokens[i]`` tokens
-    and ending at its first stop id; decoding stops when every row has ended.
-
-    ``backbone(input_ids, ...)`` is the transformer without its LM head (its ``last_hidden_state`` is
-    what the head reads); ``head`` maps those states to float32 logits. ``packed`` prefills all
-    prompts as one sequence, which needs an attention that honours ``row_lengths`` (the backbone's
-    config set to ``attention.CAUSAL_ROWS``). ``lean`` decodes Llama-style models through
-    ``decoding.LlamaStep`` (others always take transformers' forward).
-    """
-    if temperature <= 0:
-        raise ValueError("PPO rollouts sample: generation.temperature must be > 0.")
-    device = next(backbone.parameters()).device
-    sizes = [len(q) for q in prompts]
-    b, n_max, p_max = len(prompts), max(max_new_tokens), max(sizes)
-    lengths = torch.tensor(sizes, device=device)
-    cache_arg = cache_name(backbone)
-    # 1. Prefill: the prompts packed end to end in one pass (``packed``) or each alone; keep each
-    #    prompt's last hidden state and, per layer, its keys and values (G, P_i, d).
-    if packed:
-        out = backbone(**packed_inputs([q.to(device) for q in prompts]), use_cache=True)
-        hidden = out.last_hidden_state[0, lengths.cumsum(0) - 1]  # (B, H)
-        kv = [(x.keys[0].split(sizes, 1), x.values[0].split(sizes, 1)) for x in out[cache_arg].layers]
-    else:
-        outs = [backbone(input_ids=q.to(device)[None], use_cache=True) for q in prompts]
-        hidden = torch.cat([o.last_hidden_state[:, -1] for o in outs])
-        per_layer = zip(*(o[cache_arg].layers for o in outs), strict=True)  # each layer, one per prompt
-        kv = [([x.keys[0] for x in layer], [x.values[0] for x in layer]) for layer in per_layer]
-    # 2. One left-padded cache with room for the new tokens: per layer (B, G, P + T, d), each prompt
-    #    right-aligned at column P; Llama-style models decode through the lean LlamaStep.
-    keys, values = [], []
-    for row_keys, row_values in kv:
-        g, d = row_keys[0].shape[0], row_keys[0].shape[-1]
-        keys.append(row_keys[0].new_zeros(b, g, p_max + n_max, d))
-        values.append(torch.zeros_like(keys[-1]))
-        for row, (k, v) in enumerate(zip(row_keys, row_values, strict=True)):
-            keys[-1][row, :, p_max - sizes[row] : p_max] = k
-            values[-1][row, :, p_max - sizes[row] : p_max] = v
-    step = (lean and LlamaStep.build(backbone, keys, values, lengths)) or TransformersStep(
-        backbone, keys, values, lengths
-    )
-    # 3. Decode all rows together; rows that have ended keep sampling into padding that is discarded.
-    limit = torch.tensor(max_new_tokens, device=device)
-    stop = torch.tensor(sorted(stop_ids), device=device)
+    """Sample a response to each prompt (1-D token ids): row i at most ``limits[i]`` tokens, ending at
+    its first stop id (none before ``settings.min_tokens`` tokens); decoding stops once every row has
+    ended. Rows that have ended keep sampling into padding that is discarded."""
+    device = engine.device
+    decoder = engine.decoder(model, [q.to(device) for q in prompts], max(limits))
+    limit = torch.tensor(limits, device=device)
+    stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
+    ended = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    count = torch.zeros(len(prompts), dtype=torch.long, device=device)
     tokens, logprobs, states = [], [], []
-    ended = torch.zeros(b, dtype=torch.bool, device=device)
-    count = torch.zeros(b, dtype=torch.long, device=device)
-    for t in range(n_max):
-        token, logprob = sample_tokens(head(hidden), temperature, top_k, top_p)
+    logits, hidden = decoder.prefill()
+    for t in range(max(limits)):
+        banned = None
+        if t < settings.min_tokens and len(stop):
+            banned = torch.zeros_like(logits, dtype=torch.bool).index_fill_(1, stop, True)
+        token, logprob = sample_tokens(logits, settings.temperature, settings.top_k, settings.top_p, banned)
         tokens.append(token.masked_fill(ended, pad_id))
         logprobs.append(logprob.masked_fill(ended, 0.0))
         states.append(hidden.masked_fill(ended[:, None], 0.0))
         count += (~ended).long()
         ended |= torch.isin(token, stop) | (t + 1 >= limit)
-        if bool(ended.all()):
+        if t + 1 == max(limits) or ((t + 1) % engine.check_every == 0 and bool(ended.all())):
             break
-        hidden = step(token, t)
-    return Sampled(torch.stack(tokens, 1), count, torch.stack(logprobs, 1), torch.stack(states, 1))
-
-
-def float32_head(model: Any, rows: int = 0) -> Head:
-    """The LM head of ``model`` computed in float32, autocast or not: log-probs are never taken from
-    bf16 logits (spaced 0.0625 apart between 8 and 16). ``rows`` > 0: for sampling, without gradients,
-    ``rows`` at a time through ``decoding.prepacked`` (6.3 instead of 13.6 ms for 16 rows of SmolLM2)."""
-    head = model.get_output_embeddings()
-    bias = None if getattr(head, "bias", None) is None else head.bias.float()
-    if rows:
-        matmul = prepacked(head.weight.float(), rows, bias)
-
-        def sampling_logits(hidden: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(hidden.device.type, enabled=False):
-                return matmul(hidden.float())
-
-        return sampling_logits
-    # in slices of 2048 vocabulary rows, which stay in cache: 13 ms instead of 18 ms for 16 rows of
-    # SmolLM2 on 2 cores, 73 ms instead of 81 ms for 180
-    weights = head.weight.float().split(HEAD_SLICE)
-    biases = [None] * len(weights) if bias is None else bias.split(HEAD_SLICE)
-
-    def logits(hidden: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(hidden.device.type, enabled=False):
-            h = hidden.float()
-            return torch.cat([F.linear(h, w, b) for w, b in zip(weights, biases, strict=True)], -1)
-
-    return logits
+        logits, hidden = decoder.step(token, t)
+    n = int(count.max())  # rows that ended early may leave all-padding columns behind
+    columns = [torch.stack(x[:n], 1) for x in (tokens, logprobs, states)]
+    return Sampled(columns[0], count, columns[1], columns[2], settings.temperature or 1.0)

@@ -1,11 +1,13 @@
 """PPO training: the classic ``PPOTrainer`` API (generate / step / log_stats) and a config-driven
-``train()`` loop with metrics and atomic, resumable checkpoints. The math lives in ppo.py.
+``train()`` loop with metrics and atomic, resumable checkpoints. The math lives in ppo.py; how models
+run is the engine's (detoxrl/engine/), reached only through the actor-critic.
 
 Shapes: B responses, P prompt tokens, T response tokens.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -17,56 +19,39 @@ from typing import Any
 import numpy as np
 import torch
 
-from detoxrl import ppo, runtime
-from detoxrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from detoxrl.config import GenerationConfig, PPOConfig, RunConfig, save_config
+from detoxrl import ppo
+from detoxrl.batch import make_batch, trim_batch
+from detoxrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_weights
+from detoxrl.config import PPOConfig, RunConfig, SamplingConfig, save_config
+from detoxrl.engine import Engine
 from detoxrl.errors import ConfigError, TrainingError
+from detoxrl.generate import decode, stop_ids
 from detoxrl.policy import ActorCritic
-from detoxrl.rollout import (
-    LengthSampler,
-    Rollout,
-    SampledRollout,
-    batch_indices,
-    can_sample_fast,
-    collect_rollout,
-    generate_responses,
-    generation_kwargs,
-    make_batch,
-    sample_rollout,
-    trim_batch,
-)
+from detoxrl.rollout import Experience, batch_indices, make_experience, old_policy
+from detoxrl.sampling import LengthSampler, Sampled, response_limits
 
 __all__ = ["LengthSampler", "PPOTrainer", "TrainResult", "train"]
 
 Reward = Callable[[list[str], list[str]], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Experience:
-    """A rollout with its per-token rewards, KL, advantages (whitened) and returns, all (B, T)."""
-
-    rollout: Rollout
-    rewards: torch.Tensor
-    kl: torch.Tensor
-    advantages: torch.Tensor
-    returns: torch.Tensor
+CLASSIC_KWARGS = ("temperature", "top_k", "top_p", "do_sample", "max_new_tokens", "min_new_tokens",
+                  "min_length", "eos_token_id", "pad_token_id")  # fmt: skip
 
 
 class PPOTrainer:
-    """PPO for a ``ActorCritic`` policy, with the classic trl calls: ``generate``, ``step``, ``log_stats``."""
+    """PPO for an ``ActorCritic``, with the classic trl calls ``generate``, ``step`` and ``log_stats``."""
 
     def __init__(
         self,
         config: PPOConfig,
         actor_critic: ActorCritic,
         tokenizer: Any,
-        generation: GenerationConfig | None = None,
+        generation: SamplingConfig | None = None,
         total_steps: int | None = None,
         metrics_path: str | Path | None = None,
         tensorboard_dir: str | Path | None = None,
     ) -> None:
         self.config, self.actor_critic, self.tokenizer = config, actor_critic, tokenizer
-        self.generation = generation or GenerationConfig()
+        self.generation = generation or SamplingConfig()
         if self.generation.temperature <= 0:
             raise ConfigError(
                 f"generation.temperature is {self.generation.temperature}: PPO samples its rollouts and "
@@ -83,7 +68,21 @@ class PPOTrainer:
         self.metrics_path = Path(metrics_path) if metrics_path else None
         self.tensorboard_dir = tensorboard_dir
         self._tensorboard: Any = None  # a SummaryWriter, opened at the first log_stats
-        self._sampled: SampledRollout | None = None  # the last generate()'s log-probs and values [D17]
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.stop_ids = stop_ids(actor_critic.model, tokenizer)
+        # The classic API's one cache: the last generate()'s queries and sampling pass, whose log-probs
+        # and values step() reuses when handed exactly those responses [D17].
+        self._last: tuple[list[torch.Tensor], Sampled] | None = None
+
+    # ---- the loop's API: the rollout is handed to the update as a value ----------------------------
+
+    def rollout(self, queries: list[torch.Tensor], limits: list[int]) -> Sampled:
+        """Sample a response to each query (row i at most ``limits[i]`` tokens), as ``generation`` says."""
+        return self.actor_critic.sample(queries, limits, self.generation, self.stop_ids, self.pad_id)
+
+    def learn(self, queries: list[torch.Tensor], sampled: Sampled, scores: torch.Tensor) -> dict[str, float]:
+        """One PPO step on the responses of ``sampled`` with their scores (B,)."""
+        return self._step(queries, sampled.responses(), _as_vector(scores), sampled)
 
     # ---- the classic API ------------------------------------------------------------------------
 
@@ -95,34 +94,50 @@ class PPOTrainer:
         batch_size: int | None = None,
         **generation_kwargs: Any,
     ) -> list[torch.Tensor]:
-        """Sample responses (B x (T_i,)) in batched calls of ``batch_size`` (default: all at once);
-        lengths from ``length_sampler`` per prompt, else ``max_new_tokens`` (default: the GenerationConfig's).
+        """Sample responses (B x (T_i,)) in calls of ``batch_size`` prompts (default: all at once); each
+        at most ``length_sampler()`` tokens, else ``max_new_tokens`` (default: the generation config's).
+        The kwargs are the lab's: temperature (must be the generation config's, which step() uses for
+        log-probs), top_k, top_p, do_sample, max_new_tokens, min_length / min_new_tokens (in response
+        tokens: no stop id before), eos_token_id, pad_token_id."""
+        settings, stops = self._classic_settings(generation_kwargs)
+        queries, size = list(query_tensors), batch_size or len(query_tensors)
+        limits = [length_sampler() if length_sampler else settings.max_new_tokens for _ in queries]
+        responses, self._last = [], None
+        for i in range(0, len(queries), size):
+            sampled = self.actor_critic.sample(queries[i : i + size], limits[i : i + size], settings, stops,
+                                               self.pad_id)  # fmt: skip
+            responses += sampled.responses()
+        if size >= len(queries):
+            self._last = (queries, sampled)
+        if return_prompt:
+            return [torch.cat([q.cpu(), r]) for q, r in zip(queries, responses, strict=True)]
+        return responses
 
-        The sampling temperature must be the one the log-probs use (``GenerationConfig.temperature``).
-        """
-        temperature = generation_kwargs.setdefault("temperature", self.generation.temperature)
+    def _classic_settings(self, kwargs: dict[str, Any]) -> tuple[SamplingConfig, set[int]]:
+        unknown = set(kwargs) - set(CLASSIC_KWARGS)
+        if unknown:
+            raise ValueError(
+                f"generate() does not take {sorted(unknown)}; it takes {', '.join(CLASSIC_KWARGS)}."
+            )
+        temperature = kwargs.get("temperature", self.generation.temperature)
         if temperature != self.generation.temperature:
             raise ValueError(
                 f"temperature={temperature} differs from generation.temperature="
                 f"{self.generation.temperature}, which step() uses for log-probs; set it there instead."
             )
-        max_new = generation_kwargs.pop("max_new_tokens", self.generation.max_new_tokens)
-        lengths = [length_sampler() if length_sampler else max_new for _ in query_tensors]
-        ac, queries, size = self.actor_critic, list(query_tensors), batch_size or len(query_tensors)
-        self._sampled = None
-        if can_sample_fast(ac, generation_kwargs) and size >= len(queries):
-            self._sampled = sample_rollout(ac, self.tokenizer, queries, lengths, generation_kwargs)
-            responses = self._sampled.responses
-        else:
-            responses = []
-            for i in range(0, len(queries), size):
-                responses += generate_responses(
-                    ac.model, self.tokenizer, queries[i : i + size], lengths[i : i + size],
-                    ac.is_encoder_decoder, generation_kwargs,
-                )  # fmt: skip
-        if return_prompt:
-            return [torch.cat([q.cpu(), r]) for q, r in zip(queries, responses, strict=True)]
-        return responses
+        eos = kwargs.get("eos_token_id")
+        stops = self.stop_ids if eos is None else set(eos if isinstance(eos, list) else [eos])
+        settings = dataclasses.replace(
+            self.generation,
+            temperature=temperature if kwargs.get("do_sample", True) else 0.0,
+            top_k=int(kwargs.get("top_k", self.generation.top_k)),
+            top_p=float(kwargs.get("top_p", self.generation.top_p)),
+            max_new_tokens=int(kwargs.get("max_new_tokens", self.generation.max_new_tokens)),
+            min_tokens=int(
+                kwargs.get("min_new_tokens", kwargs.get("min_length", self.generation.min_tokens))
+            ),
+        )
+        return settings, stops
 
     def step(
         self,
@@ -130,38 +145,46 @@ class PPOTrainer:
         responses: Sequence[torch.Tensor],
         scores: Sequence[torch.Tensor] | torch.Tensor,
     ) -> dict[str, float]:
-        """One PPO step on a batch of (query, response, score); returns the step's statistics."""
-        t0, ac = time.perf_counter(), self.actor_critic
-        raw = _as_vector(scores)
-        pad_id = int(self.tokenizer.pad_token_id)
-        batch = make_batch(list(queries), list(responses), pad_id, ac.is_encoder_decoder)
+        """One PPO step on a batch of (query, response, score); returns the step's statistics. The old
+        log-probs and values come from the last ``generate()`` when these are exactly its queries and
+        responses at the generation config's temperature [D17], else from one policy pass."""
+        queries, responses = list(queries), list(responses)
+        sampled = None
+        if self._last is not None and _same(self._last[0], queries):
+            last = self._last[1]
+            if last.temperature == self.generation.temperature and _same(last.responses(), responses):
+                sampled = last
+        return self._step(queries, responses, _as_vector(scores), sampled)
+
+    def _step(
+        self, queries: list[torch.Tensor], responses: list[torch.Tensor], raw: torch.Tensor,
+        sampled: Sampled | None,
+    ) -> dict[str, float]:  # fmt: skip
+        t0, c, temperature = time.perf_counter(), self.config, self.generation.temperature
         if raw.shape != (len(queries),) or not torch.isfinite(raw).all():
             raise TrainingError(f"Scores must be {len(queries)} finite numbers, got {raw.tolist()}.")
-        # 1. Transform the scores (scale / running normalisation / clip) [D10].
-        if self.config.score_norm:
+        # 1. Transform the scores (running normalisation / scale / clip) [D10].
+        if c.score_norm:
             self.score_moments = ppo.update_moments(self.score_moments, raw)
-        moments = self.score_moments if self.config.score_norm else None
-        scores_t = ppo.transform_scores(raw, self.config.score_scale, moments, self.config.score_clip)
-        # 2. Old log-probs, values (from sampling when these are the pairs generate() sampled [D17]) and
-        #    reference log-probs, once, without gradients [D1].
-        same = self._sampled is not None and self._sampled.matches(list(queries), list(responses))
-        sampled = self._sampled if same else None
-        rollout = collect_rollout(self.actor_critic, batch, scores_t, self.generation.temperature, sampled)
+        scores = ppo.transform_scores(
+            raw, c.score_scale, self.score_moments if c.score_norm else None, c.score_clip
+        )
+        # 2. Old log-probs and values (from the sampling pass when given [D17]), then the reference pass,
+        #    the KL-penalised rewards, GAE and whitened advantages: once, without gradients [D1]-[D6].
+        ac = self.actor_critic
+        batch = make_batch(queries, responses, self.pad_id, ac.is_encoder_decoder).to(ac.device)
+        old = old_policy(ac, batch, temperature, sampled)
+        exp = make_experience(ac, batch, old, scores, self.kl_coef, c, temperature)
         t1 = time.perf_counter()
-        # 3. Per-token rewards with the KL penalty [D2][D3], GAE [D4], whitened advantages [D6].
-        exp = self._experience(rollout)
-        t2 = time.perf_counter()
-        # 4. ppo_epochs passes over shuffled mini-batches [D7][D8][D14].
+        # 3. ppo_epochs passes over shuffled mini-batches [D7][D8][D14][D15].
         losses = self._update(exp)
-        t3 = time.perf_counter()
-        # 5. Statistics, then the KL controller [D9] and the learning-rate schedule.
+        t2 = time.perf_counter()
+        # 4. Statistics, then the KL controller [D9] and the learning-rate schedule.
         stats = self._stats(exp, losses, raw)
-        stats.update({"time/forward": t1 - t0, "time/advantages": t2 - t1, "time/update": t3 - t2})
-        if self.config.adaptive_kl:
-            c = self.config
-            self.kl_coef = ppo.adaptive_kl_coef(
-                self.kl_coef, stats["objective/kl"], len(raw), c.target_kl, c.kl_horizon
-            )
+        stats.update({"time/forward": t1 - t0, "time/update": t2 - t1})
+        if c.adaptive_kl:
+            self.kl_coef = ppo.adaptive_kl_coef(self.kl_coef, stats["objective/kl"], len(raw), c.target_kl,
+                                                c.kl_horizon)  # fmt: skip
         self.lr_scheduler.step()
         self.step_count += 1
         stats["time/step"] = time.perf_counter() - t0
@@ -199,26 +222,17 @@ class PPOTrainer:
 
     # ---- the pieces of a step -------------------------------------------------------------------
 
-    def _experience(self, rollout: Rollout) -> Experience:
-        c, mask = self.config, rollout.batch.response_mask.float()
-        tr = ppo.compute_rewards(
-            rollout.scores, rollout.logprobs, rollout.ref_logprobs, mask, self.kl_coef, c.kl_estimator
-        )
-        rewards = ppo.masked_whiten(tr.rewards, mask, shift_mean=False) if c.whiten_rewards else tr.rewards
-        gae = ppo.compute_gae(rewards, rollout.values, mask, c.gamma, c.lam)
-        return Experience(rollout, tr.rewards, tr.kl, ppo.masked_whiten(gae.advantages, mask), gae.returns)
-
     def _update(self, exp: Experience) -> list[ppo.PPOLoss]:
         """[D14] Epochs over shuffled mini-batches; one optimizer step per ``mini_batch_size *
         gradient_accumulation_steps`` rows, its loss the token mean over those rows."""
-        c, ac, rollout = self.config, self.actor_critic, exp.rollout
-        n, step_rows = len(rollout.scores), c.mini_batch_size * c.gradient_accumulation_steps
+        c, ac = self.config, self.actor_critic
+        n, step_rows = len(exp.scores), c.mini_batch_size * c.gradient_accumulation_steps
         losses: list[ppo.PPOLoss] = []
         for _ in range(c.ppo_epochs):
             order = torch.randperm(n)
             for start in range(0, n, step_rows):
                 rows = order[start : start + step_rows]
-                n_tokens = rollout.batch.response_mask[rows].sum().float()
+                n_tokens = exp.batch.response_mask[rows].sum().float()
                 self.optimizer.zero_grad(set_to_none=True)
                 parts = [
                     self._micro_step(exp, rows[i : i + c.mini_batch_size], n_tokens)
@@ -234,8 +248,8 @@ class PPOTrainer:
 
     def _micro_step(self, exp: Experience, rows: torch.Tensor, n_tokens: torch.Tensor) -> ppo.PPOLoss:
         """Forward + backward on some rows; the loss is normalised by the optimizer step's token count."""
-        c, rollout = self.config, exp.rollout
-        batch = trim_batch(rollout.batch.select(rows), self.actor_critic.is_encoder_decoder)
+        c = self.config
+        batch = trim_batch(exp.batch.select(rows), self.actor_critic.is_encoder_decoder)
         t = batch.response_ids.shape[1]
         out = self.actor_critic(batch, self.generation.temperature)
 
@@ -243,7 +257,7 @@ class PPOTrainer:
             return x[rows, :t]  # (b, t)
 
         loss = ppo.ppo_loss(
-            out.logprobs, pick(rollout.logprobs), pick(exp.advantages), out.values, pick(rollout.values),
+            out.logprobs, pick(exp.logprobs), pick(exp.advantages), out.values, pick(exp.values),
             pick(exp.returns), batch.response_mask, n_tokens, c.cliprange, c.cliprange_value, c.vf_coef,
         )  # fmt: skip
         if not torch.isfinite(loss.loss):
@@ -258,7 +272,7 @@ class PPOTrainer:
     def _stats(
         self, exp: Experience, losses: list[ppo.PPOLoss], raw_scores: torch.Tensor
     ) -> dict[str, float]:
-        r, mask = exp.rollout, exp.rollout.batch.response_mask.float()
+        r, mask = exp, exp.batch.response_mask.float()
 
         def mean(x: torch.Tensor) -> float:
             return float(ppo.masked_mean(x, mask))
@@ -312,6 +326,12 @@ class PPOTrainer:
         self.step_count = int(state["step_count"])
 
 
+def _same(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> bool:
+    return len(xs) == len(ys) and all(
+        a.shape == b.shape and torch.equal(a.cpu(), b.cpu()) for a, b in zip(xs, ys, strict=True)
+    )
+
+
 def _as_vector(x: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
     """Scores as the lab passed them (a list of 0-d tensors) or one tensor -> (B,) float32 on the CPU."""
     return torch.as_tensor(torch.stack(list(x)) if isinstance(x, list | tuple) else x).float().flatten().cpu()
@@ -322,8 +342,6 @@ def _add_losses(parts: list[ppo.PPOLoss]) -> ppo.PPOLoss:
     names = ppo.PPOLoss.__dataclass_fields__
     return ppo.PPOLoss(**{k: torch.stack([getattr(p, k).detach() for p in parts]).sum() for k in names})
 
-
-# ---- checkpoints --------------------------------------------------------------------------------
 
 # ---- the config-driven loop ---------------------------------------------------------------------
 
@@ -340,16 +358,16 @@ def _train_step(
 ) -> dict[str, Any]:
     """Rollout -> reward -> PPO step -> one metrics record."""
     idx = batch_indices(len(prompts), config.ppo.batch_size, trainer.step_count, config.seed)
+    batch_prompts, batch_queries = [prompts[i] for i in idx], [queries[i] for i in idx]
     t0 = time.perf_counter()
-    kwargs, sampler = generation_kwargs(config.generation)
-    responses = trainer.generate([queries[i] for i in idx], length_sampler=sampler, **kwargs)
-    texts = [t.strip() for t in trainer.tokenizer.batch_decode(responses, skip_special_tokens=True)]
+    sampled = trainer.rollout(batch_queries, response_limits(config.generation, len(idx)))
+    texts = decode(trainer.tokenizer, sampled.responses())
     t1 = time.perf_counter()
-    scores = torch.as_tensor(reward([prompts[i] for i in idx], texts)).float().cpu()
+    scores = torch.as_tensor(reward(batch_prompts, texts)).float().cpu()
     t2 = time.perf_counter()
-    stats = trainer.step([queries[i] for i in idx], responses, scores)
+    stats = trainer.learn(batch_queries, sampled, scores)
     stats.update({"time/generation": t1 - t0, "time/reward": t2 - t1, "time/total": time.perf_counter() - t0})
-    return trainer.log_stats(stats, batch={"query": [prompts[i] for i in idx], "response": texts})
+    return trainer.log_stats(stats, batch={"query": batch_prompts, "response": texts})
 
 
 def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
@@ -371,26 +389,30 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
 
 def train(
     config: RunConfig, prompts: list[str], reward: Reward, out_dir: str | Path | None = None,
-    resume: bool = False, progress: bool = True,
+    resume: bool = False, progress: bool = True, engine: Engine | None = None,
 ) -> TrainResult:  # fmt: skip
-    """Detoxify ``config.policy`` with PPO on ``prompts`` against ``reward(prompts, responses) -> (B,)``."""
+    """Detoxify ``config.policy`` with PPO on ``prompts`` against ``reward(prompts, responses) -> (B,)``,
+    on ``engine`` (default: ``config.policy.engine`` for ``config.device``)."""
     from tqdm.auto import tqdm
 
+    from detoxrl.engine import select_engine
     from detoxrl.generate import format_prompts, tokenize_prompts
     from detoxrl.models import load_policy, resolve_device
     from detoxrl.policy import build_actor_critic
 
     if not prompts:
         raise ValueError("train() needs at least one prompt.")
-    # 1. Seed once, set threads, prepare the run directory with the resolved config.
+    # 1. Seed once; the engine, chosen once and written beside the resolved config; the run directory.
     run_dir = Path(out_dir or config.output_dir)
     _prepare_run_dir(run_dir, resume)
     torch.manual_seed(config.seed), random.seed(config.seed), np.random.seed(config.seed)
-    runtime.configure(config.threads)
-    save_config(config, run_dir / "config.yaml")
+    engine = engine or select_engine(config.policy.engine, resolve_device(config.device))
+    engine.configure(config.threads)
+    print(engine.describe())
+    save_config(config, run_dir / "config.yaml", comment=engine.describe())
     # 2. The policy with its value head and reference, and the trainer.
-    policy = load_policy(config.policy, resolve_device(config.device))
-    actor_critic = build_actor_critic(policy, config.policy, config.ppo.value_head_init_std)
+    policy = load_policy(config.policy, engine.device)
+    actor_critic = build_actor_critic(policy, config.policy, config.ppo.value_head_init_std, engine)
     print(actor_critic.describe())
     trainer = PPOTrainer(config.ppo, actor_critic, policy.tokenizer, config.generation, config.steps,
                          run_dir / "metrics.jsonl", run_dir / "tensorboard")  # fmt: skip
@@ -400,7 +422,7 @@ def train(
     # 3. Resume: weights, optimizer, scheduler, KL controller, RNG states and step from the last checkpoint.
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
-        load_checkpoint(trainer, checkpoint)
+        trainer.load_state_dict(load_checkpoint(actor_critic, checkpoint))
     _truncate_metrics(run_dir / "metrics.jsonl", trainer.step_count)
     # 4. The loop: rollout -> reward -> PPO step -> metrics -> periodic checkpoint.
     records = []
@@ -411,7 +433,7 @@ def train(
             reward=f"{records[-1]['env/reward_mean']:.3f}", kl=f"{records[-1]['objective/kl']:.3f}"
         )
         if trainer.step_count % config.save_every == 0 or trainer.step_count == config.steps:
-            save_checkpoint(trainer, run_dir)
+            save_checkpoint(actor_critic, trainer.state_dict(), trainer.step_count, run_dir)
     # 5. The final adapter (+ value head): plain ``PeftModel.from_pretrained(base, final_dir)`` loads it.
-    actor_critic.save(run_dir / "final")
+    save_weights(actor_critic, run_dir / "final")
     return TrainResult(run_dir, run_dir / "final", records)

@@ -1,15 +1,15 @@
-"""One decoding step for every row of a rollout, over a preallocated left-padded KV cache: through
-transformers for any decoder-only model, or a lean step for Llama-style layers. Knows nothing of PPO
-or of sampling.
+"""The CPU engine's decoding steps: one step for every row of a rollout over a preallocated, left-padded
+KV cache, through transformers' forward for any decoder-only model or a lean step for Llama-style
+layers, and oneDNN's prepacked matmuls. Knows nothing of PPO or of sampling.
 
 Decoding 16 rows of SmolLM2 is dispatch-bound on the CPU: transformers' and PEFT's modules issue
 ~2,000 small operations per token. ``LlamaStep`` runs the same math as transformers' Llama layer
 (RMSNorm, rotary positions, grouped-query attention, SwiGLU, LoRA on any linear layer) in ~30
 operations per layer: q, k and v are one matmul, as are gate and up, and their LoRA matrices too
-(A stacked, B block-diagonal); on the CPU the frozen base weights are reordered once into oneDNN's
-blocked layout (``prepacked``). The bench's rollout (16 prompts, 48 new tokens, prefill included)
-takes 5.15 s instead of 6.93 s in bf16 and 8.15 s instead of 10.16 s in float32 (bench/README.md,
-optimisation 14).
+(A stacked, B block-diagonal); the frozen base weights are reordered once into oneDNN's blocked
+layout (``prepacked``, where ``probes.onednn_prepack`` says that works). The bench's rollout (16
+prompts, 48 new tokens, prefill included) takes 5.15 s instead of 6.93 s in bf16 and 8.15 s instead
+of 10.16 s in float32 (bench/README.md, optimisation 14).
 
 Shapes: B rows, H query heads, G key/value heads (H = G * R), C cache slots (longest prompt P plus T
 new tokens), D head size, E hidden size.
@@ -17,7 +17,6 @@ new tokens), D head size, E hidden size.
 
 from __future__ import annotations
 
-import inspect
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,9 +28,13 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from detoxrl.engine import probes
+from detoxrl.engine.reference import cache_name
+
 LLAMA_STYLE = ("llama", "mistral")  # decoder layers with exactly LlamaDecoderLayer's math
 Linear = Callable[[torch.Tensor], torch.Tensor]
-_BASE: weakref.WeakKeyDictionary[nn.Module, Linear] = weakref.WeakKeyDictionary()  # fused frozen weights
+LinearFactory = Callable[[torch.Tensor, int], Linear]  # (weight, rows) -> x (rows, in) @ weight.T
+FusedCache = weakref.WeakKeyDictionary[nn.Module, Linear]  # fused frozen weights, kept across rollouts
 
 
 class _BufferLayer(DynamicLayer):
@@ -77,12 +80,6 @@ class TransformersStep:
         return out.last_hidden_state[:, -1]
 
 
-def cache_name(backbone: Any) -> str:
-    """The backbone's KV cache argument and output: transformers 5.24 renamed ``past_key_values`` to
-    ``cache``."""
-    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
-
-
 @dataclass(frozen=True)
 class _Linear:
     """x (B, in) -> (B, out): a base matmul plus, if any, the LoRA update ``(x @ A.T) @ B.T``."""
@@ -112,20 +109,24 @@ class LlamaStep:
 
     @classmethod
     def build(
-        cls, backbone: Any, keys: list[torch.Tensor], values: list[torch.Tensor], lengths: torch.Tensor
-    ) -> LlamaStep | None:
-        return cls(backbone, keys, values, lengths) if llama_style(backbone) else None
+        cls, backbone: Any, keys: list[torch.Tensor], values: list[torch.Tensor], lengths: torch.Tensor,
+        linear: LinearFactory, fused: FusedCache,
+    ) -> LlamaStep | None:  # fmt: skip
+        return cls(backbone, keys, values, lengths, linear, fused) if llama_style(backbone) else None
 
     def __init__(
-        self, backbone: Any, keys: list[torch.Tensor], values: list[torch.Tensor], lengths: torch.Tensor
-    ) -> None:
+        self, backbone: Any, keys: list[torch.Tensor], values: list[torch.Tensor], lengths: torch.Tensor,
+        linear: LinearFactory, fused: FusedCache,
+    ) -> None:  # fmt: skip
+        """``linear`` makes the base matmuls (``prepacked``, or ``F.linear``); ``fused`` keeps the fused
+        frozen ones across rollouts."""
         config = backbone.config
         b, self.groups, slots, self.head_size = keys[0].shape
         self.heads = config.num_attention_heads
         self.backbone, self.keys, self.values, self.lengths = backbone, keys, values, lengths
         self.prompt_end = int(lengths.max())
         dtype = keys[0].dtype
-        self.layers = [_llama_layer(layer, dtype, b) for layer in backbone.layers]
+        self.layers = [_llama_layer(layer, dtype, b, linear, fused) for layer in backbone.layers]
         columns = torch.arange(slots, device=lengths.device)
         padding = columns[None] < self.prompt_end - lengths[:, None]  # (B, C)
         unused = (padding | (columns[None] >= self.prompt_end))[:, None]  # (B, 1, C)
@@ -205,30 +206,38 @@ def _lora_parts(module: nn.Module) -> tuple[nn.Linear, list[tuple[torch.Tensor, 
     return base, [(module.lora_A[n].weight, module.lora_B[n].weight, module.scaling[n]) for n in names]
 
 
-def _llama_layer(layer: Any, dtype: torch.dtype, rows: int) -> _Layer:
+def _llama_layer(
+    layer: Any, dtype: torch.dtype, rows: int, linear: LinearFactory, cache: FusedCache
+) -> _Layer:
     attention, mlp = layer.self_attn, layer.mlp
+
+    def fused(modules: list[nn.Module]) -> _Linear:
+        return _fused(modules, dtype, rows, linear, cache)
+
     return _Layer(
         (layer.input_layernorm, layer.post_attention_layernorm),
-        _fused([attention.q_proj, attention.k_proj, attention.v_proj], dtype, rows),
-        _fused([attention.o_proj], dtype, rows),
-        _fused([mlp.gate_proj, mlp.up_proj], dtype, rows),
-        _fused([mlp.down_proj], dtype, rows),
+        fused([attention.q_proj, attention.k_proj, attention.v_proj]),
+        fused([attention.o_proj]),
+        fused([mlp.gate_proj, mlp.up_proj]),
+        fused([mlp.down_proj]),
         attention.scaling,
     )
 
 
-def _fused(modules: list[nn.Module], dtype: torch.dtype, rows: int) -> _Linear:
+def _fused(
+    modules: list[nn.Module], dtype: torch.dtype, rows: int, linear: LinearFactory, cache: FusedCache
+) -> _Linear:
     """The modules' outputs side by side from one base matmul (frozen weights fused and packed once
     and kept) and one LoRA pair: A stacked, B block-diagonal."""
     parts = [_lora_parts(m) for m in modules]
     assert all(p is not None for p in parts), "llama_style() admits these modules"
     bases = [p[0] for p in parts]  # type: ignore[index]
     frozen = not any(base.weight.requires_grad for base in bases)
-    matmul = _BASE.get(modules[0]) if frozen else None
+    matmul = cache.get(modules[0]) if frozen else None
     if matmul is None:
-        matmul = prepacked(torch.cat([base.weight for base in bases]), rows)
+        matmul = linear(torch.cat([base.weight for base in bases]), rows)
         if frozen:
-            _BASE[modules[0]] = matmul
+            cache[modules[0]] = matmul
     pairs = [(i, a, b, scaling) for i, p in enumerate(parts) for a, b, scaling in p[1]]  # type: ignore[index]
     if not pairs:
         return _Linear(matmul, None)
@@ -248,10 +257,11 @@ def prepacked(weight: torch.Tensor, rows: int, bias: torch.Tensor | None = None)
     copy of ``weight`` reordered once into oneDNN's blocked layout (a plain matmul of a few rows is
     dominated by reading or reordering the weight at every call): with 30 layers' weights cold in
     cache, a (16, 576) x (576, 3072) product takes 382 instead of 1,006 us in float32 and 211 instead
-    of 434 in bf16, SmolLM2's float32 LM head 6.3 instead of 13.6 ms. Elsewhere ``F.linear``."""
+    of 434 in bf16, SmolLM2's float32 LM head 6.3 instead of 13.6 ms. Elsewhere (another device, another
+    dtype, a CPU where ``probes.onednn_prepack`` says no) ``F.linear``."""
     weight, bias = weight.detach(), None if bias is None else bias.detach()
-    packable = hasattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise")
-    if weight.dtype not in (torch.float32, torch.bfloat16) or weight.device.type != "cpu" or not packable:
+    if weight.device.type != "cpu" or not probes.onednn_prepack(weight.dtype):
         return lambda x: F.linear(x, weight, bias)
-    packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
-    return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    ops = probes.mkldnn_ops()
+    packed = ops._reorder_linear_weight(weight, rows)
+    return lambda x: ops._linear_pointwise(x, packed, bias, "none", [], "")

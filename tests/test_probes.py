@@ -1,4 +1,5 @@
-"""runtime: glibc keeps freed activations instead of faulting them in again at every pass."""
+"""Process settings behind the probes (engine/probes.py, engine.configure): glibc keeps freed
+activations instead of faulting them in again at every pass; threads are set once."""
 
 from __future__ import annotations
 
@@ -6,15 +7,16 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from detoxrl import runtime
+from detoxrl.engine import probes, select_engine
 
 # A pass's worth of activations (100 blocks of 4 MiB) allocated, written and freed twice: the page
 # faults of the second time, with or without keep_freed_memory.
 PASSES = """
 import resource, sys, torch
-from detoxrl import runtime
-applied = runtime.keep_freed_memory() if sys.argv[1] == "keep" else None
+from detoxrl.engine import probes
+applied = probes.keep_freed_memory() if sys.argv[1] == "keep" else None
 def one_pass():
     blocks = [torch.ones(1 << 20) for _ in range(100)]
     del blocks
@@ -31,8 +33,9 @@ def faults(mode: str) -> tuple[str, int]:
     return applied, int(count)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_keep_freed_memory_stops_the_page_faults_of_repeated_passes():
+def test_keep_freed_memory_stops_the_page_faults_of_repeated_passes() -> None:
+    if not probes.glibc_malloc():
+        pytest.skip("needs glibc's mallopt (Linux with glibc); the probe found none here")
     applied, kept = faults("keep")
     _, default = faults("default")
     assert applied == "True"
@@ -40,9 +43,11 @@ def test_keep_freed_memory_stops_the_page_faults_of_repeated_passes():
     assert kept < default / 4  # measured: ~1,000-14,000 against ~100,000
 
 
-def test_configure_sets_threads(monkeypatch):
-    seen = []
-    monkeypatch.setattr(runtime.torch, "set_num_threads", seen.append)
-    runtime.configure(3)
-    runtime.configure(None)
-    assert seen == [3]
+def test_configure_sets_threads_and_the_malloc_only_where_asked(monkeypatch) -> None:
+    seen, kept = [], []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+    monkeypatch.setattr(probes, "keep_freed_memory", lambda: kept.append(1) or True)
+    select_engine("cpu").configure(3)
+    select_engine("cpu", keep_freed_memory=False).configure(None)
+    select_engine("reference").configure(2)
+    assert seen == [3, 2] and kept == [1]
