@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from detoxrl import runtime
-from detoxrl.config import RunConfig, save_config
+from detoxrl.config import RunConfig, check_evaluation, save_config
 from detoxrl.errors import ConfigError
 from detoxrl.evaluation import EvalResult, NLLFn
 from detoxrl.models import Policy
@@ -30,17 +30,14 @@ class RunSummary:
 
 
 def validate(config: RunConfig) -> list[str]:
-    """Cheap checks before any heavy work (``--dry-run``): sizes, model specs, data, labels."""
+    """Cheap checks before any heavy work (``--dry-run``): model specs, data, labels; the values
+    themselves were checked when the config was built."""
     from detoxrl.data import load_prompts
     from detoxrl.models import resolve_source
     from detoxrl.rewards import build_reward, resolve_evaluator_specs
 
-    ppo, notes = config.ppo, []
-    if ppo.batch_size % ppo.mini_batch_size:
-        raise ConfigError(
-            f"ppo.batch_size ({ppo.batch_size}) must be a multiple of "
-            f"ppo.mini_batch_size ({ppo.mini_batch_size})."
-        )
+    notes: list[str] = []
+    check_evaluation(config)
     if config.generation.min_new_tokens > config.generation.max_new_tokens:
         raise ConfigError("generation.min_new_tokens must not exceed generation.max_new_tokens.")
     source = resolve_source(config.policy.model)
@@ -150,6 +147,7 @@ def run(config: RunConfig, resume: bool = False, progress: bool = True) -> RunSu
     from detoxrl.trainer import train
 
     start = time.perf_counter()
+    check_evaluation(config)
     run_dir = Path(config.output_dir)
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise ConfigError(
