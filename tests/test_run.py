@@ -107,9 +107,50 @@ def test_dry_run_checks_everything_and_runs_nothing(
     run_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["run", "--config", str(run_config), "--dry-run"]) == 0
-    out = capsys.readouterr().out
-    assert "30 training prompts, 10 held-out prompts" in out and "config OK" in out
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "data: 30 training prompts, 10 held-out prompts"
+    assert [line.split(":")[0] for line in lines[1:]] == [
+        "policy", "device", "reward", "evaluator", "disk", "config OK"
+    ]  # fmt: skip
+    assert lines[1].endswith("(local folder; llama)") and lines[3] == "reward: callable tiny_rewards:calm"
     assert not (tmp_path / "run").exists()
+
+
+def test_dry_run_reads_labels_and_adapters_without_loading_weights(
+    run_config: Path, tmp_path: Path, tiny_classifier_dir: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    import transformers
+
+    def no_weights(*args: object, **kwargs: object) -> None:
+        raise AssertionError("--dry-run loaded weights")
+
+    for loader in ("AutoModelForCausalLM", "AutoModelForSequenceClassification"):
+        monkeypatch.setattr(getattr(transformers, loader), "from_pretrained", no_weights)
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    overrides = [
+        f"reward={{kind: classifier, model: '{tiny_classifier_dir}', label: nothate}}",
+        f"policy.adapter={tmp_path / 'adapter'}",
+        f"eval.evaluators=[{tiny_classifier_dir}]",
+    ]
+    assert main(["run", "--config", str(run_config), "--dry-run", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert f"adapter: {tmp_path / 'adapter'} (LORA, its base model unrecorded)" in out
+    assert f"reward: classifier {tiny_classifier_dir} (local folder), logit of label 'nothate'" in out
+    assert f"evaluator: {tiny_classifier_dir} (local folder), toxic label 'hate'" in out
+
+
+def test_dry_run_refuses_a_disk_too_small_for_the_checkpoints(
+    run_config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=1000))
+    assert main(["run", "--config", str(run_config), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "Config key 'output_dir'" in err and "free some space, or set output_dir" in err
 
 
 @pytest.mark.parametrize(

@@ -15,12 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from detoxrl.errors import DetoxError
+from detoxrl.errors import ConfigError, DetoxError
 
 if TYPE_CHECKING:
     from detoxrl.config import EvalConfig, RunConfig
 
 Command = Callable[[argparse.Namespace], int]
+
+
+# evaluate's flags by the EvalConfig field they set, so that a bad value's error names the flag typed
+EVAL_FLAGS = {"num_prompts": "--n", "samples_per_prompt": "--samples", "batch_size": "--batch-size",
+              "bootstrap_resamples": "--resamples", "evaluators": "--evaluator"}  # fmt: skip
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
@@ -47,17 +52,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from detoxrl import runtime
     from detoxrl.config import PolicyConfig
     from detoxrl.generate import SamplingSettings, format_prompts, generate
-    from detoxrl.models import load_policy, resolve_device
+    from detoxrl.models import check_adapter, load_policy, resolve_device, resolve_source
 
     texts = _read_texts(args)  # before loading anything: a bad input fails in milliseconds
     device = resolve_device(args.device)
+    if args.adapter:
+        check_adapter(args.adapter, resolve_source(args.model), "--adapter")
     policy = load_policy(PolicyConfig(model=args.model, dtype=args.dtype), device)
     model: Any = policy.model
     if args.adapter:
         from peft import PeftModel
 
-        if not Path(args.adapter).exists():
-            raise DetoxError(f"Adapter path '{args.adapter}' does not exist.")
         model = PeftModel.from_pretrained(model, args.adapter)
     runtime.configure(args.threads)
     prompts = format_prompts(policy.tokenizer, texts, not args.no_chat_template)
@@ -104,17 +109,23 @@ def _default_prompt_file() -> Path:
 
 
 def _eval_config(args: argparse.Namespace) -> EvalConfig:
-    """EvalConfig's defaults, overridden by the flags given."""
+    """EvalConfig's defaults, overridden by the flags given; a bad value's error names its flag."""
     from detoxrl.config import EvalConfig
 
     names = ("num_prompts", "samples_per_prompt", "max_new_tokens", "temperature", "top_p", "top_k")
     given = {k: getattr(args, k) for k in (*names, "batch_size", "bootstrap_resamples")}
-    return dataclasses.replace(
-        EvalConfig(),
-        **{k: v for k, v in given.items() if v is not None},
-        perplexity=not args.no_perplexity,
-        evaluators=tuple(args.evaluators or _default_evaluators()),
-    )
+    try:
+        return dataclasses.replace(
+            EvalConfig(),
+            **{k: v for k, v in given.items() if v is not None},
+            perplexity=not args.no_perplexity,
+            evaluators=tuple(args.evaluators or _default_evaluators()),
+        )
+    except ConfigError as e:
+        message = str(e)
+        for name, flag in EVAL_FLAGS.items():
+            message = message.replace(f"Config key 'eval.{name}'", flag)
+        raise ConfigError(message) from None
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -129,11 +140,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         qualitative_rows,
         save_evaluation,
     )
-    from detoxrl.models import attach_adapter, load_policy, resolve_device
+    from detoxrl.models import attach_adapter, check_adapter, load_policy, resolve_device, resolve_source
     from detoxrl.rewards import build_evaluator, build_reward
 
-    runtime.configure(args.threads)
     config = _eval_config(args)
+    if args.adapter:  # before the minutes spent evaluating the base model
+        check_adapter(args.adapter, resolve_source(args.model), "--adapter")
+    runtime.configure(args.threads)
     prompt_file = args.prompts or _default_prompt_file()
     prompts, refs = read_texts(prompt_file, args.field, args.reference_field, config.num_prompts)
     device = resolve_device(args.device)
@@ -156,7 +169,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     before = run(policy.model, args.model, disable_adapter=False)  # before any adapter is attached
     after = comparison = None
     if args.adapter:
-        model = attach_adapter(policy, PolicyConfig(model=args.model, adapter=args.adapter))
+        model = attach_adapter(policy, PolicyConfig(model=args.model, adapter=args.adapter), "--adapter")
         after = run(model, f"{args.model} + {args.adapter}", disable_adapter=True)
         comparison = compare(before, after, config)
     paths = save_evaluation(args.out, before, after, comparison)

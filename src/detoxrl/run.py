@@ -29,31 +29,26 @@ class RunSummary:
     seconds: float
 
 
-def validate(config: RunConfig) -> list[str]:
-    """Cheap checks before any heavy work (``--dry-run``): model specs, data, labels; the values
-    themselves were checked when the config was built."""
+def validate(config: RunConfig, evaluate: bool = True) -> list[str]:
+    """What ``--dry-run`` checks, without loading weights, one line each: the data, then the models,
+    adapter, labels, device and disk (preflight.py); the values themselves were checked when the config
+    was built. ``evaluate=False``: for ``train``, which evaluates nothing."""
+    from detoxrl import preflight
     from detoxrl.data import load_prompts
-    from detoxrl.models import resolve_source
-    from detoxrl.rewards import build_reward, resolve_evaluator_specs
+    from detoxrl.rewards import resolve_evaluator_specs
 
-    notes: list[str] = []
-    check_evaluation(config)
     if config.generation.min_new_tokens > config.generation.max_new_tokens:
         raise ConfigError("generation.min_new_tokens must not exceed generation.max_new_tokens.")
-    source = resolve_source(config.policy.model)
-    notes.append(f"policy: {config.policy.model} ({source.kind})")
-    if config.policy.adapter and not Path(config.policy.adapter).expanduser().exists():
-        raise ConfigError(f"policy.adapter '{config.policy.adapter}' does not exist.")
+    if evaluate:
+        check_evaluation(config)
     prompts = load_prompts(config.data)
-    notes.append(f"data: {len(prompts.train)} training prompts, {len(prompts.eval)} held-out prompts")
-    if len(prompts.eval) < config.eval.num_prompts:
-        notes.append(
+    lines = [f"data: {len(prompts.train)} training prompts, {len(prompts.eval)} held-out prompts"]
+    if evaluate and len(prompts.eval) < config.eval.num_prompts:
+        lines.append(
             f"note: eval.num_prompts={config.eval.num_prompts} but only {len(prompts.eval)} held out"
         )
-    build_reward(config.reward)  # loads a classifier and checks its label, imports a callable, ...
-    notes.append(f"reward: {config.reward.kind} {config.reward.model or ''}".rstrip())
-    notes.append(f"evaluators: {', '.join(resolve_evaluator_specs(config.eval.evaluators))}")
-    return notes
+    evaluators = resolve_evaluator_specs(config.eval.evaluators) if evaluate else None
+    return lines + preflight.check(config, evaluators)
 
 
 # ---- the models evaluated before and after --------------------------------------------------------
@@ -151,7 +146,8 @@ def run(config: RunConfig, resume: bool = False, progress: bool = True) -> RunSu
     run_dir = Path(config.output_dir)
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise ConfigError(
-            f"'{run_dir}' already holds a run: resume it (--resume) or set output_dir=another/folder."
+            f"'{run_dir}' already holds a run: resume it (detoxrl run --resume {run_dir}) or set "
+            "output_dir=another/folder."
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")  # first, so that a run that dies early can be resumed
