@@ -175,3 +175,49 @@ def test_presets_are_listed(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in ("default", "lab3", "rtp"))
+
+
+@pytest.fixture
+def saved_run(tmp_path: Path) -> Path:
+    from detoxrl.config import load_config, save_config
+
+    run_dir = tmp_path / "saved"
+    run_dir.mkdir()
+    save_config(
+        load_config(preset="default", overrides=["steps=10", "output_dir=elsewhere"]), run_dir / "config.yaml"
+    )
+    return run_dir
+
+
+def test_resume_takes_only_overrides_that_cannot_change_the_run(saved_run: Path) -> None:
+    from detoxrl.errors import ConfigError
+    from detoxrl.run import resume_config
+
+    config = resume_config(saved_run, ["steps=20", "save_every=5", "threads=1", "device=cpu"])
+    assert (config.steps, config.save_every, config.threads, config.device) == (20, 5, 1, "cpu")
+    assert config.output_dir == str(saved_run)  # the folder given, wherever the run was first written
+    with pytest.raises(
+        ConfigError, match=r"'ppo.learning_rate=1e-4' cannot be used with --resume: it would "
+    ):
+        resume_config(saved_run, ["ppo.learning_rate=1e-4"])
+    with pytest.raises(ConfigError, match=r"'steps=5' .*steps can only grow \(this run is set for 10\)"):
+        resume_config(saved_run, ["steps=5"])
+    with pytest.raises(ConfigError, match=r"'eval.batch_size=4' cannot be used"):
+        resume_config(saved_run, ["eval.batch_size=4"])  # evaluation seeds each batch: other draws
+    with pytest.raises(ConfigError, match=r"Unknown config key 'ppo.learnig_rate'"):
+        resume_config(saved_run, ["ppo.learnig_rate=1"])  # a typo is a typo first
+
+
+def test_resume_refuses_more_steps_under_a_linear_schedule(saved_run: Path) -> None:
+    from detoxrl.errors import ConfigError
+    from detoxrl.run import resume_config
+
+    text = (
+        (saved_run / "config.yaml")
+        .read_text()
+        .replace("lr_scheduler_type: constant", "lr_scheduler_type: linear")
+    )
+    (saved_run / "config.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="steps sets the learning-rate decay"):
+        resume_config(saved_run, ["steps=20"])
+    assert resume_config(saved_run, ["threads=2"]).steps == 10

@@ -275,7 +275,7 @@ def test_cli_train_runs_and_resumes(
         "generation: {min_new_tokens: 2, max_new_tokens: 4}\nsave_every: 1\n"
     )
     assert main(["train", "--config", str(config), "steps=2"]) == 0
-    assert main(["train", "--config", str(config), "steps=3", "--resume"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "run"), "steps=3"]) == 0  # as run --resume RUN_DIR
     assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2, 3]
     assert (tmp_path / "run" / "final" / "adapter_model.safetensors").is_file()
     assert main(["train", "--config", str(config), "steps=3"]) == 2  # refuses to overwrite the run

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from detoxrl.errors import ConfigError, DetoxError
 
@@ -183,30 +183,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """PPO on the config's prompts against its reward; checkpoints and metrics in output_dir."""
-    from detoxrl.config import load_config
     from detoxrl.data import load_prompts
     from detoxrl.models import resolve_device
     from detoxrl.rewards import build_reward
+    from detoxrl.run import validate
     from detoxrl.trainer import train
 
-    config = load_config(args.preset, args.config, args.overrides)
+    config = _run_config(args)
+    if args.dry_run:
+        return _dry_run(validate(config, evaluate=False))
     prompts = [example.text for example in load_prompts(config.data).train]
     reward = build_reward(config.reward, resolve_device(config.device))
-    result = train(config, prompts, reward, resume=args.resume)
+    result = train(config, prompts, reward, resume=bool(args.resume))
     print(f"final adapter: {result.final_dir}")
     return 0
 
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
-    """Preset <- file <- overrides; ``--resume DIR`` reads DIR/config.yaml and keeps DIR as output_dir."""
+    """Preset <- file <- overrides; ``--resume RUN_DIR`` reads RUN_DIR/config.yaml instead, and takes
+    only the overrides that cannot change the run (run.RESUME_OVERRIDES)."""
     from detoxrl.config import load_config
+    from detoxrl.run import resume_config
 
     if args.resume:
-        saved = Path(args.resume) / "config.yaml"
-        if not saved.is_file():
-            raise DetoxError(f"'{args.resume}' holds no config.yaml: it is not a detoxrl run directory.")
-        return load_config(None, saved, [*args.overrides, f"output_dir={args.resume}"])
-    return load_config(args.preset or ("default" if not args.config else None), args.config, args.overrides)
+        if args.preset or args.config:
+            raise DetoxError(
+                f"--resume reads {Path(args.resume) / 'config.yaml'}: drop --preset and --config "
+                "(a new run with them needs another output_dir)."
+            )
+        return resume_config(args.resume, args.overrides)
+    return load_config(args.preset or (args.default_preset if not args.config else None), args.config,
+                       args.overrides)  # fmt: skip
+
+
+def _dry_run(lines: list[str]) -> int:
+    for line in lines:
+        print(line)
+    print("config OK: nothing was run (--dry-run)")
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -215,10 +229,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _run_config(args)
     if args.dry_run:
-        for line in validate(config):
-            print(line)
-        print("config OK: nothing was run (--dry-run)")
-        return 0
+        return _dry_run(validate(config))
     run(config, resume=bool(args.resume))
     return 0
 
@@ -239,8 +250,25 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_config_args(p: argparse.ArgumentParser, preset_default: str) -> None:
+    p.add_argument("--preset", help=f"a shipped preset (see 'detoxrl presets'){preset_default}")
+    p.add_argument("--config", help="a YAML config file (over the preset)")
+    p.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a run from its directory (reads RUN_DIR/config.yaml)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="check models, labels, data and sizes; run nothing")
+    p.add_argument("overrides", nargs="*", help="config overrides such as steps=30 ppo.learning_rate=1e-4")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake said in one line (as every other error) instead of the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        raise DetoxError(f"{message} (see '{self.prog} --help').")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="detoxrl", description="Detoxify language models with PPO + LoRA, and measure it honestly."
     )
     parser.add_argument("--version", action="version", version=f"detoxrl {_version()}")
@@ -310,20 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="runs/evaluate", help="folder for the JSON files and the table")
     e.set_defaults(func=cmd_evaluate)
 
-    t = sub.add_parser("train", help="detoxify a policy with PPO (config file, preset, key=value overrides)")
-    t.add_argument("--config", help="a YAML config file")
-    t.add_argument("--preset", help="a shipped preset (see 'detoxrl presets')")
-    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
-    t.add_argument("overrides", nargs="*", help="config overrides such as ppo.learning_rate=1e-5 steps=30")
-    t.set_defaults(func=cmd_train)
+    t = sub.add_parser("train", help="detoxify a policy with PPO, no evaluation (dataclass defaults)")
+    _add_config_args(t, "")
+    t.set_defaults(func=cmd_train, default_preset=None)
 
     r = sub.add_parser("run", help="the whole lab: evaluate, PPO, evaluate again, report (default preset)")
-    r.add_argument("--preset", help="a shipped preset (see 'detoxrl presets'); 'default' without --config")
-    r.add_argument("--config", help="a YAML config file (over the preset)")
-    r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its directory")
-    r.add_argument("--dry-run", action="store_true", help="check models, labels, data and sizes; run nothing")
-    r.add_argument("overrides", nargs="*", help="config overrides such as steps=30 ppo.learning_rate=1e-4")
-    r.set_defaults(func=cmd_run)
+    _add_config_args(r, "; 'default' without --config")
+    r.set_defaults(func=cmd_run, default_preset="default")
 
     rp = sub.add_parser("report", help="rebuild report.md and report.html of a run from its files alone")
     rp.add_argument("run_dir")
@@ -342,13 +363,13 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars say nothing to a user
-    if getattr(args, "evaluator", "unset") is None:
-        args.evaluator = ["profanity"]
     try:
+        args = build_parser().parse_args(argv)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars say nothing to a user
+        if getattr(args, "evaluator", "unset") is None:
+            args.evaluator = ["profanity"]
         code: int = args.func(args)
         return code
     except DetoxError as e:
