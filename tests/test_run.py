@@ -221,3 +221,35 @@ def test_resume_refuses_more_steps_under_a_linear_schedule(saved_run: Path) -> N
     with pytest.raises(ConfigError, match="steps sets the learning-rate decay"):
         resume_config(saved_run, ["steps=20"])
     assert resume_config(saved_run, ["threads=2"]).steps == 10
+
+
+def test_dry_run_finds_a_hub_model_in_the_local_cache(
+    run_config: Path, tmp_path: Path, tiny_causal_dir: Path
+) -> None:
+    """Offline, a hub id is fine when the Hugging Face cache holds it (a fresh process: the cache's place
+    is read once, at import)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    snapshot = tmp_path / "hub" / "models--someone--tiny" / "snapshots" / "0123abcd"
+    shutil.copytree(tiny_causal_dir, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(src), str(tmp_path)])}  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "detoxrl",
+        "run",
+        "--dry-run",
+        "--config",
+        str(run_config),
+        "policy.model=someone/tiny",
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "policy: someone/tiny (hub id, in the local Hugging Face cache; llama)" in out.stdout.splitlines()

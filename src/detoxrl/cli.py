@@ -212,8 +212,8 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
                 "(a new run with them needs another output_dir)."
             )
         return resume_config(args.resume, args.overrides)
-    return load_config(args.preset or (args.default_preset if not args.config else None), args.config,
-                       args.overrides)  # fmt: skip
+    preset = args.preset or (args.default_preset if not args.config else None)
+    return load_config(preset, args.config, args.overrides)
 
 
 def _dry_run(lines: list[str]) -> int:

@@ -4,9 +4,10 @@ nothing of models, data files or tensors (``--dry-run`` looks at those: run.vali
 A config is built from (lowest to highest precedence) the dataclass defaults, a preset or YAML
 file, and ``a.b=c`` overrides from the command line (config_io.py turns those into typed values;
 unknown keys are errors with a did-you-mean, renamed keys say where they went). Every dataclass
-checks its own values in ``__post_init__`` (ranges, NaN, choices, consistency) and ``RunConfig``
-those that span sections, so ``--dry-run``, a real run and ``PPOConfig(mini_batch_size=0)`` in
-Python all raise the same ``ConfigError``, one line naming the key, the value and what to do.
+checks its own values in ``__post_init__`` (ranges, NaN, choices, consistency; what ``run`` needs
+across sections: ``RunConfig.check_evaluation``), so ``--dry-run``, a real run and
+``PPOConfig(mini_batch_size=0)`` in Python raise the same ``ConfigError``: one line naming the key,
+the value and what to do.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def _choices(cls: type) -> dict[str, tuple[Any, ...]]:
     return {name: typing.get_args(tp) for name, tp in hints.items() if typing.get_origin(tp) is Literal}
 
 
-def key(config: Any, name: str) -> str:
+def _key(config: Any, name: str) -> str:
     """The dotted key of a field, from its section's usual place (``ppo.batch_size``)."""
     return f"{config.SECTION}.{name}" if config.SECTION else name
 
@@ -94,12 +95,12 @@ def check(config: Any, checks: dict[str, Check]) -> None:
     cls: type = type(config)
     for name, allowed in _choices(cls).items():
         if getattr(config, name) not in allowed:
-            raise literal_error(key(config, name), getattr(config, name), allowed)
+            raise literal_error(_key(config, name), getattr(config, name), allowed)
     for name, rule in checks.items():
         value = getattr(config, name)
         if not rule.ok(value):
             why = f": {rule.why}" if rule.why else ""
-            raise ConfigError(f"Config key '{key(config, name)}' must be {rule.need}, got {value!r}{why}.")
+            raise ConfigError(f"Config key '{_key(config, name)}' must be {rule.need}, got {value!r}{why}.")
 
 
 # ---- the sections ------------------------------------------------------------------------------------
@@ -344,15 +345,14 @@ class RunConfig:
         check(self, {"steps": count(1), "seed": seed, "output_dir": TEXT, "save_every": count(1),
                      "threads": optional(count(1)), "device": device})  # fmt: skip
 
-
-def check_evaluation(config: RunConfig) -> None:
-    """What ``detoxrl run`` needs beyond what training does (``train`` may use every prompt)."""
-    if config.data.eval_source is None and config.data.eval_fraction == 0:
-        raise ConfigError(
-            "Config key 'data.eval_fraction' is 0 and data.eval_source is not set: the evaluation "
-            "before and after PPO would have no held-out prompt; set data.eval_fraction (e.g. 0.2) "
-            "or data.eval_source."
-        )
+    def check_evaluation(self) -> None:
+        """Across sections, what ``detoxrl run`` needs beyond training (``train`` may use every prompt)."""
+        if self.data.eval_source is None and self.data.eval_fraction == 0:
+            raise ConfigError(
+                "Config key 'data.eval_fraction' is 0 and data.eval_source is not set: the evaluation "
+                "before and after PPO would have no held-out prompt; set data.eval_fraction (e.g. 0.2) "
+                "or data.eval_source."
+            )
 
 
 # ---- presets, files and overrides ----------------------------------------------------------------------

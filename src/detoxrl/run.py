@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from detoxrl import runtime
-from detoxrl.config import RunConfig, check_evaluation, save_config
+from detoxrl.config import RunConfig, save_config
 from detoxrl.config_io import flatten, from_dict, merge, parse_overrides, read_yaml
 from detoxrl.errors import ConfigError
 from detoxrl.evaluation import EvalResult, NLLFn
@@ -41,7 +41,7 @@ def validate(config: RunConfig, evaluate: bool = True) -> list[str]:
     if config.generation.min_new_tokens > config.generation.max_new_tokens:
         raise ConfigError("generation.min_new_tokens must not exceed generation.max_new_tokens.")
     if evaluate:
-        check_evaluation(config)
+        config.check_evaluation()
     prompts = load_prompts(config.data)
     lines = [f"data: {len(prompts.train)} training prompts, {len(prompts.eval)} held-out prompts"]
     if evaluate and len(prompts.eval) < config.eval.num_prompts:
@@ -54,10 +54,11 @@ def validate(config: RunConfig, evaluate: bool = True) -> list[str]:
 
 # ---- resuming a run ----------------------------------------------------------------------------------
 
-# What ``--resume RUN_DIR`` lets an override change: only what cannot change the run's results.
-# Everything else is refused: the saved config is what the checkpoints and eval_before.json were
-# made with. eval.batch_size is not here: evaluation seeds each batch, so another size would sample
-# the "after" responses with other draws than the "before" ones it is paired with.
+# What ``--resume RUN_DIR`` lets an override change: what cannot change what the run computes
+# (another device or thread count may still round differently). Everything else is refused: the
+# saved config is what the checkpoints and eval_before.json were made with. eval.batch_size is not
+# here: evaluation seeds each batch, so another size would sample the "after" responses with other
+# draws than the "before" ones they are paired with.
 RESUME_OVERRIDES = ("steps", "save_every", "threads", "device", "reward.batch_size")
 
 
@@ -187,7 +188,7 @@ def run(config: RunConfig, resume: bool = False, progress: bool = True) -> RunSu
     from detoxrl.trainer import train
 
     start = time.perf_counter()
-    check_evaluation(config)
+    config.check_evaluation()
     run_dir = Path(config.output_dir)
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise ConfigError(
