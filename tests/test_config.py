@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from detoxrl.config import RunConfig, list_presets, load_config, preset_path, save_config
+from detoxrl.config import (
+    DataConfig,
+    PolicyConfig,
+    PPOConfig,
+    RewardConfig,
+    RunConfig,
+    list_presets,
+    load_config,
+    preset_path,
+    save_config,
+)
 from detoxrl.errors import ConfigError
 
 PRESETS = ["default", "lab3", "rtp"]
@@ -48,7 +60,7 @@ def test_lab3_preset_matches_the_lab():
     assert (c.generation.min_new_tokens, c.generation.max_new_tokens) == (100, 399)
     p = c.ppo
     assert (p.learning_rate, p.ppo_epochs, p.mini_batch_size, p.batch_size) == (1.41e-5, 1, 4, 16)
-    assert (p.adaptive_kl, p.init_kl_coef, p.target_kl, p.kl_horizon) == (True, 0.2, 6.0, 10000)
+    assert (p.adaptive_kl, p.init_kl_coef, p.adaptive_kl_target, p.kl_horizon) == (True, 0.2, 6.0, 10000)
     assert (p.gamma, p.lam, p.cliprange, p.cliprange_value, p.vf_coef) == (1.0, 0.95, 0.2, 0.2, 0.1)
     assert c.steps == 10 and c.eval.num_prompts > 11 and c.policy.chat_template is False
 
@@ -124,3 +136,74 @@ def test_save_then_load_round_trips(tmp_path, name):
     c = load_config(preset=name, overrides=["data.max_examples=5"])
     save_config(c, tmp_path / "config.yaml")
     assert load_config(file=tmp_path / "config.yaml") == c
+
+
+@pytest.mark.parametrize(
+    ("override", "build", "words"),
+    [
+        ("ppo.mini_batch_size=0", lambda: PPOConfig(mini_batch_size=0), "a whole number >= 1, got 0."),
+        ("ppo.learning_rate=nan", lambda: PPOConfig(learning_rate=math.nan), "number > 0, got nan."),
+        ("ppo.batch_size=10", lambda: PPOConfig(batch_size=10), "4), got 10: set ppo.batch_size=8 or 12"),
+        ("policy.dtype=fp16", lambda: PolicyConfig(dtype="fp16"), "must be one of ['float32', "),
+        ("device=tpu9", lambda: RunConfig(device="tpu9"), "cuda:N (N: a GPU index) or mps, got 'tpu9'."),
+        ("data.template=x", lambda: DataConfig(template="x"), "must be a text holding '{text}', got 'x'"),
+    ],
+)  # fmt: skip
+def test_files_overrides_and_python_get_the_same_error(override, build, words):
+    with pytest.raises(ConfigError) as from_override:
+        load_config(overrides=[override])
+    with pytest.raises(ConfigError) as from_python:
+        build()
+    message = str(from_override.value)
+    assert message == str(from_python.value)
+    assert f"'{override.split('=')[0]}'" in message and words in message
+    assert isinstance(from_python.value, ValueError)  # what Python code that builds configs expects
+
+
+def test_batch_size_divides_by_the_rows_of_one_optimizer_step():
+    assert PPOConfig(batch_size=16, mini_batch_size=4, gradient_accumulation_steps=2).batch_size == 16
+    with pytest.raises(ConfigError, match=r"\(4 \* 3 = 12\), got 16: set ppo.batch_size=12 or 24"):
+        PPOConfig(batch_size=16, mini_batch_size=4, gradient_accumulation_steps=3)
+
+
+def test_renamed_key_says_where_it_went_and_how_to_write_it(tmp_path):
+    (tmp_path / "old.yaml").write_text("ppo:\n  target_kl_early_stop: 0.05\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(file=tmp_path / "old.yaml")
+    message = str(info.value)
+    assert "'ppo.target_kl_early_stop' is now 'ppo.target_kl'" in message
+    assert "Write ppo.target_kl=0.05 instead." in message and "\n" not in message
+    assert load_config(overrides=["ppo.target_kl=0.05"]).ppo.target_kl == 0.05
+
+
+def test_target_kl_is_the_early_stop_and_an_old_controller_target_is_refused():
+    c = load_config(preset="lab3")
+    assert (c.ppo.target_kl, c.ppo.adaptive_kl_target) == (None, 6.0)  # trl's and CleanRL's meaning
+    with pytest.raises(
+        ConfigError, match=r"'ppo.target_kl' .* got 6.0: .*early-stop.*ppo.adaptive_kl_target"
+    ):
+        load_config(preset="lab3", overrides=["ppo.target_kl=6.0"])
+    assert load_config(overrides=["ppo.adaptive_kl_target=3"]).ppo.adaptive_kl_target == 3.0
+
+
+def test_errors_inside_reward_components_name_the_component():
+    with pytest.raises(ConfigError, match=r"'reward.components\[1\].batch_size' must be a whole number"):
+        load_config(
+            overrides=[
+                "reward={kind: sum, components: [{kind: profanity}, {kind: profanity, batch_size: 0}]}"
+            ]
+        )
+
+
+def test_cross_field_checks():
+    with pytest.raises(ConfigError, match=r"'policy.adapter' \('a'\) needs policy.use_lora: true"):
+        PolicyConfig(adapter="a", use_lora=False)
+    with pytest.raises(ConfigError, match=r"'data.min_score' \(0.5\) needs data.score_field"):
+        DataConfig(min_score=0.5)
+    with pytest.raises(ConfigError, match=r"'reward.model' is not used by reward.kind: profanity"):
+        RewardConfig(model="some/classifier")
+    with pytest.raises(ConfigError, match=r"'reward.model' must name the function .* got None"):
+        RewardConfig(kind="callable")
+    with pytest.raises(ConfigError, match=r"'ppo.init_kl_coef' must be > 0 with ppo.adaptive_kl: true"):
+        PPOConfig(init_kl_coef=0.0)
+    assert PPOConfig(init_kl_coef=0.0, adaptive_kl=False).init_kl_coef == 0.0

@@ -13,7 +13,7 @@ import pytest
 
 from detoxrl.config import DataConfig, load_config
 from detoxrl.data import BUILTIN_DIR, Example, get_field, load_prompts, split_count
-from detoxrl.errors import DataError
+from detoxrl.errors import ConfigError, DataError
 
 LAB_TEMPLATE = "\nSummarize the following conversation.\n\n{text}\n\nSummary:\n"
 
@@ -205,8 +205,8 @@ def test_template_keeps_other_braces_and_needs_text(tmp_path):
     src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a {b} c"}])
     ps = load_prompts(config(src, template='{"q": {text}}', eval_fraction=0))
     assert ps.train[0].text == '{"q": a {b} c}'
-    with pytest.raises(DataError, match=r"data.template must contain '\{text\}'.*\{dialogue\}"):
-        load_prompts(config(src, template="Summarize {dialogue}"))
+    with pytest.raises(ConfigError, match=r"'data.template' must be a text holding '\{text\}'.*\{dialogue\}"):
+        config(src, template="Summarize {dialogue}")
 
 
 def test_split_is_unshuffled_tail_of_ceil_fraction(tmp_path):
@@ -215,8 +215,8 @@ def test_split_is_unshuffled_tail_of_ceil_fraction(tmp_path):
     assert split_count(11, 0.2) == 3 == len(ps.eval)  # ceil(2.2), as datasets' train_test_split
     assert [e.text for e in ps.train] == [f"text {i}" for i in range(8)]
     assert [e.text for e in ps.eval] == ["text 8", "text 9", "text 10"]
-    with pytest.raises(DataError, match=r"eval_fraction must be in \[0, 1\)"):
-        load_prompts(config(src, text_field="prompt.text", eval_fraction=1.0))
+    with pytest.raises(ConfigError, match=r"'data.eval_fraction' must be a number in \[0, 1\), got 1.0"):
+        config(src, text_field="prompt.text", eval_fraction=1.0)
 
 
 def test_duplicates_dropped_so_no_text_on_both_sides(tmp_path):

@@ -8,13 +8,16 @@ import pytest
 import torch
 
 from detoxrl.config import LoraSettings, PolicyConfig
-from detoxrl.errors import ModelLoadError
+from detoxrl.errors import ConfigError, ModelLoadError
 from detoxrl.models import (
     attach_adapter,
+    check_adapter,
     count_parameters,
     load_classifier,
     load_policy,
+    resolve_device,
     resolve_source,
+    same_model,
     torch_dtype,
 )
 
@@ -175,3 +178,56 @@ def test_auto_dtype_is_bf16_only_on_cpus_with_bf16_matmuls(
     finally:
         monkeypatch.undo()
         probes.clear()
+
+
+@pytest.fixture
+def causal_adapter(tiny_causal_dir: Path, tmp_path: Path) -> Path:
+    config = PolicyConfig(model=str(tiny_causal_dir))
+    attach_adapter(load_policy(config), config).save_pretrained(tmp_path / "adapter")
+    return tmp_path / "adapter"
+
+
+def test_an_adapter_is_checked_before_peft_reads_it(
+    tiny_causal_dir: Path, tiny_seq2seq_dir: Path, causal_adapter: Path, tmp_path: Path
+) -> None:
+    """``{}`` as adapter_config.json made peft die with KeyError: 'peft_type'; an adapter made for another
+    model loaded silently or failed deep in peft. Both now fail before peft reads them, in one line."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "adapter_config.json").write_text("{}")
+    causal = load_policy(PolicyConfig(model=str(tiny_causal_dir)))
+    with pytest.raises(ModelLoadError) as info:
+        attach_adapter(causal, PolicyConfig(model=str(tiny_causal_dir), adapter=str(tmp_path / "empty")))
+    assert str(info.value) == (
+        f"policy.adapter '{tmp_path / 'empty'}': its adapter_config.json has no peft_type, so peft cannot "
+        "tell what adapter it is; save the adapter again with PeftModel.save_pretrained (its config names "
+        "a peft_type such as LORA)."
+    )
+    with pytest.raises(ModelLoadError, match=r"holds no adapter_config.json: it is not a PEFT adapter"):
+        check_adapter(str(tmp_path), causal.source, "--adapter")
+    seq2seq = load_policy(PolicyConfig(model=str(tiny_seq2seq_dir)))
+    with pytest.raises(ModelLoadError, match=rf"was made for '{tiny_causal_dir}' .*not for the policy"):
+        attach_adapter(seq2seq, PolicyConfig(model=str(tiny_seq2seq_dir), adapter=str(causal_adapter)))
+    assert check_adapter(str(causal_adapter), causal.source)["peft_type"] == "LORA"
+
+
+def test_same_model_tells_only_what_can_be_told(tiny_causal_dir: Path, tiny_seq2seq_dir: Path) -> None:
+    local, hub = resolve_source(str(tiny_causal_dir)), resolve_source("google/flan-t5-base")
+    assert same_model(str(tiny_causal_dir / "."), local) is True  # the same folder, written otherwise
+    assert same_model(str(tiny_seq2seq_dir), local) is False
+    assert same_model("google/flan-t5-base", hub) is True
+    assert same_model("google/flan-t5-large", hub) is False
+    assert same_model("google/flan-t5-base", local) is None  # a hub id beside a folder
+    assert same_model("/home/someone/else/model", hub) is None  # a folder of another machine
+
+
+def test_a_folder_without_config_json_is_not_a_model(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=r"holds no config.json: it is not a Hugging Face model folder"):
+        resolve_source(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("name", "message"), [("tpu9", "device must be auto, cpu"), ("cuda:99", "not available")]
+)
+def test_a_device_that_is_not_here_is_refused(name: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve_device(name)

@@ -108,9 +108,50 @@ def test_dry_run_checks_everything_and_runs_nothing(
     run_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["run", "--config", str(run_config), "--dry-run"]) == 0
-    out = capsys.readouterr().out
-    assert "30 training prompts, 10 held-out prompts" in out and "config OK" in out
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "data: 30 training prompts, 10 held-out prompts"
+    assert [line.split(":")[0] for line in lines[1:]] == [
+        "policy", "device", "reward", "evaluator", "disk", "config OK"
+    ]  # fmt: skip
+    assert lines[1].endswith("(local folder; llama)") and lines[3] == "reward: callable tiny_rewards:calm"
     assert not (tmp_path / "run").exists()
+
+
+def test_dry_run_reads_labels_and_adapters_without_loading_weights(
+    run_config: Path, tmp_path: Path, tiny_classifier_dir: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    import transformers
+
+    def no_weights(*args: object, **kwargs: object) -> None:
+        raise AssertionError("--dry-run loaded weights")
+
+    for loader in ("AutoModelForCausalLM", "AutoModelForSequenceClassification"):
+        monkeypatch.setattr(getattr(transformers, loader), "from_pretrained", no_weights)
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    overrides = [
+        f"reward={{kind: classifier, model: '{tiny_classifier_dir}', label: nothate}}",
+        f"policy.adapter={tmp_path / 'adapter'}",
+        f"eval.evaluators=[{tiny_classifier_dir}]",
+    ]
+    assert main(["run", "--config", str(run_config), "--dry-run", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert f"adapter: {tmp_path / 'adapter'} (LORA, its base model unrecorded)" in out
+    assert f"reward: classifier {tiny_classifier_dir} (local folder), logit of label 'nothate'" in out
+    assert f"evaluator: {tiny_classifier_dir} (local folder), toxic label 'hate'" in out
+
+
+def test_dry_run_refuses_a_disk_too_small_for_the_checkpoints(
+    run_config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=1000))
+    assert main(["run", "--config", str(run_config), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "Config key 'output_dir'" in err and "free some space, or set output_dir" in err
 
 
 @pytest.mark.parametrize(
@@ -135,3 +176,81 @@ def test_presets_are_listed(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in ("default", "lab3", "rtp"))
+
+
+@pytest.fixture
+def saved_run(tmp_path: Path) -> Path:
+    from detoxrl.config import load_config, save_config
+
+    run_dir = tmp_path / "saved"
+    run_dir.mkdir()
+    save_config(
+        load_config(preset="default", overrides=["steps=10", "output_dir=elsewhere"]), run_dir / "config.yaml"
+    )
+    return run_dir
+
+
+def test_resume_takes_only_overrides_that_cannot_change_the_run(saved_run: Path) -> None:
+    from detoxrl.errors import ConfigError
+    from detoxrl.run import resume_config
+
+    config = resume_config(saved_run, ["steps=20", "save_every=5", "threads=1", "device=cpu"])
+    assert (config.steps, config.save_every, config.threads, config.device) == (20, 5, 1, "cpu")
+    assert config.output_dir == str(saved_run)  # the folder given, wherever the run was first written
+    with pytest.raises(
+        ConfigError, match=r"'ppo.learning_rate=1e-4' cannot be used with --resume: it would "
+    ):
+        resume_config(saved_run, ["ppo.learning_rate=1e-4"])
+    with pytest.raises(ConfigError, match=r"'steps=5' .*steps can only grow \(this run is set for 10\)"):
+        resume_config(saved_run, ["steps=5"])
+    with pytest.raises(ConfigError, match=r"'eval.batch_size=4' cannot be used"):
+        resume_config(saved_run, ["eval.batch_size=4"])  # evaluation seeds each batch: other draws
+    with pytest.raises(ConfigError, match=r"Unknown config key 'ppo.learnig_rate'"):
+        resume_config(saved_run, ["ppo.learnig_rate=1"])  # a typo is a typo first
+
+
+def test_resume_refuses_more_steps_under_a_linear_schedule(saved_run: Path) -> None:
+    from detoxrl.errors import ConfigError
+    from detoxrl.run import resume_config
+
+    text = (
+        (saved_run / "config.yaml")
+        .read_text()
+        .replace("lr_scheduler_type: constant", "lr_scheduler_type: linear")
+    )
+    (saved_run / "config.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="steps sets the learning-rate decay"):
+        resume_config(saved_run, ["steps=20"])
+    assert resume_config(saved_run, ["threads=2"]).steps == 10
+
+
+def test_dry_run_finds_a_hub_model_in_the_local_cache(
+    run_config: Path, tmp_path: Path, tiny_causal_dir: Path
+) -> None:
+    """Offline, a hub id is fine when the Hugging Face cache holds it (a fresh process: the cache's place
+    is read once, at import)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    snapshot = tmp_path / "hub" / "models--someone--tiny" / "snapshots" / "0123abcd"
+    shutil.copytree(tiny_causal_dir, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(src), str(tmp_path)])}  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "detoxrl",
+        "run",
+        "--dry-run",
+        "--config",
+        str(run_config),
+        "policy.model=someone/tiny",
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "policy: someone/tiny (hub id, in the local Hugging Face cache; llama)" in out.stdout.splitlines()

@@ -151,7 +151,9 @@ def test_checkpoints_are_complete_and_the_final_adapter_loads_with_plain_peft(
 ) -> None:
     from peft import PeftModel
 
-    config = RunConfig(**{**vars(run_config(tiny_causal_dir, 3, batch_size=4)), "save_every": 1})
+    config = RunConfig(
+        **{**vars(run_config(tiny_causal_dir, 3, batch_size=4, mini_batch_size=4)), "save_every": 1}
+    )
     train(config, PROMPTS, text_length_reward, tmp_path, progress=False)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [
@@ -177,7 +179,9 @@ def test_checkpoints_are_complete_and_the_final_adapter_loads_with_plain_peft(
 def test_non_finite_scores_stop_training_and_keep_what_was_written(
     tiny_causal_dir: Path, tmp_path: Path
 ) -> None:
-    config = RunConfig(**{**vars(run_config(tiny_causal_dir, 2, batch_size=4)), "save_every": 1})
+    config = RunConfig(
+        **{**vars(run_config(tiny_causal_dir, 2, batch_size=4, mini_batch_size=4)), "save_every": 1}
+    )
     train(config, PROMPTS, words_reward({"movie"}), tmp_path, progress=False)
     written = (tmp_path / "metrics.jsonl").read_text()
 
@@ -254,7 +258,7 @@ def test_gradient_accumulation_matches_one_larger_mini_batch(tiny_causal_dir: Pa
 def test_early_stop_on_approx_kl(tiny_causal_dir: Path) -> None:
     queries, responses = [torch.tensor([5, 6])] * 8, [torch.tensor([7, 8, 9])] * 8
     full = make_trainer(tiny_causal_dir, ppo_epochs=2).step(queries, responses, torch.arange(8.0))
-    stopped = make_trainer(tiny_causal_dir, ppo_epochs=2, target_kl_early_stop=0.0).step(
+    stopped = make_trainer(tiny_causal_dir, ppo_epochs=2, target_kl=0.0).step(
         queries, responses, torch.arange(8.0)
     )
     assert full["ppo/updates"] == 4.0
@@ -276,7 +280,7 @@ def test_cli_train_runs_and_resumes(
         "generation: {min_new_tokens: 2, max_new_tokens: 4}\nsave_every: 1\n"
     )
     assert main(["train", "--config", str(config), "steps=2"]) == 0
-    assert main(["train", "--config", str(config), "steps=3", "--resume"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "run"), "steps=3"]) == 0  # as run --resume RUN_DIR
     assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2, 3]
     assert (tmp_path / "run" / "final" / "adapter_model.safetensors").is_file()
     assert main(["train", "--config", str(config), "steps=3"]) == 2  # refuses to overwrite the run

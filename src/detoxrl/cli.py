@@ -13,9 +13,9 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from detoxrl.errors import DetoxError
+from detoxrl.errors import ConfigError, DetoxError
 
 if TYPE_CHECKING:
     from detoxrl.config import EvalConfig, RunConfig
@@ -23,6 +23,16 @@ if TYPE_CHECKING:
 
 Command = Callable[[argparse.Namespace], int]
 ENGINE_HELP = "how the model runs: auto (cpu on the CPU), reference (plain transformers), cpu"
+
+
+# evaluate's flags by the EvalConfig field they set, so that a bad value's error names the flag typed
+FLAGS = {  # config keys -> the flags of evaluate and generate that set them
+    "eval.num_prompts": "--n", "eval.samples_per_prompt": "--samples", "eval.batch_size": "--batch-size",
+    "eval.bootstrap_resamples": "--resamples", "eval.evaluators": "--evaluator",
+    **{f"generation.{name}": f"--{name.replace('_', '-')}"
+       for name in ("max_new_tokens", "min_tokens", "temperature", "top_k", "top_p")},
+}  # fmt: skip
+T = TypeVar("T")
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
@@ -58,23 +68,25 @@ def _engine(args: argparse.Namespace) -> Engine:
 def cmd_generate(args: argparse.Namespace) -> int:
     from detoxrl.config import PolicyConfig, SamplingConfig
     from detoxrl.generate import format_prompts, generate
-    from detoxrl.models import load_policy
+    from detoxrl.models import check_adapter, load_policy, resolve_source
 
     texts = _read_texts(args)  # before loading anything: a bad input fails in milliseconds
+    if args.adapter:
+        check_adapter(args.adapter, resolve_source(args.model), "--adapter")
+    settings = _flags(
+        lambda: SamplingConfig(
+            max_new_tokens=args.max_new_tokens, length_sampling="fixed", min_tokens=args.min_tokens,
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        )
+    )  # fmt: skip
     engine = _engine(args)
     policy = load_policy(PolicyConfig(model=args.model, dtype=args.dtype), engine.device)
     model: Any = policy.model
     if args.adapter:
         from peft import PeftModel
 
-        if not Path(args.adapter).exists():
-            raise DetoxError(f"Adapter path '{args.adapter}' does not exist.")
         model = PeftModel.from_pretrained(model, args.adapter)
     prompts = format_prompts(policy.tokenizer, texts, not args.no_chat_template)
-    settings = SamplingConfig(
-        max_new_tokens=args.max_new_tokens, length_sampling="fixed", min_tokens=args.min_tokens,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-    )  # fmt: skip
     out = generate(
         engine, model, policy.tokenizer, prompts, settings, seed=args.seed, batch_size=args.batch_size
     )
@@ -115,21 +127,37 @@ def _default_prompt_file() -> Path:
 
 
 def _eval_config(args: argparse.Namespace) -> EvalConfig:
-    """EvalConfig's defaults, overridden by the flags given."""
+    """EvalConfig's defaults, overridden by the flags given; a bad value's error names its flag."""
     from detoxrl.config import EvalConfig
 
     def given(names: tuple[str, ...]) -> dict[str, Any]:
         return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
 
-    defaults = EvalConfig()
-    sampling = given(("max_new_tokens", "temperature", "top_p", "top_k"))
-    return dataclasses.replace(
-        defaults,
-        **given(("num_prompts", "samples_per_prompt", "batch_size", "bootstrap_resamples")),
-        sampling=dataclasses.replace(defaults.sampling, **sampling),
-        perplexity=not args.no_perplexity,
-        evaluators=tuple(args.evaluators or _default_evaluators()),
-    )
+    def build() -> EvalConfig:
+        defaults = EvalConfig()
+        sampling = dataclasses.replace(
+            defaults.sampling, **given(("max_new_tokens", "temperature", "top_p", "top_k"))
+        )
+        return dataclasses.replace(
+            defaults,
+            **given(("num_prompts", "samples_per_prompt", "batch_size", "bootstrap_resamples")),
+            sampling=sampling,
+            perplexity=not args.no_perplexity,
+            evaluators=tuple(args.evaluators or _default_evaluators()),
+        )
+
+    return _flags(build)
+
+
+def _flags(build: Callable[[], T]) -> T:
+    """``build()``, its config errors naming the command-line flag instead of the config key."""
+    try:
+        return build()
+    except ConfigError as e:
+        message = str(e)
+        for key, flag in FLAGS.items():
+            message = message.replace(f"Config key '{key}'", flag)
+        raise ConfigError(message) from None
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -143,11 +171,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         qualitative_rows,
         save_evaluation,
     )
-    from detoxrl.models import attach_adapter, load_policy
+    from detoxrl.models import attach_adapter, check_adapter, load_policy, resolve_source
     from detoxrl.rewards import build_evaluator, build_reward
 
-    engine = _engine(args)
     config = _eval_config(args)
+    if args.adapter:  # before the minutes spent evaluating the base model
+        check_adapter(args.adapter, resolve_source(args.model), "--adapter")
+    engine = _engine(args)
     prompt_file = args.prompts or _default_prompt_file()
     prompts, refs = read_texts(prompt_file, args.field, args.reference_field, config.num_prompts)
     device = engine.device
@@ -170,7 +200,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     before = run(policy.model, args.model, disable_adapter=False)  # before any adapter is attached
     after = comparison = None
     if args.adapter:
-        model = attach_adapter(policy, PolicyConfig(model=args.model, adapter=args.adapter))
+        model = attach_adapter(policy, PolicyConfig(model=args.model, adapter=args.adapter), "--adapter")
         after = run(model, f"{args.model} + {args.adapter}", disable_adapter=True)
         comparison = compare(before, after, config)
     paths = save_evaluation(args.out, before, after, comparison)
@@ -184,30 +214,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """PPO on the config's prompts against its reward; checkpoints and metrics in output_dir."""
-    from detoxrl.config import load_config
     from detoxrl.data import load_prompts
     from detoxrl.models import resolve_device
     from detoxrl.rewards import build_reward
+    from detoxrl.run import validate
     from detoxrl.trainer import train
 
-    config = load_config(args.preset, args.config, args.overrides)
+    config = _run_config(args)
+    if args.dry_run:
+        return _dry_run(validate(config, evaluate=False))
     prompts = [example.text for example in load_prompts(config.data).train]
     reward = build_reward(config.reward, resolve_device(config.device))
-    result = train(config, prompts, reward, resume=args.resume)
+    result = train(config, prompts, reward, resume=bool(args.resume))
     print(f"final adapter: {result.final_dir}")
     return 0
 
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
-    """Preset <- file <- overrides; ``--resume DIR`` reads DIR/config.yaml and keeps DIR as output_dir."""
+    """Preset <- file <- overrides; ``--resume RUN_DIR`` reads RUN_DIR/config.yaml instead, and takes
+    only the overrides that cannot change the run (run.RESUME_OVERRIDES)."""
     from detoxrl.config import load_config
+    from detoxrl.run import resume_config
 
     if args.resume:
-        saved = Path(args.resume) / "config.yaml"
-        if not saved.is_file():
-            raise DetoxError(f"'{args.resume}' holds no config.yaml: it is not a detoxrl run directory.")
-        return load_config(None, saved, [*args.overrides, f"output_dir={args.resume}"])
-    return load_config(args.preset or ("default" if not args.config else None), args.config, args.overrides)
+        if args.preset or args.config:
+            raise DetoxError(
+                f"--resume reads {Path(args.resume) / 'config.yaml'}: drop --preset and --config "
+                "(a new run with them needs another output_dir)."
+            )
+        return resume_config(args.resume, args.overrides)
+    preset = args.preset or (args.default_preset if not args.config else None)
+    return load_config(preset, args.config, args.overrides)
+
+
+def _dry_run(lines: list[str]) -> int:
+    for line in lines:
+        print(line)
+    print("config OK: nothing was run (--dry-run)")
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -216,10 +260,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _run_config(args)
     if args.dry_run:
-        for line in validate(config):
-            print(line)
-        print("config OK: nothing was run (--dry-run)")
-        return 0
+        return _dry_run(validate(config))
     run(config, resume=bool(args.resume))
     return 0
 
@@ -240,8 +281,25 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_config_args(p: argparse.ArgumentParser, preset_default: str) -> None:
+    p.add_argument("--preset", help=f"a shipped preset (see 'detoxrl presets'){preset_default}")
+    p.add_argument("--config", help="a YAML config file (over the preset)")
+    p.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a run from its directory (reads RUN_DIR/config.yaml)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="check models, labels, data and sizes; run nothing")
+    p.add_argument("overrides", nargs="*", help="config overrides such as steps=30 ppo.learning_rate=1e-4")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake said in one line (as every other error) instead of the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        raise DetoxError(f"{message} (see '{self.prog} --help').")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="detoxrl", description="Detoxify language models with PPO + LoRA, and measure it honestly."
     )
     parser.add_argument("--version", action="version", version=f"detoxrl {_version()}")
@@ -313,20 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="runs/evaluate", help="folder for the JSON files and the table")
     e.set_defaults(func=cmd_evaluate)
 
-    t = sub.add_parser("train", help="detoxify a policy with PPO (config file, preset, key=value overrides)")
-    t.add_argument("--config", help="a YAML config file")
-    t.add_argument("--preset", help="a shipped preset (see 'detoxrl presets')")
-    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
-    t.add_argument("overrides", nargs="*", help="config overrides such as ppo.learning_rate=1e-5 steps=30")
-    t.set_defaults(func=cmd_train)
+    t = sub.add_parser("train", help="detoxify a policy with PPO, no evaluation (dataclass defaults)")
+    _add_config_args(t, "")
+    t.set_defaults(func=cmd_train, default_preset=None)
 
     r = sub.add_parser("run", help="the whole lab: evaluate, PPO, evaluate again, report (default preset)")
-    r.add_argument("--preset", help="a shipped preset (see 'detoxrl presets'); 'default' without --config")
-    r.add_argument("--config", help="a YAML config file (over the preset)")
-    r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its directory")
-    r.add_argument("--dry-run", action="store_true", help="check models, labels, data and sizes; run nothing")
-    r.add_argument("overrides", nargs="*", help="config overrides such as steps=30 ppo.learning_rate=1e-4")
-    r.set_defaults(func=cmd_run)
+    _add_config_args(r, "; 'default' without --config")
+    r.set_defaults(func=cmd_run, default_preset="default")
 
     rp = sub.add_parser("report", help="rebuild report.md and report.html of a run from its files alone")
     rp.add_argument("run_dir")
@@ -345,13 +396,13 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars say nothing to a user
-    if getattr(args, "evaluator", "unset") is None:
-        args.evaluator = ["profanity"]
     try:
+        args = build_parser().parse_args(argv)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars say nothing to a user
+        if getattr(args, "evaluator", "unset") is None:
+            args.evaluator = ["profanity"]
         code: int = args.func(args)
         return code
     except DetoxError as e:

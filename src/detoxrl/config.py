@@ -1,42 +1,132 @@
-"""Typed, frozen run configuration: the only home of defaults. Knows nothing of models or tensors.
+"""Typed, frozen run configuration: the only home of defaults and of what a value may be. Knows
+nothing of models, data files or tensors (``--dry-run`` looks at those: run.validate).
 
 A config is built from (lowest to highest precedence) the dataclass defaults, a preset or YAML
-file, and ``a.b=c`` overrides from the command line. Unknown keys are errors with a did-you-mean.
+file, and ``a.b=c`` overrides from the command line (config_io.py turns those into typed values;
+unknown keys are errors with a did-you-mean, renamed keys say where they went). Every dataclass
+checks its own values in ``__post_init__`` (ranges, NaN, choices, consistency; what ``run`` needs
+across sections: ``RunConfig.check_evaluation``), so ``--dry-run``, a real run and
+``PPOConfig(mini_batch_size=0)`` in Python raise the same ``ConfigError``: one line naming the key,
+the value and what to do.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import types
+import functools
+import math
+import re
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
+from detoxrl.config_io import (
+    did_you_mean,
+    from_dict,
+    literal_error,
+    merge,
+    parse_overrides,
+    read_yaml,
+    to_dict,
+)
 from detoxrl.errors import ConfigError
 
 Dtype = Literal["float32", "bfloat16", "float16", "auto"]
 EngineName = Literal["auto", "reference", "cpu"]
-T = typing.TypeVar("T")
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+DEVICES = "auto, cpu, cuda, cuda:N (N: a GPU index) or mps"
+
+# ---- checks: what a value may be --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    """A rule for one field: ``ok(value)``, the requirement as the error states it, and why (optional)."""
+
+    ok: Callable[[Any], bool]
+    need: str
+    why: str = ""
+
+
+def _real(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def count(low: int = 1) -> Check:
+    return Check(lambda v: _whole(v) and v >= low, f"a whole number >= {low}")
+
+
+def optional(check: Check) -> Check:
+    return Check(lambda v: v is None or check.ok(v), f"null or {check.need}", check.why)
+
+
+POSITIVE = Check(lambda v: _real(v) and v > 0, "a finite number > 0")
+NON_NEGATIVE = Check(lambda v: _real(v) and v >= 0, "a finite number >= 0")
+FINITE = Check(_real, "a finite number")
+FRACTION = Check(lambda v: _real(v) and 0 <= v < 1, "a number in [0, 1)")
+UNIT = Check(lambda v: _real(v) and 0 <= v <= 1, "a number in [0, 1]")
+OPEN_UNIT = Check(lambda v: _real(v) and 0 < v < 1, "a number in (0, 1)")
+TEXT = Check(lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty text")
+TEXTS = Check(
+    lambda v: isinstance(v, tuple | list) and all(TEXT.ok(x) for x in v), "a list of non-empty texts"
+)
+
+
+@functools.cache
+def _choices(cls: type) -> dict[str, tuple[Any, ...]]:
+    """The fields annotated ``Literal[...]`` -> their allowed values."""
+    hints = typing.get_type_hints(cls)
+    return {name: typing.get_args(tp) for name, tp in hints.items() if typing.get_origin(tp) is Literal}
+
+
+def _key(config: Any, name: str) -> str:
+    """The dotted key of a field, from its section's usual place (``ppo.batch_size``)."""
+    return f"{config.SECTION}.{name}" if config.SECTION else name
+
+
+def check(config: Any, checks: dict[str, Check]) -> None:
+    """Every ``Literal`` field against its choices, then ``checks`` in order; the first failure raises."""
+    cls: type = type(config)
+    for name, allowed in _choices(cls).items():
+        if getattr(config, name) not in allowed:
+            raise literal_error(_key(config, name), getattr(config, name), allowed)
+    for name, rule in checks.items():
+        value = getattr(config, name)
+        if not rule.ok(value):
+            why = f": {rule.why}" if rule.why else ""
+            raise ConfigError(f"Config key '{_key(config, name)}' must be {rule.need}, got {value!r}{why}.")
+
+
+# ---- the sections ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class LoraSettings:
     """LoRA adapter (PEFT). ``target_modules=None`` picks them per architecture (models.py)."""
 
+    SECTION: ClassVar[str] = "policy.lora"
     r: int = 32
     alpha: int = 32
     dropout: float = 0.05
     target_modules: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        modules = Check(lambda v: v is None or (TEXTS.ok(v) and len(v) > 0), "null or a non-empty list")
+        check(self, {"r": count(1), "alpha": count(1), "dropout": FRACTION, "target_modules": modules})
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
     """The model to detoxify. ``model`` is a hub id, a local folder, a .gguf file or a built-in name."""
 
+    SECTION: ClassVar[str] = "policy"
     model: str = "smollm2-135m-instruct"
     adapter: str | None = None  # an existing PEFT adapter, loaded trainable (the lab's Lab 2 adapter)
     dtype: Dtype = "float32"
@@ -47,11 +137,20 @@ class PolicyConfig:
     # (plain transformers + peft) elsewhere; reference = the plain path everywhere (for a bug report)
     engine: EngineName = "auto"
 
+    def __post_init__(self) -> None:
+        check(self, {"model": TEXT, "adapter": optional(TEXT)})
+        if self.adapter is not None and not self.use_lora:
+            raise ConfigError(
+                f"Config key 'policy.adapter' ({self.adapter!r}) needs policy.use_lora: true, got false: "
+                "an adapter is a LoRA adapter; set policy.use_lora=true or policy.adapter=null."
+            )
+
 
 @dataclass(frozen=True)
 class RewardConfig:
     """What scores a response. ``kind`` picks the scorer; see rewards.py for each."""
 
+    SECTION: ClassVar[str] = "reward"
     kind: Literal["profanity", "classifier", "callable", "sum"] = "profanity"
     model: str | None = None  # classifier: hub id or local folder; callable: "module:function"
     label: str = "nothate"  # classifier: the label whose logit/probability is the reward, by name
@@ -62,6 +161,28 @@ class RewardConfig:
     weight: float = 1.0
     components: tuple[RewardConfig, ...] = ()  # kind == "sum": the weighted parts
 
+    def __post_init__(self) -> None:
+        check(self, {"model": optional(TEXT), "label": TEXT, "batch_size": count(1),
+                     "max_length": optional(count(1)), "weight": FINITE})  # fmt: skip
+        kind, model = self.kind, self.model
+        if kind == "callable" and not re.fullmatch(r"[\w.]+:\w+", model or ""):
+            raise ConfigError(
+                f"Config key 'reward.model' must name the function of reward.kind: callable as "
+                f"'module:function', got {model!r}: e.g. reward.model=mymodule:my_reward."
+            )
+        if kind in ("profanity", "sum") and model is not None:
+            raise ConfigError(
+                f"Config key 'reward.model' is not used by reward.kind: {kind}, got {model!r}: set "
+                "reward.kind=classifier (a classifier folder or hub id) or callable (module:function), "
+                "or drop reward.model."
+            )
+        if (kind == "sum") != bool(self.components):
+            raise ConfigError(
+                f"Config key 'reward.components' must list the weighted parts of reward.kind: sum and "
+                f"nothing otherwise, got {len(self.components)} part(s) with kind {kind!r}: set "
+                "reward.kind=sum with reward.components, or drop reward.components."
+            )
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -71,19 +192,45 @@ class SamplingConfig:
     a limit drawn uniformly from [min_new_tokens, max_new_tokens] (trl's LengthSampler) per prompt or
     once per batch."""
 
-    min_new_tokens: int = 32
+    SECTION: ClassVar[str] = "generation"
+    min_new_tokens: int = 32  # the lower end of drawn limits (with length_sampling only)
     max_new_tokens: int = 64
-    length_sampling: Literal["per_prompt", "per_batch", "fixed"] = "per_batch"
+    length_sampling: Literal["per_prompt", "per_batch", "fixed"] = "fixed"
     min_tokens: int = 0  # no stop id before this many tokens (vLLM's min_tokens; the lab's min_length)
     temperature: float = 1.0  # 0: greedy decoding (evaluation and generation only: PPO samples)
     top_k: int = 0  # 0: no top-k filter
     top_p: float = 1.0  # 1: no nucleus filter
 
+    def __post_init__(self) -> None:
+        nucleus = Check(lambda v: _real(v) and 0 < v <= 1, "a number in (0, 1]", "1 keeps every token")
+        check(self, {"min_new_tokens": count(0), "max_new_tokens": count(1), "min_tokens": count(0),
+                     "temperature": NON_NEGATIVE, "top_k": count(0), "top_p": nucleus})  # fmt: skip
+        lows = [("min_tokens", self.min_tokens)]
+        if self.length_sampling != "fixed":
+            lows.append(("min_new_tokens", self.min_new_tokens))
+        for name, low in lows:
+            if low > self.max_new_tokens:
+                raise ConfigError(
+                    f"Config key '{_key(self, name)}' ({low}) must not exceed "
+                    f"{_key(self, 'max_new_tokens')} ({self.max_new_tokens}): lower it or raise the maximum."
+                )
+
+
+def check_rollout_sampling(sampling: SamplingConfig) -> None:
+    """PPO samples its rollouts and needs their log-probs: a temperature of 0 (greedy) is for evaluation."""
+    if sampling.temperature <= 0:
+        raise ConfigError(
+            f"Config key 'generation.temperature' must be > 0 for PPO rollouts, got {sampling.temperature}: "
+            "PPO samples and needs the log-probs of what it sampled (1.0 samples from the model as it is; "
+            "0, greedy decoding, is for eval.sampling and detoxrl generate)."
+        )
+
 
 @dataclass(frozen=True)
 class PPOConfig:
-    """PPO hyper-parameters; names and defaults follow classic trl (the lab's)."""
+    """PPO hyper-parameters; names and defaults follow classic trl (the lab's) and CleanRL."""
 
+    SECTION: ClassVar[str] = "ppo"
     learning_rate: float = 1.41e-5
     batch_size: int = 16
     mini_batch_size: int = 4
@@ -95,11 +242,11 @@ class PPOConfig:
     cliprange_value: float = 0.2
     vf_coef: float = 0.1
     max_grad_norm: float | None = 1.0
-    target_kl_early_stop: float | None = None  # stop the epoch when approx KL exceeds this
+    target_kl: float | None = None  # [D15] stop the step's updates when approx KL exceeds this
     kl_estimator: Literal["k1", "k3"] = "k1"
     adaptive_kl: bool = True
     init_kl_coef: float = 0.2
-    target_kl: float = 6.0
+    adaptive_kl_target: float = 6.0  # [D9] the KL (nats per response) the adaptive controller aims at
     kl_horizon: int = 10000
     whiten_rewards: bool = False
     score_scale: float = 1.0
@@ -107,6 +254,37 @@ class PPOConfig:
     score_clip: float | None = None
     value_head_init_std: float = 0.0  # 0: zero-initialised value head
     lr_scheduler_type: Literal["constant", "linear"] = "constant"  # linear: decays to 0 over RunConfig.steps
+
+    def __post_init__(self) -> None:
+        early_stop = Check(
+            FRACTION.ok, FRACTION.need,
+            "it is the early-stop threshold on approximate KL per token, as in trl and CleanRL (useful "
+            "values 0.01-0.1; null: no early stop), and a value >= 1 practically never stops; the "
+            "adaptive KL controller's target, which ppo.target_kl named before, is ppo.adaptive_kl_target",
+        )  # fmt: skip
+        check(self, {
+            "learning_rate": POSITIVE, "batch_size": count(1), "mini_batch_size": count(1),
+            "gradient_accumulation_steps": count(1), "ppo_epochs": count(1), "gamma": UNIT, "lam": UNIT,
+            "cliprange": POSITIVE, "cliprange_value": POSITIVE, "vf_coef": NON_NEGATIVE,
+            "max_grad_norm": optional(POSITIVE), "target_kl": optional(early_stop),
+            "init_kl_coef": NON_NEGATIVE, "adaptive_kl_target": POSITIVE, "kl_horizon": count(1),
+            "score_scale": POSITIVE, "score_clip": optional(POSITIVE), "value_head_init_std": NON_NEGATIVE,
+        })  # fmt: skip
+        step_rows = self.mini_batch_size * self.gradient_accumulation_steps
+        if self.batch_size % step_rows:
+            below = self.batch_size // step_rows * step_rows
+            fits = sorted({below or step_rows, below + step_rows})
+            m, g = self.mini_batch_size, self.gradient_accumulation_steps
+            raise ConfigError(
+                f"Config key 'ppo.batch_size' must be a multiple of ppo.mini_batch_size * "
+                f"ppo.gradient_accumulation_steps ({m} * {g} = {step_rows}), got {self.batch_size}: set "
+                f"ppo.batch_size={' or '.join(map(str, fits))}, or a ppo.mini_batch_size that divides it."
+            )
+        if self.adaptive_kl and self.init_kl_coef == 0:
+            raise ConfigError(
+                "Config key 'ppo.init_kl_coef' must be > 0 with ppo.adaptive_kl: true, got 0: the controller "
+                "multiplies it, so 0 stays 0; set it (e.g. 0.2), or ppo.adaptive_kl=false for no KL penalty."
+            )
 
 
 @dataclass(frozen=True)
@@ -117,6 +295,7 @@ class DataConfig:
     (``{text}`` replaced by the text) is applied; see data.py for the order of the steps.
     """
 
+    SECTION: ClassVar[str] = "data"
     source: str = "builtin:heated"
     split: str = "train"
     text_field: str = "prompt"  # dotted paths allowed: "prompt.text"
@@ -132,15 +311,35 @@ class DataConfig:
     min_score: float | None = None  # keep rows whose score_field >= min_score (null scores dropped)
     max_examples: int | None = None  # cap on prompts kept from source, after filters and shuffle
 
+    def __post_init__(self) -> None:
+        template = Check(lambda v: isinstance(v, str) and "{text}" in v, "a text holding '{text}'",
+                         "it marks where each prompt's text goes, e.g. 'Summarize: {text}'")  # fmt: skip
+        check(self, {
+            "source": TEXT, "split": TEXT, "text_field": TEXT, "reference_field": optional(TEXT),
+            "template": template, "min_chars": count(0), "max_chars": optional(count(max(1, self.min_chars))),
+            "eval_fraction": FRACTION, "eval_source": optional(TEXT), "score_field": optional(TEXT),
+            "min_score": optional(FINITE), "max_examples": optional(count(1)),
+        })  # fmt: skip
+        if self.min_score is not None and self.score_field is None:
+            raise ConfigError(
+                f"Config key 'data.min_score' ({self.min_score}) needs data.score_field, got null: name the "
+                "numeric field to filter on (e.g. data.score_field=prompt.toxicity), or drop data.min_score."
+            )
+
+
+def _rollout_sampling() -> SamplingConfig:
+    return SamplingConfig(length_sampling="per_batch")  # each batch's limit drawn from [32, 64]
+
 
 def _eval_sampling() -> SamplingConfig:
-    return SamplingConfig(max_new_tokens=48, length_sampling="fixed")
+    return SamplingConfig(max_new_tokens=48)
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """Before/after evaluation on held-out prompts, sampled as ``sampling`` says (48 tokens by default)."""
 
+    SECTION: ClassVar[str] = "eval"
     num_prompts: int = 64
     samples_per_prompt: int = 1
     evaluators: tuple[str, ...] = ("profanity",)  # "profanity" or a classifier spec "path[:toxic_label]"
@@ -151,14 +350,24 @@ class EvalConfig:
     perplexity: bool = True
     text: Literal["response", "prompt+response"] = "response"  # what evaluators score (RTP: the response)
 
+    def __post_init__(self) -> None:
+        evaluators = Check(
+            lambda v: TEXTS.ok(v) and len(v) > 0,
+            "a non-empty list of 'profanity' or classifiers written PATH[:toxic_label]",
+        )
+        check(self, {"num_prompts": count(1), "samples_per_prompt": count(1), "evaluators": evaluators,
+                     "batch_size": count(1), "bootstrap_resamples": count(1),
+                     "confidence": OPEN_UNIT})  # fmt: skip
+
 
 @dataclass(frozen=True)
 class RunConfig:
     """A whole detoxification run."""
 
+    SECTION: ClassVar[str] = ""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
-    generation: SamplingConfig = field(default_factory=SamplingConfig)
+    generation: SamplingConfig = field(default_factory=_rollout_sampling)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -169,150 +378,24 @@ class RunConfig:
     threads: int | None = None  # torch threads; None leaves torch's choice
     device: str = "auto"
 
+    def __post_init__(self) -> None:
+        seed = Check(lambda v: _whole(v) and 0 <= v < 2**32, "a whole number in [0, 2**32)")
+        device = Check(lambda v: isinstance(v, str) and DEVICE.fullmatch(v) is not None, DEVICES)
+        check(self, {"steps": count(1), "seed": seed, "output_dir": TEXT, "save_every": count(1),
+                     "threads": optional(count(1)), "device": device})  # fmt: skip
+        check_rollout_sampling(self.generation)
 
-# ---- building configs from dicts, YAML and overrides -------------------------------------------
-
-
-def _unknown_key(key: str, cls: type, where: str) -> ConfigError:
-    names = [f.name for f in dataclasses.fields(cls)]
-    hint = _did_you_mean(key, names)
-    return ConfigError(f"Unknown config key '{where}{key}'.{hint} Valid keys here: {', '.join(names)}.")
-
-
-def _did_you_mean(value: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(value, options, n=1)
-    return f" Did you mean '{close[0]}'?" if close else ""
-
-
-def _convert_union(value: Any, tp: Any, where: str) -> Any:
-    args = typing.get_args(tp)
-    if value is None and type(None) in args:
-        return None
-    errors = []
-    for arg in (a for a in args if a is not type(None)):
-        try:
-            return _convert(value, arg, where)
-        except ConfigError as e:
-            errors.append(str(e))
-    raise ConfigError(errors[0] if errors else f"Config key '{where}' cannot be {value!r}.")
-
-
-def _convert_literal(value: Any, tp: Any, where: str) -> Any:
-    allowed = typing.get_args(tp)
-    if value not in allowed:
-        hint = _did_you_mean(str(value), [str(a) for a in allowed])
-        raise ConfigError(f"Config key '{where}' must be one of {list(allowed)}, got {value!r}.{hint}")
-    return value
-
-
-def _convert_tuple(value: Any, tp: Any, where: str) -> Any:
-    item = typing.get_args(tp)[0]
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    if not isinstance(value, list | tuple):
-        raise ConfigError(f"Config key '{where}' must be a list, got {value!r}.")
-    return tuple(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-
-
-def _convert_scalar(value: Any, tp: Any, where: str) -> Any:
-    kind = "true or false" if tp is bool else getattr(tp, "__name__", str(tp))
-    wrong = ConfigError(f"Config key '{where}' must be {kind}, got {value!r}.")
-    if tp is bool:
-        words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in words:
-            return words[value.lower()]
-        raise wrong
-    if tp in (int, float):
-        if isinstance(value, bool) or (tp is int and isinstance(value, float) and not value.is_integer()):
-            raise wrong
-        try:
-            return tp(value)
-        except (TypeError, ValueError):
-            raise wrong from None
-    if tp is str and isinstance(value, dict | list):
-        raise wrong
-    return str(value) if tp is str else value
-
-
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    """Coerce a YAML/CLI value to the annotated type ``tp``, or raise ConfigError."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        if not isinstance(value, dict):
-            raise ConfigError(f"Config key '{where}' must be a mapping, got {value!r}.")
-        return from_dict(tp, value, where + ".")
-    if origin in (typing.Union, types.UnionType):
-        return _convert_union(value, tp, where)
-    if origin is Literal:
-        return _convert_literal(value, tp, where)
-    if origin is tuple:
-        return _convert_tuple(value, tp, where)
-    return _convert_scalar(value, tp, where)
-
-
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Build dataclass ``cls`` from a nested dict, checking every key and value."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    kwargs = {}
-    for key, value in data.items():
-        if key not in names:
-            raise _unknown_key(key, cls, where)
-        kwargs[key] = _convert(value, hints[key], where + key)
-    return cls(**kwargs)
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    """The config as plain nested dicts and lists, ready for YAML."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, tuple | list):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return plain(dataclasses.asdict(config))
-
-
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """``["ppo.learning_rate=1e-5", "steps=3"]`` -> nested dict, values parsed as YAML scalars."""
-    out: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
+    def check_evaluation(self) -> None:
+        """Across sections, what ``detoxrl run`` needs beyond training (``train`` may use every prompt)."""
+        if self.data.eval_source is None and self.data.eval_fraction == 0:
             raise ConfigError(
-                f"Override '{item}' is not of the form key=value (e.g. ppo.learning_rate=1e-5)."
+                "Config key 'data.eval_fraction' is 0 and data.eval_source is not set: the evaluation "
+                "before and after PPO would have no held-out prompt; set data.eval_fraction (e.g. 0.2) "
+                "or data.eval_source."
             )
-        node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
-    return out
 
 
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``extra`` into a copy of ``base``."""
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"Config file '{p}' does not exist.")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"Config file '{p}' is not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"Config file '{p}' must hold a mapping at the top level.")
-    return data
+# ---- presets, files and overrides ----------------------------------------------------------------------
 
 
 def preset_path(name: str) -> Path:
@@ -336,7 +419,7 @@ def load_config(
     if preset is not None:
         if not preset_path(preset).is_file():
             names = list(list_presets())
-            hint = _did_you_mean(preset, names)
+            hint = did_you_mean(preset, names)
             raise ConfigError(f"Unknown preset '{preset}'.{hint} Available: {', '.join(names)}.")
         data = read_yaml(preset_path(preset))
     if file is not None:

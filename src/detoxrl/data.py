@@ -298,9 +298,8 @@ def _collect(source: str, split: str, config: DataConfig) -> tuple[list[_Row], i
 
 
 def split_count(n: int, eval_fraction: float) -> int:
-    """Held-out size as ``datasets.train_test_split(test_size=f)`` computes it: ceil(f * n)."""
-    if not 0.0 <= eval_fraction < 1.0:
-        raise DataError(f"data.eval_fraction must be in [0, 1), got {eval_fraction}.")
+    """Held-out size as ``datasets.train_test_split(test_size=f)`` computes it: ceil(f * n), f in [0, 1)
+    (DataConfig checks it)."""
     return min(n - 1, math.ceil(eval_fraction * n)) if eval_fraction > 0 else 0
 
 
@@ -310,10 +309,6 @@ def _example(row: _Row, template: str) -> Example:
 
 def load_prompts(config: DataConfig) -> PromptSet:
     """Read, filter, dedupe, shuffle, split and template the prompts of ``config.source``."""
-    if "{text}" not in config.template:
-        raise DataError(
-            f"data.template must contain '{{text}}' where the text goes, got {config.template!r}."
-        )
     rows, read, dropped = _collect(config.source, config.split, config)
     eval_rows: list[_Row] = []
     if config.eval_source is not None:

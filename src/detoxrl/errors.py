@@ -5,8 +5,8 @@ class DetoxError(Exception):
     """A user-facing error: the CLI prints its message alone, without a traceback."""
 
 
-class ConfigError(DetoxError):
-    """A bad configuration key or value."""
+class ConfigError(DetoxError, ValueError):
+    """A bad configuration key or value (also a ValueError, as Python code that builds configs expects)."""
 
 
 class ModelLoadError(DetoxError):

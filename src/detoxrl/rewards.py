@@ -143,10 +143,9 @@ class WeightedSum:
 
 
 def import_callable(spec: str) -> Callable[..., object]:
-    """``"package.module:function"`` -> the function, or a ConfigError saying what is missing."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"Callable reward '{spec}' must be written as 'module:function'.")
+    """``"package.module:function"`` (a form RewardConfig checks) -> the function, or a ConfigError
+    saying what is missing."""
+    module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
@@ -167,11 +166,8 @@ def _build_one(config: RewardConfig, device: torch.device | str) -> Reward:
             classifier, config.label, config.output, config.text, config.batch_size, config.max_length
         )
     if config.kind == "callable":
-        if not config.model:
-            raise ConfigError("A callable reward needs reward.model='module:function'.")
+        assert config.model is not None  # RewardConfig requires it
         return CallableReward(import_callable(config.model), config.model)  # type: ignore[arg-type]
-    if not config.components:
-        raise ConfigError("A 'sum' reward needs reward.components: a list of rewards, each with a weight.")
     return WeightedSum(tuple((c.weight, _build_one(c, device)) for c in config.components))
 
 
@@ -218,16 +214,16 @@ class ClassifierScorer:
         return label_probabilities(self.classifier, logits)[:, index].double().numpy()
 
 
-def default_toxic_label(classifier: Classifier) -> str:
+def default_toxic_label(spec: str, labels: list[str]) -> str:
     """The first label named 'toxic', 'hate' or 'offensive' (case-insensitive, whole name only: never
-    'nothate'), else an error listing the labels so the user can name one."""
-    by_lower = {label.lower(): label for label in classifier.labels}
+    'nothate') of classifier ``spec``, else an error listing the labels so the user can name one."""
+    by_lower = {label.lower(): label for label in labels}
     for candidate in TOXIC_LABEL_CANDIDATES:
         if candidate in by_lower:
             return by_lower[candidate]
     raise ModelLoadError(
-        f"Classifier '{classifier.spec}' has no label named {' / '.join(TOXIC_LABEL_CANDIDATES)}; "
-        f"name the toxic one as '{classifier.spec}:LABEL'. Its labels are: {', '.join(classifier.labels)}."
+        f"Classifier '{spec}' has no label named {' / '.join(TOXIC_LABEL_CANDIDATES)}; "
+        f"name the toxic one as '{spec}:LABEL'. Its labels are: {', '.join(labels)}."
     )
 
 
@@ -245,7 +241,7 @@ def build_evaluator(spec: str, device: torch.device | str = "cpu") -> ToxicitySc
         return ProfanityScorer()
     path, label = split_spec(spec)
     classifier = load_classifier(path, device)
-    toxic_label = label if label is not None else default_toxic_label(classifier)
+    toxic_label = label if label is not None else default_toxic_label(path, classifier.labels)
     classifier.label_index(toxic_label)  # a wrong name fails here, listing the labels
     name = f"{Path(path.rstrip('/')).name}:{toxic_label}"
     return ClassifierScorer(classifier, toxic_label, name)

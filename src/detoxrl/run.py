@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from detoxrl.config import RunConfig, save_config
+from detoxrl.config_io import flatten, from_dict, merge, parse_overrides, read_yaml
 from detoxrl.engine import Engine
 from detoxrl.errors import ConfigError
 from detoxrl.evaluation import EvalResult, NLLFn
@@ -29,34 +30,69 @@ class RunSummary:
     seconds: float
 
 
-def validate(config: RunConfig) -> list[str]:
-    """Cheap checks before any heavy work (``--dry-run``): sizes, model specs, data, labels."""
+def validate(config: RunConfig, evaluate: bool = True) -> list[str]:
+    """What ``--dry-run`` checks, without loading weights, one line each: the data, then the models,
+    adapter, labels, device and disk (preflight.py); the values themselves were checked when the config
+    was built. ``evaluate=False``: for ``train``, which evaluates nothing."""
+    from detoxrl import preflight
     from detoxrl.data import load_prompts
-    from detoxrl.models import resolve_source
-    from detoxrl.rewards import build_reward, resolve_evaluator_specs
+    from detoxrl.rewards import resolve_evaluator_specs
 
-    ppo, notes = config.ppo, []
-    if ppo.batch_size % ppo.mini_batch_size:
-        raise ConfigError(
-            f"ppo.batch_size ({ppo.batch_size}) must be a multiple of "
-            f"ppo.mini_batch_size ({ppo.mini_batch_size})."
-        )
-    if config.generation.min_new_tokens > config.generation.max_new_tokens:
-        raise ConfigError("generation.min_new_tokens must not exceed generation.max_new_tokens.")
-    source = resolve_source(config.policy.model)
-    notes.append(f"policy: {config.policy.model} ({source.kind})")
-    if config.policy.adapter and not Path(config.policy.adapter).expanduser().exists():
-        raise ConfigError(f"policy.adapter '{config.policy.adapter}' does not exist.")
+    if evaluate:
+        config.check_evaluation()
     prompts = load_prompts(config.data)
-    notes.append(f"data: {len(prompts.train)} training prompts, {len(prompts.eval)} held-out prompts")
-    if len(prompts.eval) < config.eval.num_prompts:
-        notes.append(
+    lines = [f"data: {len(prompts.train)} training prompts, {len(prompts.eval)} held-out prompts"]
+    if evaluate and len(prompts.eval) < config.eval.num_prompts:
+        lines.append(
             f"note: eval.num_prompts={config.eval.num_prompts} but only {len(prompts.eval)} held out"
         )
-    build_reward(config.reward)  # loads a classifier and checks its label, imports a callable, ...
-    notes.append(f"reward: {config.reward.kind} {config.reward.model or ''}".rstrip())
-    notes.append(f"evaluators: {', '.join(resolve_evaluator_specs(config.eval.evaluators))}")
-    return notes
+    evaluators = resolve_evaluator_specs(config.eval.evaluators) if evaluate else None
+    return lines + preflight.check(config, evaluators)
+
+
+# ---- resuming a run ----------------------------------------------------------------------------------
+
+# What ``--resume RUN_DIR`` lets an override change: what cannot change what the run computes
+# (another device or thread count may still round differently). Everything else is refused: the
+# saved config is what the checkpoints and eval_before.json were made with. eval.batch_size is not
+# here: evaluation seeds each batch, so another size would sample the "after" responses with other
+# draws than the "before" ones they are paired with.
+RESUME_OVERRIDES = ("steps", "save_every", "threads", "device", "reward.batch_size")
+
+
+def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """RUN_DIR/config.yaml with RUN_DIR as output_dir, changed only by overrides of ``RESUME_OVERRIDES``."""
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(
+            f"'{run_dir}' holds no config.yaml: it is not a detoxrl run directory; give --resume the "
+            "folder a run wrote (its output_dir, e.g. runs/default)."
+        )
+    data, changes = read_yaml(saved), parse_overrides(overrides or [])
+    before = from_dict(RunConfig, data)
+    after = from_dict(RunConfig, merge(merge(data, changes), {"output_dir": str(run_dir)}))
+    for name, value in flatten(changes).items():
+        why = _resume_refusal(name, before, after)
+        if why:
+            raise ConfigError(
+                f"Override '{name}={value}' cannot be used with --resume: {why}; start a new run with "
+                f"another output_dir instead. Allowed on resume: {', '.join(RESUME_OVERRIDES)}."
+            )
+    return after
+
+
+def _resume_refusal(name: str, before: RunConfig, after: RunConfig) -> str | None:
+    """Why an override would change a resumed run, or None. ``steps`` may grow, except under a linear
+    learning-rate schedule, whose decay it sets."""
+    if name == "output_dir":
+        return "the run directory is the one given to --resume"
+    if name not in RESUME_OVERRIDES:
+        return "it would change the run"
+    if name == "steps" and after.steps < before.steps:
+        return f"steps can only grow (this run is set for {before.steps})"
+    if name == "steps" and after.steps != before.steps and before.ppo.lr_scheduler_type == "linear":
+        return "with ppo.lr_scheduler_type: linear, steps sets the learning-rate decay"
+    return None
 
 
 # ---- the models evaluated before and after --------------------------------------------------------
@@ -151,10 +187,12 @@ def run(config: RunConfig, resume: bool = False, progress: bool = True) -> RunSu
     from detoxrl.trainer import train
 
     start = time.perf_counter()
+    config.check_evaluation()
     run_dir = Path(config.output_dir)
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise ConfigError(
-            f"'{run_dir}' already holds a run: resume it (--resume) or set output_dir=another/folder."
+            f"'{run_dir}' already holds a run: resume it (detoxrl run --resume {run_dir}) or set "
+            "output_dir=another/folder."
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     engine = select_engine(config.policy.engine, resolve_device(config.device))

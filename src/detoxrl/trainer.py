@@ -183,8 +183,9 @@ class PPOTrainer:
         stats = self._stats(exp, losses, raw)
         stats.update({"time/forward": t1 - t0, "time/update": t2 - t1})
         if c.adaptive_kl:
-            self.kl_coef = ppo.adaptive_kl_coef(self.kl_coef, stats["objective/kl"], len(raw), c.target_kl,
-                                                c.kl_horizon)  # fmt: skip
+            self.kl_coef = ppo.adaptive_kl_coef(
+                self.kl_coef, stats["objective/kl"], len(raw), c.adaptive_kl_target, c.kl_horizon
+            )
         self.lr_scheduler.step()
         self.step_count += 1
         stats["time/step"] = time.perf_counter() - t0
@@ -242,7 +243,7 @@ class PPOTrainer:
                     torch.nn.utils.clip_grad_norm_(ac.trainable_parameters(), c.max_grad_norm)
                 self.optimizer.step()
                 losses.append(_add_losses(parts))
-                if c.target_kl_early_stop is not None and float(losses[-1].approxkl) > c.target_kl_early_stop:
+                if c.target_kl is not None and float(losses[-1].approxkl) > c.target_kl:
                     return losses  # [D15] early stop: the policy moved too far from the rollout policy
         return losses
 
