@@ -107,7 +107,9 @@ def test_responses_are_cut_to_their_own_limit_and_after_the_first_stop(tiny_caus
 
 def test_a_zero_temperature_is_a_config_error_not_a_traceback(tiny_causal_dir: Path) -> None:
     ac, tokenizer = perturbed(tiny_causal_dir)
-    with pytest.raises(ConfigError, match=r"generation.temperature is 0.0.*must be > 0"):
+    with pytest.raises(
+        ConfigError, match=r"'generation\.temperature' must be > 0 for PPO rollouts, got 0\.0"
+    ):
         PPOTrainer(PPOConfig(), ac, tokenizer, SamplingConfig(temperature=0.0))
 
 

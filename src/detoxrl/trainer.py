@@ -22,9 +22,9 @@ import torch
 from detoxrl import ppo
 from detoxrl.batch import make_batch, trim_batch
 from detoxrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_weights
-from detoxrl.config import PPOConfig, RunConfig, SamplingConfig, save_config
+from detoxrl.config import PPOConfig, RunConfig, SamplingConfig, check_rollout_sampling, save_config
 from detoxrl.engine import Engine
-from detoxrl.errors import ConfigError, TrainingError
+from detoxrl.errors import TrainingError
 from detoxrl.generate import decode, stop_ids
 from detoxrl.policy import ActorCritic
 from detoxrl.rollout import Experience, batch_indices, make_experience, old_policy
@@ -52,11 +52,7 @@ class PPOTrainer:
     ) -> None:
         self.config, self.actor_critic, self.tokenizer = config, actor_critic, tokenizer
         self.generation = generation or SamplingConfig()
-        if self.generation.temperature <= 0:
-            raise ConfigError(
-                f"generation.temperature is {self.generation.temperature}: PPO samples its rollouts and "
-                "needs their log-probs, so it must be > 0 (1.0 samples from the model as it is)."
-            )
+        check_rollout_sampling(self.generation)
         self.optimizer = torch.optim.Adam(actor_critic.trainable_parameters(), lr=config.learning_rate)
         if config.lr_scheduler_type == "linear" and not total_steps:
             raise ValueError("lr_scheduler_type 'linear' needs total_steps (the number of PPO steps).")
