@@ -20,6 +20,7 @@ from detoxrl.errors import ConfigError
 
 Dtype = Literal["float32", "bfloat16", "float16", "auto"]
 T = typing.TypeVar("T")
+SHORT_WORDS = 3  # responses of fewer whitespace words count as short (quality.short_words, reward.min_words)
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,10 @@ class PolicyConfig:
 class RewardConfig:
     """What scores a response. ``kind`` picks the scorer; see rewards.py for each."""
 
-    kind: Literal["profanity", "classifier", "callable", "sum"] = "profanity"
-    model: str | None = None  # classifier: hub id or local folder; callable: "module:function"
+    kind: Literal["profanity", "classifier", "callable", "sum", "relevance", "evasion", "degeneration"] = (
+        "profanity"
+    )
+    model: str | None = None  # classifier: hub id or folder; callable: "module:function"; relevance: embedder
     label: str = "nothate"  # classifier: the label whose logit/probability is the reward, by name
     output: Literal["logit", "probability"] = "logit"
     text: Literal["response", "prompt+response"] = "response"
@@ -57,6 +60,8 @@ class RewardConfig:
     max_length: int | None = None  # None: the classifier's own maximum
     weight: float = 1.0
     components: tuple[RewardConfig, ...] = ()  # kind == "sum": the weighted parts
+    evasion_phrases: tuple[str, ...] | None = None  # evasion: None = quality.DEFAULT_EVASION_PHRASES
+    min_words: int = SHORT_WORDS  # degeneration: responses with fewer words get -1
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,39 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class GuardConfig:
+    """Alarms when a rollout quality metric moves past a bound relative to the first steps (guards.py).
+
+    The baseline is the mean of the first ``baseline_steps`` steps; the current value the mean of the
+    last ``window`` steps (rollout batches are small, so one batch alone is noisy). Bounds are absolute
+    changes of shares (``max_length_change``: relative); null switches a bound off.
+    """
+
+    baseline_steps: int = 3
+    window: int = 3
+    max_evasion_increase: float | None = 0.15
+    max_short_increase: float | None = 0.15
+    max_repetition_increase: float | None = 0.1
+    max_distinct_drop: float | None = 0.15  # distinct-2 of the batch
+    max_relevance_drop: float | None = 0.1
+    max_length_change: float | None = 0.5  # mean words, relative, either way
+    early_stop: bool = False  # stop training once alarms persist for ``patience`` steps
+    patience: int = 2
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Evasion and degeneration measured on every evaluation and rollout batch (quality.py)."""
+
+    evasion_phrases: tuple[str, ...] | None = None  # None: quality.DEFAULT_EVASION_PHRASES
+    evasion_classifier: str | None = None  # "path[:label]": P(label) >= 0.5 also marks a response evasive
+    short_words: int = SHORT_WORDS  # responses with fewer whitespace words (empty included) are short
+    relevance: bool = True  # prompt-response cosine similarity; skipped with a note without the embedder
+    relevance_model: str | None = None  # a sentence-embedding folder; None: all-MiniLM-L6-v2 (PyPI)
+    guard: GuardConfig = field(default_factory=GuardConfig)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A whole detoxification run."""
 
@@ -152,6 +190,7 @@ class RunConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     steps: int = 20
     seed: int = 0
     output_dir: str = "runs/detox"

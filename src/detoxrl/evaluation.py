@@ -22,11 +22,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from detoxrl import stats
 from detoxrl.config import EvalConfig, from_dict
 from detoxrl.generate import Generations, SamplingSettings, format_prompts, generate, pad_right
+from detoxrl.quality import QualityScorer, per_response
 from detoxrl.rewards import Reward, ToxicityScorer, scored_texts
 
 NLLFn = Callable[[list[torch.Tensor], list[torch.Tensor]], np.ndarray]  # prompt ids, response ids -> (B,)
 SCHEMA_RESULT = "detoxrl.evaluation/1"
 SCHEMA_COMPARISON = "detoxrl.comparison/1"
+TEXT_QUALITY = QualityScorer()  # evasion phrases, repetition, short responses; no relevance embedder
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class SampleRecord:
     reward: float | None = None
     nll: float | None = None  # summed NLL (nats) of the response tokens under the reference model
     rouge: dict[str, float] | None = None  # F1 against the prompt's reference text
+    quality: dict[str, float] | None = None  # quality.QUALITY_KEYS: evasive, repetition, short, relevance
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,9 @@ def sample_arrays(result: EvalResult) -> stats.SampleArrays:
         rouge=None
         if first.rouge is None
         else {t: grid((r.rouge or {})[t] for r in recs) for t in stats.ROUGE_TYPES},
+        quality=None
+        if first.quality is None
+        else {q: grid((r.quality or {})[q] for r in recs) for q in first.quality},
     )
 
 
@@ -233,8 +239,9 @@ def measure(
     references: Sequence[str] | None = None,
     reward: Reward | None = None,
     reference: NLLFn | None = None,
+    quality: QualityScorer | None = TEXT_QUALITY,
 ) -> tuple[SampleRecord, ...]:
-    """Every sample's toxicity, reward, NLL and ROUGE, as prompt-major records."""
+    """Every sample's toxicity, reward, NLL, ROUGE and evasion/degeneration, as prompt-major records."""
     order = [(p, j) for p in range(len(prompts)) for j in range(len(passes))]  # prompt-major
     texts = [prompts[p] for p, _ in order]
     responses = [passes[j].responses[p] for p, j in order]
@@ -246,12 +253,14 @@ def measure(
     if reference is not None and config.perplexity:
         nll = reference([passes[j].prompt_ids[p] for p, j in order], response_ids)
     rouge = None if references is None else _rouge(responses, [references[p] for p, _ in order])
+    scores = None if quality is None else per_response(quality(texts, responses))
     return tuple(
         SampleRecord(p, j, texts[i], responses[i], len(response_ids[i]),
                      toxicity={name: float(v[i]) for name, v in toxicity.items()},
                      reward=None if rewards is None else float(rewards[i]),
                      nll=None if nll is None else float(nll[i]),
-                     rouge=None if rouge is None else rouge[i])
+                     rouge=None if rouge is None else rouge[i],
+                     quality=None if scores is None else scores[i])
         for i, (p, j) in enumerate(order)
     )  # fmt: skip
 
@@ -270,13 +279,14 @@ def evaluate(
     seed: int = 0,
     chat_template: bool = True,
     label: str = "eval",
+    quality: QualityScorer | None = TEXT_QUALITY,
 ) -> EvalResult:
     """Sample ``config.samples_per_prompt`` responses per prompt with fixed seeds and measure them.
 
     Step 1: k seeded passes over the prompts (``sample_passes``).
     Step 2: toxicity of each response (or prompt + response, ``config.text``) by every evaluator;
     the optional reward, perplexity under ``reference`` (if ``config.perplexity``) and ROUGE against
-    ``references`` (``measure``).
+    ``references`` (``measure``); evasion, repetition, short responses and relevance (``quality``).
     Step 3: every figure with its interval (``compute_metrics``).
     """
     if not prompts:
@@ -285,9 +295,8 @@ def evaluate(
         raise ValueError(f"Got {len(references)} references for {len(prompts)} prompts.")
     passes = sample_passes(model, tokenizer, prompts, config, is_encoder_decoder=is_encoder_decoder,
                            seed=seed, chat_template=chat_template)  # fmt: skip
-    records = measure(
-        prompts, passes, config, evaluators, references=references, reward=reward, reference=reference
-    )
+    records = measure(prompts, passes, config, evaluators, references=references, reward=reward,
+                      reference=reference, quality=quality)  # fmt: skip
     refs, names = None if references is None else tuple(references), tuple(e.name for e in evaluators)
     result = EvalResult(label, tuple(prompts), refs, config.samples_per_prompt, names, records, {},
                         dataclasses.asdict(config), seed)  # fmt: skip
