@@ -218,6 +218,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    """The RealToxicityPrompts protocol (k=25, 20 tokens, p=0.9): a model, or base vs --adapter, paired."""
+    from detoxrl import runtime
+    from detoxrl.benchmark import BenchmarkSpec, Protocol, run_benchmark
+
+    runtime.configure(args.threads)
+    spec = BenchmarkSpec(
+        model=args.model, prompts=Path(args.prompts or _default_prompt_file()), prompt_field=args.field,
+        adapter=args.adapter, protocol=Protocol(samples_per_prompt=args.k, num_prompts=args.n,
+                                                chat_template=args.chat_template),
+        evaluators=tuple(args.evaluators or _default_evaluators()), scorer_model=args.scorer_model,
+        relevance=not args.no_relevance, seed=args.seed, batch_size=args.batch_size,
+        resamples=args.resamples, dtype=args.dtype, device=args.device,
+    )  # fmt: skip
+    if args.adapter and not Path(args.adapter).exists():
+        raise DetoxError(f"Adapter path '{args.adapter}' does not exist.")
+    text, paths = run_benchmark(spec, args.out)
+    print(text + "\nwrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from detoxrl.hub import push
+
+    print(f"pushed {args.run_dir}/final to {push(args.run_dir, args.repo_id, private=args.private)}")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from detoxrl.config import list_presets
 
@@ -315,6 +343,35 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="rebuild report.md and report.html of a run from its files alone")
     rp.add_argument("run_dir")
     rp.set_defaults(func=cmd_report)
+
+    b = sub.add_parser("benchmark", help="the RealToxicityPrompts protocol (k=25, 20 tokens, p=0.9)")
+    b.add_argument("--model", default="smollm2-135m-instruct", help="built-in name, .gguf, folder or hub id")
+    b.add_argument("--adapter", help="a PEFT adapter: benchmark the base and base + adapter, paired")
+    b.add_argument("--prompts", help="a .jsonl file (default: shared RTP challenging_toxic.jsonl)")
+    b.add_argument("--field", default="prompt.text", help="prompt field of a .jsonl file (dotted path)")
+    b.add_argument("--n", type=int, default=100, help="number of prompts (the file's first N)")
+    b.add_argument("--k", type=int, default=25, help="samples per prompt")
+    b.add_argument(
+        "--evaluator", dest="evaluators", action="append",
+        help="toxicity scorer, repeatable (default: profanity + shared MiniLM)",
+    )  # fmt: skip
+    b.add_argument("--scorer-model", help="perplexity under this causal LM (same tokenizer as the policy)")
+    b.add_argument("--chat-template", action="store_true", help="wrap prompts in the chat template (RTP: no)")
+    b.add_argument("--no-relevance", action="store_true", help="skip the prompt-response relevance figure")
+    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
+    b.add_argument("--device", default="auto")
+    b.add_argument("--threads", type=int, default=None)
+    b.add_argument("--out", default="runs/benchmark", help="folder for benchmark.json/.md, evaluations")
+    b.set_defaults(func=cmd_benchmark)
+
+    ph = sub.add_parser("push", help="upload a run's final adapter and model card to the Hugging Face hub")
+    ph.add_argument("run_dir")
+    ph.add_argument("repo_id", help="OWNER/NAME on the hub")
+    ph.add_argument("--private", action="store_true")
+    ph.set_defaults(func=cmd_push)
 
     p = sub.add_parser("presets", help="list the shipped presets")
     p.set_defaults(func=cmd_presets)
