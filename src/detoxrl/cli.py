@@ -119,8 +119,9 @@ def _eval_config(args: argparse.Namespace) -> EvalConfig:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from detoxrl import runtime
-    from detoxrl.config import PolicyConfig, RewardConfig
+    from detoxrl.config import PolicyConfig, QualityConfig, RewardConfig
     from detoxrl.data import read_texts
+    from detoxrl.embeddings import build_quality
     from detoxrl.evaluation import EvalResult, compare, evaluate, reference_nll
     from detoxrl.evaluation_io import (
         format_comparison,
@@ -146,12 +147,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     reward = None if args.no_reward else build_reward(reward_config, device)
     tok, enc_dec = policy.tokenizer, policy.is_encoder_decoder
+    quality = build_quality(QualityConfig(), device)
 
     def run(model: Any, label: str, disable_adapter: bool) -> EvalResult:
         nll = reference_nll(model, tok, is_encoder_decoder=enc_dec, disable_adapter=disable_adapter)
         return evaluate(model, tok, prompts, config, evaluators, is_encoder_decoder=enc_dec, references=refs,
                         reward=reward, reference=nll, seed=args.seed,
-                        chat_template=not args.no_chat_template, label=label)  # fmt: skip
+                        chat_template=not args.no_chat_template, label=label, quality=quality)  # fmt: skip
 
     before = run(policy.model, args.model, disable_adapter=False)  # before any adapter is attached
     after = comparison = None

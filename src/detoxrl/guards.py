@@ -2,18 +2,16 @@
 moves past a bound relative to the first steps. Pure: texts and metric dicts in, a report out; knows
 nothing of models, progress bars or files (the trainer logs, shows and acts on the report).
 
-How the training loop uses it (one scorer built before the loop; ``history`` holds the metrics
-records of the steps so far, read back from metrics.jsonl on resume)::
+How the training loop uses it (docs/evaluation.md, section 3c): one scorer built before the loop
+(``embeddings.build_quality(config.quality, device)``), ``history`` = the metrics records of the
+steps so far (``report.read_metrics(run_dir)`` on resume), then per step::
 
-    scorer = embeddings.build_quality(config.quality, device)
-    ...
     stats.update(guards.rollout_metrics(batch_prompts, texts, scorer))   # quality/* keys
-    report = guards.check([*history, stats], config.quality.guard)
-    stats.update(report.metrics())                                       # guard/* keys
+    verdict = guards.check([*history, stats], config.quality.guard)
+    stats.update(verdict.metrics())                                      # guard/* keys
     history.append(trainer.log_stats(stats, batch=..., rewards=scores))
-    bar.set_postfix(reward=..., kl=..., guard=report.postfix())
-    if report.stop:
-        print(report.message()); break    # then checkpoint and save the final adapter as usual
+    bar.set_postfix(reward=..., kl=..., guard=verdict.postfix())
+    if verdict.stop: break    # after printing verdict.message(); then checkpoint and save final/
 """
 
 from __future__ import annotations
