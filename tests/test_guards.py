@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from detoxrl.config import GuardConfig
+from detoxrl.errors import ConfigError
 from detoxrl.guards import bounds, check, rollout_metrics
 from detoxrl.quality import QualityScorer
 
@@ -114,3 +115,5 @@ def test_a_relative_length_bound_catches_collapsing_responses() -> None:
     assert "-55.00%" in str(alarm)
     milder = [{"quality/mean_words": 20.0}] * 3 + [{"quality/mean_words": 12.0}]  # -40%: within 50%
     assert not check(milder, GuardConfig(window=1)).alarms
+    with pytest.raises(ConfigError, match="at least 1"):
+        check(milder, GuardConfig(window=0))

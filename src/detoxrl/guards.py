@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 
 from detoxrl.config import GuardConfig
+from detoxrl.errors import ConfigError
 from detoxrl.quality import QualityScorer
 from detoxrl.stats import distinct_n
 
@@ -148,6 +149,8 @@ class GuardReport:
 def check(history: Sequence[Mapping[str, float]], config: GuardConfig) -> GuardReport:
     """Alarms of the last step of ``history`` (one metrics record per step, oldest first) and, with
     ``config.early_stop``, stop once the last ``patience`` steps all had alarms."""
+    if min(config.baseline_steps, config.window, config.patience) < 1:
+        raise ConfigError("quality.guard: baseline_steps, window and patience must be at least 1.")
     now = alarms(history, config)
     stop = (
         config.early_stop

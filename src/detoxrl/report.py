@@ -169,14 +169,10 @@ def plot_quality(before: dict[str, Any], after: dict[str, Any]) -> bytes | None:
         (0.2, after, "after", "#1f77b4"),
     ):
         ms = [result["metrics"][f"quality/{n}"] for n in names]
-        values = np.array([m["value"] if m["value"] is not None else np.nan for m in ms])
-        low = np.array(
-            [m["ci_low"] if m["ci_low"] is not None else v for m, v in zip(ms, values, strict=True)]
+        values, low, high = (
+            np.array([m[k] for m in ms], dtype=float) for k in ("value", "ci_low", "ci_high")
         )
-        high = np.array(
-            [m["ci_high"] if m["ci_high"] is not None else v for m, v in zip(ms, values, strict=True)]
-        )
-        yerr = np.clip(np.vstack([values - low, high - values]), 0, None)
+        yerr = np.clip(np.nan_to_num(np.vstack([values - low, high - values])), 0, None)  # (2, F); none: 0
         ax.bar(x + shift, values, width=0.4, yerr=yerr, capsize=3, label=label, color=color, alpha=0.7)
     ax.set_xticks(x, names)
     ax.set_ylim(0, 1.05)
