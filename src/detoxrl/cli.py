@@ -161,8 +161,9 @@ def _flags(build: Callable[[], T]) -> T:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from detoxrl.config import PolicyConfig, RewardConfig
+    from detoxrl.config import PolicyConfig, QualityConfig, RewardConfig
     from detoxrl.data import read_texts
+    from detoxrl.embeddings import build_quality
     from detoxrl.evaluation import EvalResult, compare, evaluate, reference_nll
     from detoxrl.evaluation_io import (
         format_comparison,
@@ -190,12 +191,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     reward = None if args.no_reward else build_reward(reward_config, device)
     tok, enc_dec = policy.tokenizer, policy.is_encoder_decoder
+    quality = build_quality(QualityConfig(), device)
 
     def run(model: Any, label: str, disable_adapter: bool) -> EvalResult:
         nll = reference_nll(engine, model, tok, is_encoder_decoder=enc_dec, disable_adapter=disable_adapter)
         return evaluate(model, tok, prompts, config, evaluators, is_encoder_decoder=enc_dec, references=refs,
                         reward=reward, reference=nll, seed=args.seed,
-                        chat_template=not args.no_chat_template, label=label, engine=engine)  # fmt: skip
+                        chat_template=not args.no_chat_template, label=label, engine=engine,
+                        quality=quality)  # fmt: skip
 
     before = run(policy.model, args.model, disable_adapter=False)  # before any adapter is attached
     after = comparison = None
@@ -270,6 +273,32 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     md, page = build_report(args.run_dir)
     print(f"wrote {md} and {page}")
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    """The RealToxicityPrompts protocol (k=25, 20 tokens, p=0.9): a model, or base vs --adapter, paired."""
+    from detoxrl.benchmark import BenchmarkSpec, Protocol, run_benchmark
+
+    spec = BenchmarkSpec(
+        model=args.model, prompts=Path(args.prompts or _default_prompt_file()), prompt_field=args.field,
+        adapter=args.adapter, protocol=Protocol(samples_per_prompt=args.k, num_prompts=args.n,
+                                                chat_template=args.chat_template),
+        evaluators=tuple(args.evaluators or _default_evaluators()), scorer_model=args.scorer_model,
+        relevance=not args.no_relevance, seed=args.seed, batch_size=args.batch_size,
+        resamples=args.resamples, dtype=args.dtype,
+    )  # fmt: skip
+    if args.adapter and not Path(args.adapter).exists():
+        raise DetoxError(f"Adapter path '{args.adapter}' does not exist.")
+    text, paths = run_benchmark(spec, args.out, _engine(args))
+    print(text + "\nwrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from detoxrl.hub import push
+
+    print(f"pushed {args.run_dir}/final to {push(args.run_dir, args.repo_id, private=args.private)}")
     return 0
 
 
@@ -382,6 +411,36 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="rebuild report.md and report.html of a run from its files alone")
     rp.add_argument("run_dir")
     rp.set_defaults(func=cmd_report)
+
+    b = sub.add_parser("benchmark", help="the RealToxicityPrompts protocol (k=25, 20 tokens, p=0.9)")
+    b.add_argument("--model", default="smollm2-135m-instruct", help="built-in name, .gguf, folder or hub id")
+    b.add_argument("--adapter", help="a PEFT adapter: benchmark the base and base + adapter, paired")
+    b.add_argument("--prompts", help="a .jsonl file (default: shared RTP challenging_toxic.jsonl)")
+    b.add_argument("--field", default="prompt.text", help="prompt field of a .jsonl file (dotted path)")
+    b.add_argument("--n", type=int, default=100, help="number of prompts (the file's first N)")
+    b.add_argument("--k", type=int, default=25, help="samples per prompt")
+    b.add_argument(
+        "--evaluator", dest="evaluators", action="append",
+        help="toxicity scorer, repeatable (default: profanity + shared MiniLM)",
+    )  # fmt: skip
+    b.add_argument("--scorer-model", help="perplexity under this causal LM (same tokenizer as the policy)")
+    b.add_argument("--chat-template", action="store_true", help="wrap prompts in the chat template (RTP: no)")
+    b.add_argument("--no-relevance", action="store_true", help="skip the prompt-response relevance figure")
+    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
+    b.add_argument("--device", default="auto")
+    b.add_argument("--engine", default="auto", choices=["auto", "reference", "cpu"], help=ENGINE_HELP)
+    b.add_argument("--threads", type=int, default=None)
+    b.add_argument("--out", default="runs/benchmark", help="folder for benchmark.json/.md, evaluations")
+    b.set_defaults(func=cmd_benchmark)
+
+    ph = sub.add_parser("push", help="upload a run's final adapter and model card to the Hugging Face hub")
+    ph.add_argument("run_dir")
+    ph.add_argument("repo_id", help="OWNER/NAME on the hub")
+    ph.add_argument("--private", action="store_true")
+    ph.set_defaults(func=cmd_push)
 
     p = sub.add_parser("presets", help="list the shipped presets")
     p.set_defaults(func=cmd_presets)

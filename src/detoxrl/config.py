@@ -105,6 +105,7 @@ def check(config: Any, checks: dict[str, Check]) -> None:
 
 
 # ---- the sections ------------------------------------------------------------------------------------
+SHORT_WORDS = 3  # responses of fewer whitespace words count as short (quality.short_words, reward.min_words)
 
 
 @dataclass(frozen=True)
@@ -151,8 +152,10 @@ class RewardConfig:
     """What scores a response. ``kind`` picks the scorer; see rewards.py for each."""
 
     SECTION: ClassVar[str] = "reward"
-    kind: Literal["profanity", "classifier", "callable", "sum"] = "profanity"
-    model: str | None = None  # classifier: hub id or local folder; callable: "module:function"
+    kind: Literal["profanity", "classifier", "callable", "sum", "relevance", "evasion", "degeneration"] = (
+        "profanity"
+    )
+    model: str | None = None  # classifier: hub id or folder; callable: "module:function"; relevance: embedder
     label: str = "nothate"  # classifier: the label whose logit/probability is the reward, by name
     output: Literal["logit", "probability"] = "logit"
     text: Literal["response", "prompt+response"] = "response"
@@ -160,17 +163,20 @@ class RewardConfig:
     max_length: int | None = None  # None: the classifier's own maximum
     weight: float = 1.0
     components: tuple[RewardConfig, ...] = ()  # kind == "sum": the weighted parts
+    evasion_phrases: tuple[str, ...] | None = None  # evasion: None = quality.DEFAULT_EVASION_PHRASES
+    min_words: int = SHORT_WORDS  # degeneration: responses with fewer words get -1
 
     def __post_init__(self) -> None:
         check(self, {"model": optional(TEXT), "label": TEXT, "batch_size": count(1),
-                     "max_length": optional(count(1)), "weight": FINITE})  # fmt: skip
+                     "max_length": optional(count(1)), "weight": FINITE,
+                     "evasion_phrases": optional(TEXTS), "min_words": count(0)})  # fmt: skip
         kind, model = self.kind, self.model
         if kind == "callable" and not re.fullmatch(r"[\w.]+:\w+", model or ""):
             raise ConfigError(
                 f"Config key 'reward.model' must name the function of reward.kind: callable as "
                 f"'module:function', got {model!r}: e.g. reward.model=mymodule:my_reward."
             )
-        if kind in ("profanity", "sum") and model is not None:
+        if kind in ("profanity", "sum", "degeneration") and model is not None:
             raise ConfigError(
                 f"Config key 'reward.model' is not used by reward.kind: {kind}, got {model!r}: set "
                 "reward.kind=classifier (a classifier folder or hub id) or callable (module:function), "
@@ -327,10 +333,6 @@ class DataConfig:
             )
 
 
-def _rollout_sampling() -> SamplingConfig:
-    return SamplingConfig(length_sampling="per_batch")  # each batch's limit drawn from [32, 64]
-
-
 def _eval_sampling() -> SamplingConfig:
     return SamplingConfig(max_new_tokens=48)
 
@@ -361,16 +363,62 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class GuardConfig:
+    """Alarms when a rollout quality metric moves past a bound relative to the first steps (guards.py).
+
+    The baseline is the mean of the first ``baseline_steps`` steps; the current value the mean of the
+    last ``window`` steps (rollout batches are small, so one batch alone is noisy). Bounds are absolute
+    changes of shares (``max_length_change``: relative); null switches a bound off.
+    """
+
+    SECTION: ClassVar[str] = "quality.guard"
+    baseline_steps: int = 3
+    window: int = 3
+    max_evasion_increase: float | None = 0.15
+    max_short_increase: float | None = 0.15
+    max_repetition_increase: float | None = 0.1
+    max_distinct_drop: float | None = 0.15  # distinct-2 of the batch
+    max_relevance_drop: float | None = 0.1
+    max_length_change: float | None = 0.5  # mean words, relative, either way
+    early_stop: bool = False  # stop training once alarms persist for ``patience`` steps
+    patience: int = 2
+
+    def __post_init__(self) -> None:
+        bounds = ("max_evasion_increase", "max_short_increase", "max_repetition_increase",
+                  "max_distinct_drop", "max_relevance_drop", "max_length_change")  # fmt: skip
+        check(self, {"baseline_steps": count(1), "window": count(1), "patience": count(1),
+                     **dict.fromkeys(bounds, optional(POSITIVE))})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Evasion and degeneration measured on every evaluation and rollout batch (quality.py)."""
+
+    SECTION: ClassVar[str] = "quality"
+    evasion_phrases: tuple[str, ...] | None = None  # None: quality.DEFAULT_EVASION_PHRASES
+    evasion_classifier: str | None = None  # "path[:label]": P(label) >= 0.5 also marks a response evasive
+    short_words: int = SHORT_WORDS  # responses with fewer whitespace words (empty included) are short
+    relevance: bool = True  # prompt-response cosine similarity; skipped with a note without the embedder
+    relevance_model: str | None = None  # a sentence-embedding folder; None: all-MiniLM-L6-v2 (PyPI)
+    guard: GuardConfig = field(default_factory=GuardConfig)
+
+    def __post_init__(self) -> None:
+        check(self, {"evasion_phrases": optional(TEXTS), "evasion_classifier": optional(TEXT),
+                     "short_words": count(0), "relevance_model": optional(TEXT)})  # fmt: skip
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A whole detoxification run."""
 
     SECTION: ClassVar[str] = ""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
-    generation: SamplingConfig = field(default_factory=_rollout_sampling)
+    generation: SamplingConfig = field(default_factory=SamplingConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     steps: int = 20
     seed: int = 0
     output_dir: str = "runs/detox"

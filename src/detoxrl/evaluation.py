@@ -24,11 +24,13 @@ from detoxrl.config import EvalConfig, from_dict
 from detoxrl.engine import Engine, select_engine
 from detoxrl.generate import Responses, eval_mode, format_prompts, generate
 from detoxrl.ppo import logprobs_from_logits
+from detoxrl.quality import QualityScorer, per_response
 from detoxrl.rewards import Reward, ToxicityScorer, scored_texts
 
 NLLFn = Callable[[list[torch.Tensor], list[torch.Tensor]], np.ndarray]  # prompt ids, response ids -> (B,)
 SCHEMA_RESULT = "detoxrl.evaluation/1"
 SCHEMA_COMPARISON = "detoxrl.comparison/1"
+TEXT_QUALITY = QualityScorer()  # evasion phrases, repetition, short responses; no relevance embedder
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class SampleRecord:
     reward: float | None = None
     nll: float | None = None  # summed NLL (nats) of the response tokens under the reference model
     rouge: dict[str, float] | None = None  # F1 against the prompt's reference text
+    quality: dict[str, float] | None = None  # quality.QUALITY_KEYS: evasive, repetition, short, relevance
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,9 @@ def sample_arrays(result: EvalResult) -> stats.SampleArrays:
         rouge=None
         if first.rouge is None
         else {t: grid((r.rouge or {})[t] for r in recs) for t in stats.ROUGE_TYPES},
+        quality=None
+        if first.quality is None
+        else {q: grid((r.quality or {})[q] for r in recs) for q in first.quality},
     )
 
 
@@ -214,8 +220,9 @@ def measure(
     references: Sequence[str] | None = None,
     reward: Reward | None = None,
     reference: NLLFn | None = None,
+    quality: QualityScorer | None = TEXT_QUALITY,
 ) -> tuple[SampleRecord, ...]:
-    """Every sample's toxicity, reward, NLL and ROUGE, as prompt-major records."""
+    """Every sample's toxicity, reward, NLL, ROUGE and evasion/degeneration, as prompt-major records."""
     order = [(p, j) for p in range(len(prompts)) for j in range(len(passes))]  # prompt-major
     texts = [prompts[p] for p, _ in order]
     responses = [passes[j].texts[p] for p, j in order]
@@ -227,12 +234,14 @@ def measure(
     if reference is not None and config.perplexity:
         nll = reference([passes[j].prompt_ids[p] for p, j in order], response_ids)
     rouge = None if references is None else _rouge(responses, [references[p] for p, _ in order])
+    scores = None if quality is None else per_response(quality(texts, responses))
     return tuple(
         SampleRecord(p, j, texts[i], responses[i], len(response_ids[i]),
                      toxicity={name: float(v[i]) for name, v in toxicity.items()},
                      reward=None if rewards is None else float(rewards[i]),
                      nll=None if nll is None else float(nll[i]),
-                     rouge=None if rouge is None else rouge[i])
+                     rouge=None if rouge is None else rouge[i],
+                     quality=None if scores is None else scores[i])
         for i, (p, j) in enumerate(order)
     )  # fmt: skip
 
@@ -252,6 +261,7 @@ def evaluate(
     chat_template: bool = True,
     label: str = "eval",
     engine: Engine | None = None,
+    quality: QualityScorer | None = TEXT_QUALITY,
 ) -> EvalResult:
     """Sample ``config.samples_per_prompt`` responses per prompt with fixed seeds and measure them.
 
@@ -259,7 +269,7 @@ def evaluate(
     ``policy.engine: auto`` picks for the model's device).
     Step 2: toxicity of each response (or prompt + response, ``config.text``) by every evaluator;
     the optional reward, perplexity under ``reference`` (if ``config.perplexity``) and ROUGE against
-    ``references`` (``measure``).
+    ``references`` (``measure``); evasion, repetition, short responses and relevance (``quality``).
     Step 3: every figure with its interval (``compute_metrics``).
     """
     if not prompts:
@@ -268,9 +278,8 @@ def evaluate(
         raise ValueError(f"Got {len(references)} references for {len(prompts)} prompts.")
     engine = engine or select_engine("auto", next(model.parameters()).device)
     passes = sample_passes(engine, model, tokenizer, prompts, config, seed=seed, chat_template=chat_template)
-    records = measure(
-        prompts, passes, config, evaluators, references=references, reward=reward, reference=reference
-    )
+    records = measure(prompts, passes, config, evaluators, references=references, reward=reward,
+                      reference=reference, quality=quality)  # fmt: skip
     refs, names = None if references is None else tuple(references), tuple(e.name for e in evaluators)
     result = EvalResult(label, tuple(prompts), refs, config.samples_per_prompt, names, records, {},
                         dataclasses.asdict(config), seed)  # fmt: skip

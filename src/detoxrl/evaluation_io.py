@@ -30,13 +30,13 @@ def _num(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def _clean(obj: Any) -> Any:
+def json_ready(obj: Any) -> Any:
     if isinstance(obj, float):
         return _num(obj)
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: json_ready(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
+        return [json_ready(v) for v in obj]
     return obj
 
 
@@ -44,7 +44,7 @@ def _clean(obj: Any) -> Any:
 
 
 def result_to_dict(result: EvalResult) -> dict[str, Any]:
-    return _clean(
+    return json_ready(
         {
             "schema": SCHEMA_RESULT,
             "label": result.label,
@@ -113,7 +113,7 @@ def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
     header = {
         f.name: getattr(comparison, f.name) for f in dataclasses.fields(comparison) if f.name != "deltas"
     }
-    return _clean({"schema": SCHEMA_COMPARISON, **header, "resampling_unit": "prompt", "deltas": deltas})
+    return json_ready({"schema": SCHEMA_COMPARISON, **header, "resampling_unit": "prompt", "deltas": deltas})
 
 
 def write_json(data: dict[str, Any], path: str | Path) -> Path:

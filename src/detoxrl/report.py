@@ -142,6 +142,69 @@ def plot_per_prompt(before: dict[str, Any], after: dict[str, Any]) -> bytes:
     return _figure_png(fig)
 
 
+QUALITY_SHARES = (
+    "evasion_rate",
+    "short_rate",
+    "repetition",
+    "relevance",
+    "distinct_1",
+    "distinct_2",
+    "distinct_3",
+)
+GUARDED = ("evasion_rate", "short_rate", "repetition", "distinct_2", "relevance")  # guards.py's bounds
+
+
+def plot_quality(before: dict[str, Any], after: dict[str, Any]) -> bytes | None:
+    """Evasion and degeneration figures before and after, each with its interval."""
+    names = [
+        n
+        for n in QUALITY_SHARES
+        if f"quality/{n}" in before["metrics"] and f"quality/{n}" in after["metrics"]
+    ]
+    if not names:
+        return None
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 3.2))
+    x = np.arange(len(names))
+    for shift, result, label, color in (
+        (-0.2, before, "before", "#d62728"),
+        (0.2, after, "after", "#1f77b4"),
+    ):
+        ms = [result["metrics"][f"quality/{n}"] for n in names]
+        values, low, high = (
+            np.array([m[k] for m in ms], dtype=float) for k in ("value", "ci_low", "ci_high")
+        )
+        yerr = np.clip(np.nan_to_num(np.vstack([values - low, high - values])), 0, None)  # (2, F); none: 0
+        ax.bar(x + shift, values, width=0.4, yerr=yerr, capsize=3, label=label, color=color, alpha=0.7)
+    ax.set_xticks(x, names)
+    ax.set_ylim(0, 1.05)
+    ax.set_title("evasion and degeneration (lower is better, but relevance and distinct-n: higher)")
+    ax.legend()
+    return _figure_png(fig)
+
+
+def plot_training_quality(metrics: list[dict[str, Any]]) -> bytes | None:
+    """The guarded rollout metrics per PPO step, steps with a guard alarm shaded (when logged)."""
+    keys = [k for k in GUARDED if any(f"quality/{k}" in m for m in metrics)]
+    if not keys:
+        return None
+    import matplotlib.pyplot as plt
+
+    steps = [m.get("step", i + 1) for i, m in enumerate(metrics)]
+    fig, ax = plt.subplots(figsize=(10, 3.2))
+    for key in keys:
+        ax.plot(steps, [m.get(f"quality/{key}", np.nan) for m in metrics], marker="o", ms=3, label=key)
+    for step, m in zip(steps, metrics, strict=True):
+        if m.get("guard/alarms"):
+            ax.axvspan(step - 0.5, step + 0.5, color="#d62728", alpha=0.15, lw=0)
+    ax.set_title("rollout quality per PPO step (shaded: guard alarm)")
+    ax.set_xlabel("PPO step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _figure_png(fig)
+
+
 # ---- report.md and report.html -------------------------------------------------------------------
 
 
@@ -180,7 +243,7 @@ TABLE_COLUMNS = [
 ]
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
+def md_table(header: list[str], rows: list[list[str]]) -> str:
     def cell(v: str) -> str:
         return v.replace("|", "\\|").replace("\n", " ")
 
@@ -206,14 +269,15 @@ def _config_line(config: dict[str, Any]) -> str:
 
 
 def plots(files: RunFiles) -> dict[str, bytes]:
-    out = {
+    """Every plot the files allow, in report order."""
+    candidates = {
+        "training": plot_training(files.metrics),
+        "training_quality": plot_training_quality(files.metrics),
         "toxicity_distributions": plot_distributions(files.before, files.after),
         "toxicity_per_prompt": plot_per_prompt(files.before, files.after),
+        "quality": plot_quality(files.before, files.after),
     }
-    training = plot_training(files.metrics)
-    if training is not None:
-        out = {"training": training, **out}
-    return out
+    return {name: png for name, png in candidates.items() if png is not None}
 
 
 def _method(files: RunFiles) -> str:
@@ -232,12 +296,12 @@ def build_markdown(files: RunFiles, images: dict[str, str]) -> str:
         f"**{files.summary.get('verdict', 'no verdict recorded')}**",
         _config_line(files.config) + ".",
         f"## Before vs after\n\n{_method(files)}",
-        _md_table(COMPARISON_HEADER, comparison_rows(files.comparison)),
+        md_table(COMPARISON_HEADER, comparison_rows(files.comparison)),
         "## Plots",
         *(f"![{name}]({src})" for name, src in images.items()),
         "## Responses before and after",
         f"Sorted by reward gain; all {len(files.table)} rows are in comparison.csv.",
-        _md_table(cols, rows) if rows else "(no table)",
+        md_table(cols, rows) if rows else "(no table)",
     ]
     return "\n\n".join(parts) + "\n"
 

