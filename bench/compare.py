@@ -3,6 +3,8 @@
     PYTHONPATH=src python -m bench.compare                       # ours, trl 0.11 PPO, trl 1.16 GRPO, RLOO
     PYTHONPATH=src python -m bench.compare --peers ppo-classic --sandwich   # ours, peer, ours again
     PYTHONPATH=src python -m bench.compare --summarise-only      # re-print the table of existing results
+    git worktree add /tmp/base <rev> && PYTHONPATH=src python -m bench.compare --baseline /tmp/base
+                                                                 # ours at <rev> beside ours now, alternating
 
 Peers run through ../shared/bench-peers/run_peer.sh (their venvs: bench/setup_peers.sh) with MODEL_DIR
 set to detoxrl's SmolLM2-135M-Instruct folder and RESULTS_DIR to --results; ours runs as
@@ -60,6 +62,7 @@ QUIRKS: dict[str, list[str]] = {
         "its learning is meaningless (speed only); profanity reward logged as an observation",
         "pad token <|endoftext|> instead of <|im_end|>",
     ],
+    "base": ["the same loop at an earlier commit (--baseline), run right before ours in the same dtype"],
     "ours": [
         "old log-probs and values come out of sampling (no second policy pass); 'score' time = batching + "
         "reference pass (adapter disabled) + reward + advantages; 'train' = 4 mini-batch updates; "
@@ -86,6 +89,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads of every run")
     p.add_argument("--no-ours", action="store_true", help="run only the peers")
     p.add_argument("--sandwich", action="store_true", help="run ours again after the peers (drift check)")
+    p.add_argument(
+        "--baseline", type=Path, default=None,
+        help="a checkout of an earlier commit (git worktree add DIR REV), run before ours in each dtype",
+    )  # fmt: skip
     p.add_argument("--summarise-only", action="store_true", help="only print the table of --results")
     args = p.parse_args(argv)
     args.dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
@@ -112,14 +119,18 @@ def load_runs(folder: Path) -> list[dict[str, Any]]:
             continue
         s = data["summary"]
         stem = s.get("log_stem") or Path(path).stem
-        kind = "ours" if stem.startswith("ours") else stem.split("-tf")[0].split("-ref")[0]
-        base = PEERS.get(kind, stem)
-        label = f"detoxrl ({data.get('config', {}).get('dtype', '?')})" if kind == "ours" else base
+        kind = (
+            stem.split("-")[0] if stem.startswith(("ours", "base")) else stem.split("-tf")[0].split("-ref")[0]
+        )
+        dtype = data.get("config", {}).get("dtype", "?")
+        label = PEERS.get(kind, stem)
+        if kind in ("ours", "base"):
+            label = f"detoxrl{' at ' + s['revision'] if s.get('revision') else ''} ({dtype})"
         if stem not in (kind, "ours"):
             label += f" [{stem}]"
         runs.append(
             {"stem": stem, "label": label, "kind": kind, "summary": s,
-             "dtype": data.get("config", {}).get("dtype") if kind == "ours" else None,
+             "dtype": dtype if kind == "ours" else None,
              "time_v_rss_mib": time_v_maxrss_mib(folder / f"{stem}.time")}
         )  # fmt: skip
     return sorted(runs, key=lambda r: (r["kind"] != "ours", r["stem"]))
@@ -205,7 +216,8 @@ def format_table(runs: list[dict[str, Any]]) -> str:
     lines += [f"| {name} | " + " | ".join(cell(r) for r in runs) + " |" for name, cell in table_rows(runs)]
     notes = []
     for kind in dict.fromkeys(r["kind"] for r in runs):
-        notes += [f"- {PEERS.get(kind, 'detoxrl')}: {q}" for q in QUIRKS.get(kind, [])]
+        notes += [f"- {PEERS.get(kind, 'detoxrl' + (' baseline' if kind == 'base' else ''))}: {q}"
+                  for q in QUIRKS.get(kind, [])]  # fmt: skip
     if notes:
         lines += ["", "Where the runs differ (the peers cannot all do exactly the same work):", *notes]
     return "\n".join(lines)
@@ -229,21 +241,31 @@ def child_env(extra: dict[str, str], threads: int = 2) -> dict[str, str]:
     return env
 
 
-def run_ours(args: argparse.Namespace, stem: str, dtype: str) -> int:
-    """Ours as its own process under /usr/bin/time -v (so its peak RSS is measured like the peers')."""
-    out = args.results / f"{stem}.json"
+def run_ours(args: argparse.Namespace, stem: str, dtype: str, repo: Path = REPO) -> int:
+    """Ours (the checkout ``repo``) as its own process under /usr/bin/time -v (so its peak RSS is measured
+    like the peers')."""
+    out = args.results.resolve() / f"{stem}.json"
     cmd = [sys.executable, "-m", "bench.throughput", "--steps", str(args.steps), "--warmup", str(args.warmup)]
     cmd += ["--dtype", dtype, "--out", str(out), "--model", args.model, "--threads", str(args.threads)]
     if Path("/usr/bin/time").exists():
-        cmd = ["/usr/bin/time", "-v", "-o", str(args.results / f"{stem}.time"), *cmd]
-    pythonpath = os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")])
-    print(f"\n### {stem}: {' '.join(cmd)}", flush=True)
-    rc = subprocess.call(cmd, cwd=REPO, env=child_env({"PYTHONPATH": pythonpath}, args.threads))
-    if rc == 0:  # mark the JSON with its stem (ours-2 with --sandwich)
+        cmd = ["/usr/bin/time", "-v", "-o", str(args.results.resolve() / f"{stem}.time"), *cmd]
+    pythonpath = os.pathsep.join([str(repo / "src"), str(repo), os.environ.get("PYTHONPATH", "")])
+    print(f"\n### {stem} ({repo}): {' '.join(cmd)}", flush=True)
+    rc = subprocess.call(cmd, cwd=repo, env=child_env({"PYTHONPATH": pythonpath}, args.threads))
+    if rc == 0:  # mark the JSON with its stem (ours-2 with --sandwich) and the commit it measured
         data = json.loads(out.read_text())
         data["summary"]["log_stem"] = stem
+        data["summary"]["revision"] = revision(repo)
         out.write_text(json.dumps(data, indent=2, default=str))
     return rc
+
+
+def revision(repo: Path) -> str | None:
+    """The short commit hash of a checkout (None outside git)."""
+    out = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return out.stdout.strip() or None
 
 
 def run_peer(args: argparse.Namespace, peer: str, model_dir: str) -> int:
@@ -269,6 +291,8 @@ def run_all(args: argparse.Namespace, peers: list[str]) -> dict[str, int]:
     codes = {}
     stems = {d: "ours" if len(args.dtypes) == 1 else f"ours-{d}" for d in args.dtypes}
     for dtype, stem in stems.items() if not args.no_ours else ():
+        if args.baseline is not None:
+            codes[f"base-{dtype}"] = run_ours(args, f"base-{dtype}", dtype, args.baseline.resolve())
         codes[stem] = run_ours(args, stem, dtype)
     for peer in peers:
         codes[peer] = run_peer(args, peer, model_dir)

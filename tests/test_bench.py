@@ -172,3 +172,30 @@ def test_a_policy_pass_taken_from_sampling_is_not_counted_as_needed_work() -> No
     assert with_pass["floor_s"] - without["floor_s"] == pytest.approx(skipped / 1e11)
     assert with_pass["tokens"]["forward"] == 2 * without["tokens"]["forward"]
     assert without["mfu_update"] == with_pass["mfu_update"]
+
+
+def test_a_baseline_checkout_gets_its_own_columns_and_ratios(tmp_path: Path) -> None:
+    """--baseline: the loop at an earlier commit, beside ours; 'ours / this' reads as the speed-up."""
+    for stem, dtype, rate, rev in (
+        ("base-bfloat16", "bfloat16", 0.4, "abc123"),
+        ("ours-bfloat16", "bfloat16", 0.8, "def456"),
+    ):
+        summary = {
+            "log_stem": stem,
+            "samples_per_s_median": rate,
+            "median_step_s": 16 / rate,
+            "revision": rev,
+        }
+        (tmp_path / f"{stem}.json").write_text(json.dumps({"summary": summary, "config": {"dtype": dtype}}))
+    runs = compare.load_runs(tmp_path)
+    assert [(r["kind"], r["label"]) for r in runs] == [
+        ("ours", "detoxrl at def456 (bfloat16) [ours-bfloat16]"),
+        ("base", "detoxrl at abc123 (bfloat16) [base-bfloat16]"),
+    ]
+    row = {
+        ln.split(" | ")[0].strip("| *"): ln
+        for ln in compare.format_table(runs).splitlines()
+        if ln.startswith("|")
+    }
+    assert row["ours / this (samples/s)"].endswith("| 1.00x | 2.00x |")
+    assert compare.parse_args(["--baseline", str(tmp_path)]).baseline == tmp_path
