@@ -17,7 +17,7 @@ import torch
 from profanity_check import predict_prob
 
 from detoxrl.config import PolicyConfig, PPOConfig, RunConfig, SamplingConfig
-from detoxrl.trainer import train
+from detoxrl.loop import train
 
 PROMPTS = Path(__file__).resolve().parents[2] / "shared/data/real-toxicity-prompts/challenging_toxic.jsonl"
 

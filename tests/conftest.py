@@ -84,6 +84,21 @@ def tiny_causal_dir(tiny_dir: Path, tokenizer_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sharp_causal_dir(tiny_causal_dir: Path, tmp_path_factory) -> Path:
+    """The tiny Llama with its LM head scaled x8: its random init is nearly uniform over the vocabulary,
+    and LoRA on attention alone cannot move normalised hidden states far enough to peak it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_dir)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(8.0)
+    out = tmp_path_factory.mktemp("sharp") / "causal"
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_causal_dir).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_seq2seq_dir(tiny_dir: Path, tokenizer_dir: Path) -> Path:
     """A 2-layer T5-style encoder-decoder."""
     from transformers import T5Config, T5ForConditionalGeneration

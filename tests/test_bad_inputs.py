@@ -289,8 +289,10 @@ def test_dry_run_promises_nothing_the_run_then_breaks(
     argv = ["run", "--config", files["config"], override.format(**files)]
     assert main([*argv, "--dry-run"]) == 2
     dry = one_error_line(capsys.readouterr().err)
-    assert main([*argv, f"output_dir={files['tmp']}/{override.split('=')[0]}"]) == 2
-    assert one_error_line(capsys.readouterr().err) == dry
+    out = Path(files["tmp"]) / override.split("=")[0]
+    assert main([*argv, f"output_dir={out}"]) == 2
+    assert one_error_line(capsys.readouterr().err) == f"{dry} (nothing was kept in '{out}')"
+    assert not out.exists()  # a failed start leaves no half-made run behind
 
 
 IN_A_TERMINAL = [

@@ -60,7 +60,7 @@ def test_run_writes_the_whole_run_directory(run_config: Path, tmp_path: Path) ->
         d["assessment"] != "improvement" or d["ci_low"] * d["ci_high"] > 0 for d in comparison["deltas"]
     )
     page = (run / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4  # self-contained: the plots are embedded
+    assert page.count("data:image/png;base64,") == 5  # self-contained: the plots are embedded
     assert html.escape(json.loads((run / "summary.json").read_text())["verdict"]) in page
     assert [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 

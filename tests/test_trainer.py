@@ -14,9 +14,10 @@ import torch
 from detoxrl.checkpoint import VALUE_HEAD_FILE, latest_checkpoint
 from detoxrl.config import PolicyConfig, PPOConfig, RunConfig, SamplingConfig
 from detoxrl.errors import TrainingError
+from detoxrl.loop import train
 from detoxrl.models import load_policy
 from detoxrl.policy import build_actor_critic
-from detoxrl.trainer import LengthSampler, PPOTrainer, train
+from detoxrl.trainer import LengthSampler, PPOTrainer
 
 PROMPTS = ["you are a kind", "the movie was", "what a lovely day", "i hate waiting"] * 4
 REQUIRED_STATS = [
@@ -50,21 +51,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def text_length_reward(prompts: list[str], responses: list[str]) -> torch.Tensor:
     return torch.tensor([float(len(r)) for r in responses])
-
-
-@pytest.fixture(scope="module")
-def sharp_causal_dir(tiny_causal_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Llama with its LM head scaled x8: its random init is nearly uniform over the vocabulary,
-    and LoRA on attention alone cannot move normalised hidden states far enough to peak it."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_causal_dir)
-    with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(8.0)
-    out = tmp_path_factory.mktemp("sharp") / "causal"
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_causal_dir).save_pretrained(out)
-    return out
 
 
 def run_config(model: Path, steps: int, **ppo: Any) -> RunConfig:
@@ -168,7 +154,9 @@ def test_checkpoints_are_complete_and_the_final_adapter_loads_with_plain_peft(
     assert (ckpt / "state.pt").is_file() and (ckpt / "policy" / VALUE_HEAD_FILE).is_file()
     state = torch.load(ckpt / "state.pt", weights_only=False)
     assert set(state) == {"trainer", "rng"}
-    assert set(state["trainer"]) == {"optimizer", "lr_scheduler", "kl_coef", "score_moments", "step_count"}
+    assert set(state["trainer"]) == {
+        "optimizer", "lr_scheduler", "kl_coef", "score_moments", "step_count", "nonfinite_steps"
+    }  # fmt: skip
     base = load_policy(PolicyConfig(model=str(tiny_causal_dir))).model
     loaded = PeftModel.from_pretrained(base, tmp_path / "final")
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in loaded.named_parameters())
@@ -176,24 +164,64 @@ def test_checkpoints_are_complete_and_the_final_adapter_loads_with_plain_peft(
         train(config, PROMPTS, text_length_reward, tmp_path, progress=False)
 
 
-def test_non_finite_scores_stop_training_and_keep_what_was_written(
+def adapter_of(checkpoint: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(checkpoint / "policy" / "adapter_model.safetensors")
+
+
+def test_a_non_finite_score_skips_its_update_and_training_goes_on(
+    tiny_causal_dir: Path, tmp_path: Path
+) -> None:
+    """[issue 14] One NaN score at step 2: no update there (weights and optimizer untouched), logged as
+    skipped; steps 1 and 3 update as usual."""
+    config = RunConfig(
+        **{
+            **vars(run_config(tiny_causal_dir, 3, batch_size=4, mini_batch_size=4)),
+            "keep_checkpoints": 3,
+            "save_every": 1,
+        }
+    )
+    calls = []
+
+    def once_broken(prompts: list[str], responses: list[str]) -> torch.Tensor:
+        calls.append(1)
+        scores = text_length_reward(prompts, responses)
+        return scores.index_fill(0, torch.tensor([1]), float("nan")) if len(calls) == 2 else scores
+
+    records = train(config, PROMPTS, once_broken, tmp_path, progress=False).metrics
+    assert [r.get("train/skipped", 0.0) for r in records] == [0.0, 1.0, 0.0]
+    assert records[1]["train/nonfinite_scores"] == 1.0 and "objective/kl" not in records[1]
+    w1, w2, w3 = (adapter_of(tmp_path / f"checkpoint-00000{i}") for i in (1, 2, 3))
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)  # the skipped step left the weights as they were
+    assert any(not torch.equal(w2[k], w3[k]) for k in w2)
+    state1, state2 = (
+        torch.load(tmp_path / f"checkpoint-00000{i}" / "state.pt", weights_only=False) for i in (1, 2)
+    )
+    adam1, adam2 = state1["trainer"]["optimizer"]["state"], state2["trainer"]["optimizer"]["state"]
+    assert all(torch.equal(adam1[k]["exp_avg"], adam2[k]["exp_avg"]) for k in adam1)  # Adam untouched too
+
+
+def test_non_finite_steps_in_a_row_stop_training_with_the_last_good_checkpoint(
     tiny_causal_dir: Path, tmp_path: Path
 ) -> None:
     config = RunConfig(
         **{**vars(run_config(tiny_causal_dir, 2, batch_size=4, mini_batch_size=4)), "save_every": 1}
     )
     train(config, PROMPTS, words_reward({"movie"}), tmp_path, progress=False)
-    written = (tmp_path / "metrics.jsonl").read_text()
+    good = adapter_of(tmp_path / "checkpoint-000002")
 
     def broken(prompts: list[str], responses: list[str]) -> torch.Tensor:
         return torch.full((len(responses),), float("nan"))
 
-    with pytest.raises(TrainingError, match="finite"):
-        train(
-            RunConfig(**{**vars(config), "steps": 4}), PROMPTS, broken, tmp_path, resume=True, progress=False
-        )
-    assert (tmp_path / "metrics.jsonl").read_text() == written
-    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-000002"
+    longer = RunConfig(
+        **{**vars(config), "steps": 6, "ppo": PPOConfig(**{**vars(config.ppo), "max_nonfinite_steps": 2})}
+    )
+    with pytest.raises(TrainingError, match=r"2 PPO steps in a row \(up to step 4\) had non-finite scores"):
+        train(longer, PROMPTS, broken, tmp_path, resume=True, progress=False)
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]  # step 3 logged as skipped, then the stop
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-000003"
+    assert all(torch.equal(good[k], v) for k, v in adapter_of(tmp_path / "checkpoint-000003").items())
 
 
 def make_trainer(model_dir: Path, **ppo: Any) -> PPOTrainer:
@@ -228,13 +256,18 @@ def test_classic_api_in_a_users_own_loop(tiny_seq2seq_dir: Path, tmp_path: Path)
         trainer.generate(queries, temperature=0.5)
 
 
-def test_non_finite_loss_is_a_clear_training_error(tiny_causal_dir: Path) -> None:
-    trainer = make_trainer(tiny_causal_dir)
+def test_non_finite_losses_skip_their_updates_then_stop_with_a_clear_error(tiny_causal_dir: Path) -> None:
+    trainer = make_trainer(tiny_causal_dir, max_nonfinite_steps=2)
     with torch.no_grad():
         trainer.actor_critic.value_head.summary.bias.fill_(float("inf"))
-    queries = [torch.tensor([5, 6])] * 8
-    with pytest.raises(TrainingError, match="Non-finite PPO loss"):
-        trainer.step(queries, [torch.tensor([7, 8])] * 8, torch.ones(8))
+    before = [p.detach().clone() for p in trainer.actor_critic.trainable_parameters()]
+    queries, responses = [torch.tensor([5, 6])] * 8, [torch.tensor([7, 8])] * 8
+    stats = trainer.step(queries, responses, torch.ones(8))
+    assert stats["train/skipped"] == 1.0 and stats["train/skipped_updates"] == 2.0  # both mini-batches
+    after = trainer.actor_critic.trainable_parameters()
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True)) and not trainer.optimizer.state
+    with pytest.raises(TrainingError, match="2 PPO steps in a row"):
+        trainer.step(queries, responses, torch.ones(8))
 
 
 def test_gradient_accumulation_matches_one_larger_mini_batch(tiny_causal_dir: Path) -> None:

@@ -11,11 +11,12 @@ import dataclasses
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from detoxrl.errors import ConfigError, DetoxError
+from detoxrl.errors import ConfigError, DetoxError, Interrupted
 
 if TYPE_CHECKING:
     from detoxrl.config import EvalConfig, RunConfig
@@ -218,10 +219,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """PPO on the config's prompts against its reward; checkpoints and metrics in output_dir."""
     from detoxrl.data import load_prompts
+    from detoxrl.loop import train
     from detoxrl.models import resolve_device
     from detoxrl.rewards import build_reward
     from detoxrl.run import validate
-    from detoxrl.trainer import train
 
     config = _run_config(args)
     if args.dry_run:
@@ -455,6 +456,8 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # peft asks transformers a deprecated question at every adapter it attaches: noise, not news for a user
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     try:
         args = build_parser().parse_args(argv)
         from transformers.utils import logging as hf_logging
@@ -464,6 +467,9 @@ def main(argv: list[str] | None = None) -> int:
             args.evaluator = ["profanity"]
         code: int = args.func(args)
         return code
+    except Interrupted as e:
+        print(f"detoxrl: {e}; continue with: detoxrl {args.command} --resume {e.run_dir}", file=sys.stderr)
+        return e.exit_code
     except DetoxError as e:
         print(f"detoxrl: error: {e}", file=sys.stderr)
         return 2

@@ -260,6 +260,7 @@ class PPOConfig:
     score_clip: float | None = None
     value_head_init_std: float = 0.0  # 0: zero-initialised value head
     lr_scheduler_type: Literal["constant", "linear"] = "constant"  # linear: decays to 0 over RunConfig.steps
+    max_nonfinite_steps: int = 3  # steps in a row without an update (non-finite scores/loss/gradients): stop
 
     def __post_init__(self) -> None:
         early_stop = Check(
@@ -275,6 +276,7 @@ class PPOConfig:
             "max_grad_norm": optional(POSITIVE), "target_kl": optional(early_stop),
             "init_kl_coef": NON_NEGATIVE, "adaptive_kl_target": POSITIVE, "kl_horizon": count(1),
             "score_scale": POSITIVE, "score_clip": optional(POSITIVE), "value_head_init_std": NON_NEGATIVE,
+            "max_nonfinite_steps": count(1),
         })  # fmt: skip
         step_rows = self.mini_batch_size * self.gradient_accumulation_steps
         if self.batch_size % step_rows:
@@ -422,7 +424,8 @@ class RunConfig:
     steps: int = 20
     seed: int = 0
     output_dir: str = "runs/detox"
-    save_every: int = 10
+    save_every: int = 1  # steps between checkpoints (a killed run loses at most save_every - 1 steps)
+    keep_checkpoints: int = 2  # the newest checkpoints kept; older ones are deleted
     threads: int | None = None  # torch threads; None leaves torch's choice
     device: str = "auto"
 
@@ -430,7 +433,8 @@ class RunConfig:
         seed = Check(lambda v: _whole(v) and 0 <= v < 2**32, "a whole number in [0, 2**32)")
         device = Check(lambda v: isinstance(v, str) and DEVICE.fullmatch(v) is not None, DEVICES)
         check(self, {"steps": count(1), "seed": seed, "output_dir": TEXT, "save_every": count(1),
-                     "threads": optional(count(1)), "device": device})  # fmt: skip
+                     "keep_checkpoints": count(1), "threads": optional(count(1)),
+                     "device": device})  # fmt: skip
         check_rollout_sampling(self.generation)
 
     def check_evaluation(self) -> None:

@@ -18,4 +18,13 @@ class DataError(DetoxError):
 
 
 class TrainingError(DetoxError):
-    """Training cannot go on (a non-finite loss, a corrupt checkpoint)."""
+    """Training cannot go on (non-finite steps in a row, a corrupt checkpoint)."""
+
+
+class Interrupted(DetoxError):
+    """Training stopped cleanly on a signal, its last step checkpointed; ``exit_code`` is 128 + the
+    signal's number, as a shell reports it; ``run_dir`` is where ``--resume`` continues."""
+
+    def __init__(self, message: str, exit_code: int, run_dir: str) -> None:
+        super().__init__(message)
+        self.exit_code, self.run_dir = exit_code, run_dir

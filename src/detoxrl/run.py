@@ -180,26 +180,26 @@ def run(config: RunConfig, resume: bool = False, progress: bool = True) -> RunSu
     Step 4: evaluate the trained policy on the same prompts with the same seeds and evaluators.
     Step 5: paired comparison, the qualitative table and the report.
     """
-    from detoxrl.data import load_prompts
-    from detoxrl.engine import select_engine
-    from detoxrl.evaluation import compare
-    from detoxrl.evaluation_io import load_result, result_to_dict, write_json
-    from detoxrl.models import resolve_device
-    from detoxrl.rewards import build_reward
-    from detoxrl.trainer import train
+    from detoxrl.checkpoint import run_directory
 
     start = time.perf_counter()
     config.check_evaluation()
     run_dir = Path(config.output_dir)
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        raise ConfigError(
-            f"'{run_dir}' already holds a run: resume it (detoxrl run --resume {run_dir}) or set "
-            "output_dir=another/folder."
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_directory(run_dir, resume, evaluation=True, command="run"):
+        return _run(config, run_dir, resume, progress, start)
+
+
+def _run(config: RunConfig, run_dir: Path, resume: bool, progress: bool, start: float) -> RunSummary:
+    from detoxrl.data import load_prompts
+    from detoxrl.engine import select_engine
+    from detoxrl.evaluation import compare
+    from detoxrl.evaluation_io import load_result, result_to_dict, write_json
+    from detoxrl.loop import train
+    from detoxrl.models import resolve_device
+    from detoxrl.rewards import build_reward
+
     engine = select_engine(config.policy.engine, resolve_device(config.device))
-    # first, so that a run that dies early can be resumed
-    save_config(config, run_dir / "config.yaml", comment=engine.describe())
+    save_config(config, run_dir / "config.yaml", comment=engine.describe())  # first: what is running, and how
     engine.configure(config.threads)
     prompts = load_prompts(config.data)
     held_out = prompts.eval[: config.eval.num_prompts]

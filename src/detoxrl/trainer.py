@@ -1,6 +1,7 @@
-"""PPO training: the classic ``PPOTrainer`` API (generate / step / log_stats) and a config-driven
-``train()`` loop with metrics and atomic, resumable checkpoints. The math lives in ppo.py; how models
-run is the engine's (detoxrl/engine/), reached only through the actor-critic.
+"""The PPO trainer: one PPO step on a batch (the experience, epochs of mini-batch updates, statistics, the
+KL controller), updates with non-finite losses or gradients skipped, and the classic trl calls
+(generate / step / log_stats). The math lives in ppo.py, the config-driven loop in loop.py; how models
+run is the engine's, reached only through the actor-critic.
 
 Shapes: B responses, P prompt tokens, T response tokens.
 """
@@ -9,28 +10,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from detoxrl import ppo
 from detoxrl.batch import make_batch, trim_batch
-from detoxrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_weights
-from detoxrl.config import PPOConfig, RunConfig, SamplingConfig, check_rollout_sampling, save_config
-from detoxrl.engine import Engine
+from detoxrl.config import PPOConfig, SamplingConfig, check_rollout_sampling
 from detoxrl.errors import TrainingError
-from detoxrl.generate import decode, stop_ids
+from detoxrl.generate import stop_ids
 from detoxrl.policy import ActorCritic
-from detoxrl.rollout import Experience, batch_indices, make_experience, old_policy
-from detoxrl.sampling import LengthSampler, Sampled, response_limits
+from detoxrl.rollout import Experience, make_experience, old_policy
+from detoxrl.sampling import LengthSampler, Sampled
 
-__all__ = ["LengthSampler", "PPOTrainer", "TrainResult", "train"]
+__all__ = ["LengthSampler", "PPOTrainer"]
 
 Reward = Callable[[list[str], list[str]], torch.Tensor]
 CLASSIC_KWARGS = ("temperature", "top_k", "top_p", "do_sample", "max_new_tokens", "min_new_tokens",
@@ -61,6 +57,7 @@ class PPOTrainer:
         self.kl_coef = config.init_kl_coef
         self.score_moments = ppo.RunningMoments()
         self.step_count = 0
+        self.nonfinite_steps = 0  # steps in a row without any update (non-finite scores, losses, gradients)
         self.metrics_path = Path(metrics_path) if metrics_path else None
         self.tensorboard_dir = tensorboard_dir
         self._tensorboard: Any = None  # a SummaryWriter, opened at the first log_stats
@@ -157,8 +154,12 @@ class PPOTrainer:
         sampled: Sampled | None,
     ) -> dict[str, float]:  # fmt: skip
         t0, c, temperature = time.perf_counter(), self.config, self.generation.temperature
-        if raw.shape != (len(queries),) or not torch.isfinite(raw).all():
-            raise TrainingError(f"Scores must be {len(queries)} finite numbers, got {raw.tolist()}.")
+        if raw.shape != (len(queries),):
+            raise TrainingError(
+                f"Scores must be {len(queries)} numbers, one per response, got {raw.tolist()}."
+            )
+        if not torch.isfinite(raw).all():  # no update on this batch; the weights stay as they are
+            return self._skipped(t0, {"train/nonfinite_scores": float((~torch.isfinite(raw)).sum())})
         # 1. Transform the scores (running normalisation / scale / clip) [D10].
         if c.score_norm:
             self.score_moments = ppo.update_moments(self.score_moments, raw)
@@ -172,20 +173,41 @@ class PPOTrainer:
         old = old_policy(ac, batch, temperature, sampled)
         exp = make_experience(ac, batch, old, scores, self.kl_coef, c, temperature)
         t1 = time.perf_counter()
-        # 3. ppo_epochs passes over shuffled mini-batches [D7][D8][D14][D15].
-        losses = self._update(exp)
+        # 3. ppo_epochs passes over shuffled mini-batches [D7][D8][D14][D15]; an optimizer step whose
+        #    loss or gradient is not finite is skipped.
+        losses, skipped = self._update(exp)
         t2 = time.perf_counter()
+        if not losses:  # every update skipped
+            return self._skipped(t0, {"train/skipped_updates": float(skipped)})
         # 4. Statistics, then the KL controller [D9] and the learning-rate schedule.
         stats = self._stats(exp, losses, raw)
-        stats.update({"time/forward": t1 - t0, "time/update": t2 - t1})
+        stats.update(
+            {"time/forward": t1 - t0, "time/update": t2 - t1, "train/skipped_updates": float(skipped)}
+        )
         if c.adaptive_kl:
             self.kl_coef = ppo.adaptive_kl_coef(
                 self.kl_coef, stats["objective/kl"], len(raw), c.adaptive_kl_target, c.kl_horizon
             )
+        self.nonfinite_steps = 0
+        return self._finish_step(stats, t0)
+
+    def _skipped(self, t0: float, why: dict[str, float]) -> dict[str, float]:
+        """A step without any update (non-finite scores, or every update's loss or gradient): its weights and
+        optimizer state untouched; ``ppo.max_nonfinite_steps`` of them in a row stop training."""
+        self.nonfinite_steps += 1
+        if self.nonfinite_steps >= self.config.max_nonfinite_steps:
+            raise TrainingError(
+                f"{self.nonfinite_steps} PPO steps in a row (up to step {self.step_count + 1}) had "
+                f"non-finite scores, losses or gradients ({', '.join(why)}), so none updated the policy: "
+                "lower ppo.learning_rate, set ppo.max_grad_norm or ppo.score_clip, or check the reward; "
+                "the last checkpoint holds the last good weights."
+            )
+        return self._finish_step({"train/skipped": 1.0, "objective/kl_coef": self.kl_coef, **why}, t0)
+
+    def _finish_step(self, stats: dict[str, float], t0: float) -> dict[str, float]:
         self.lr_scheduler.step()
         self.step_count += 1
-        stats["time/step"] = time.perf_counter() - t0
-        return stats
+        return {**stats, "time/step": time.perf_counter() - t0}
 
     def log_stats(
         self, stats: dict[str, float], batch: dict[str, list[str]] | None = None, rewards: Any = None
@@ -219,12 +241,15 @@ class PPOTrainer:
 
     # ---- the pieces of a step -------------------------------------------------------------------
 
-    def _update(self, exp: Experience) -> list[ppo.PPOLoss]:
+    def _update(self, exp: Experience) -> tuple[list[ppo.PPOLoss], int]:
         """[D14] Epochs over shuffled mini-batches; one optimizer step per ``mini_batch_size *
-        gradient_accumulation_steps`` rows, its loss the token mean over those rows."""
-        c, ac = self.config, self.actor_critic
+        gradient_accumulation_steps`` rows, its loss the token mean over those rows. An optimizer step
+        whose loss or gradient norm is not finite is skipped (weights and Adam's state untouched).
+        Returns the losses of the steps taken and the number skipped."""
+        c, params = self.config, self.actor_critic.trainable_parameters()
         n, step_rows = len(exp.scores), c.mini_batch_size * c.gradient_accumulation_steps
         losses: list[ppo.PPOLoss] = []
+        skipped = 0
         for _ in range(c.ppo_epochs):
             order = torch.randperm(n)
             for start in range(0, n, step_rows):
@@ -235,13 +260,19 @@ class PPOTrainer:
                     self._micro_step(exp, rows[i : i + c.mini_batch_size], n_tokens)
                     for i in range(0, len(rows), c.mini_batch_size)
                 ]
-                if c.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(ac.trainable_parameters(), c.max_grad_norm)
+                norm = torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm or float("inf"))
+                if not torch.isfinite(torch.stack([norm, *(p.loss.detach() for p in parts)])).all():
+                    skipped += 1
+                    continue
                 self.optimizer.step()
                 losses.append(_add_losses(parts))
                 if c.target_kl is not None and float(losses[-1].approxkl) > c.target_kl:
-                    return losses  # [D15] early stop: the policy moved too far from the rollout policy
-        return losses
+                    return (
+                        losses,
+                        skipped,
+                    )  # [D15] early stop: the policy moved too far from the rollout policy
+        self.optimizer.zero_grad(set_to_none=True)
+        return losses, skipped
 
     def _micro_step(self, exp: Experience, rows: torch.Tensor, n_tokens: torch.Tensor) -> ppo.PPOLoss:
         """Forward + backward on some rows; the loss is normalised by the optimizer step's token count."""
@@ -257,13 +288,8 @@ class PPOTrainer:
             out.logprobs, pick(exp.logprobs), pick(exp.advantages), out.values, pick(exp.values),
             pick(exp.returns), batch.response_mask, n_tokens, c.cliprange, c.cliprange_value, c.vf_coef,
         )  # fmt: skip
-        if not torch.isfinite(loss.loss):
-            raise TrainingError(
-                f"Non-finite PPO loss at step {self.step_count} (policy {float(loss.policy_loss.detach())}, "
-                f"value {float(loss.value_loss.detach())}): lower ppo.learning_rate, "
-                "or set ppo.score_clip / ppo.score_norm."
-            )
-        loss.loss.backward()
+        if torch.isfinite(loss.loss):  # a non-finite loss makes the whole optimizer step skipped
+            loss.loss.backward()
         return loss
 
     def _stats(
@@ -313,6 +339,7 @@ class PPOTrainer:
             "kl_coef": self.kl_coef,
             "score_moments": vars(self.score_moments),
             "step_count": self.step_count,
+            "nonfinite_steps": self.nonfinite_steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -321,6 +348,7 @@ class PPOTrainer:
         self.kl_coef = float(state["kl_coef"])
         self.score_moments = ppo.RunningMoments(**state["score_moments"])
         self.step_count = int(state["step_count"])
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
 
 
 def _same(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> bool:
@@ -338,99 +366,3 @@ def _add_losses(parts: list[ppo.PPOLoss]) -> ppo.PPOLoss:
     """Micro-batch terms are already divided by the step's token count: their sums are its means."""
     names = ppo.PPOLoss.__dataclass_fields__
     return ppo.PPOLoss(**{k: torch.stack([getattr(p, k).detach() for p in parts]).sum() for k in names})
-
-
-# ---- the config-driven loop ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    run_dir: Path
-    final_dir: Path  # PEFT adapter (or full model) + value_head.safetensors
-    metrics: list[dict[str, Any]]  # the records of the steps this call ran
-
-
-def _train_step(
-    trainer: PPOTrainer, config: RunConfig, prompts: list[str], queries: list[torch.Tensor], reward: Reward
-) -> dict[str, Any]:
-    """Rollout -> reward -> PPO step -> one metrics record."""
-    idx = batch_indices(len(prompts), config.ppo.batch_size, trainer.step_count, config.seed)
-    batch_prompts, batch_queries = [prompts[i] for i in idx], [queries[i] for i in idx]
-    t0 = time.perf_counter()
-    sampled = trainer.rollout(batch_queries, response_limits(config.generation, len(idx)))
-    texts = decode(trainer.tokenizer, sampled.responses())
-    t1 = time.perf_counter()
-    scores = torch.as_tensor(reward(batch_prompts, texts)).float().cpu()
-    t2 = time.perf_counter()
-    stats = trainer.learn(batch_queries, sampled, scores)
-    stats.update({"time/generation": t1 - t0, "time/reward": t2 - t1, "time/total": time.perf_counter() - t0})
-    return trainer.log_stats(stats, batch={"query": batch_prompts, "response": texts})
-
-
-def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume and (latest_checkpoint(run_dir) or (run_dir / "metrics.jsonl").exists()):
-        raise TrainingError(
-            f"'{run_dir}' already holds a run; resume it (--resume) or choose another output_dir."
-        )
-
-
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Keep the metrics of steps up to the checkpoint; later ones will be recomputed identically."""
-    if path.exists():
-        keep = [
-            ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= last_step
-        ]
-        path.write_text("".join(ln + "\n" for ln in keep))
-
-
-def train(
-    config: RunConfig, prompts: list[str], reward: Reward, out_dir: str | Path | None = None,
-    resume: bool = False, progress: bool = True, engine: Engine | None = None,
-) -> TrainResult:  # fmt: skip
-    """Detoxify ``config.policy`` with PPO on ``prompts`` against ``reward(prompts, responses) -> (B,)``,
-    on ``engine`` (default: ``config.policy.engine`` for ``config.device``)."""
-    from tqdm.auto import tqdm
-
-    from detoxrl.engine import select_engine
-    from detoxrl.generate import format_prompts, tokenize_prompts
-    from detoxrl.models import load_policy, resolve_device
-    from detoxrl.policy import build_actor_critic
-
-    if not prompts:
-        raise ValueError("train() needs at least one prompt.")
-    # 1. Seed once; the engine, chosen once and written beside the resolved config; the run directory.
-    run_dir = Path(out_dir or config.output_dir)
-    _prepare_run_dir(run_dir, resume)
-    torch.manual_seed(config.seed), random.seed(config.seed), np.random.seed(config.seed)
-    engine = engine or select_engine(config.policy.engine, resolve_device(config.device))
-    engine.configure(config.threads)
-    print(engine.describe())
-    save_config(config, run_dir / "config.yaml", comment=engine.describe())
-    # 2. The policy with its value head and reference, and the trainer.
-    policy = load_policy(config.policy, engine.device)
-    actor_critic = build_actor_critic(policy, config.policy, config.ppo.value_head_init_std, engine)
-    print(actor_critic.describe())
-    trainer = PPOTrainer(config.ppo, actor_critic, policy.tokenizer, config.generation, config.steps,
-                         run_dir / "metrics.jsonl", run_dir / "tensorboard")  # fmt: skip
-    queries = tokenize_prompts(
-        policy.tokenizer, format_prompts(policy.tokenizer, prompts, config.policy.chat_template)
-    )
-    # 3. Resume: weights, optimizer, scheduler, KL controller, RNG states and step from the last checkpoint.
-    checkpoint = latest_checkpoint(run_dir) if resume else None
-    if checkpoint is not None:
-        trainer.load_state_dict(load_checkpoint(actor_critic, checkpoint))
-    _truncate_metrics(run_dir / "metrics.jsonl", trainer.step_count)
-    # 4. The loop: rollout -> reward -> PPO step -> metrics -> periodic checkpoint.
-    records = []
-    bar = tqdm(range(trainer.step_count, config.steps), desc="ppo", disable=not progress)
-    for _ in bar:
-        records.append(_train_step(trainer, config, prompts, queries, reward))
-        bar.set_postfix(
-            reward=f"{records[-1]['env/reward_mean']:.3f}", kl=f"{records[-1]['objective/kl']:.3f}"
-        )
-        if trainer.step_count % config.save_every == 0 or trainer.step_count == config.steps:
-            save_checkpoint(actor_critic, trainer.state_dict(), trainer.step_count, run_dir)
-    # 5. The final adapter (+ value head): plain ``PeftModel.from_pretrained(base, final_dir)`` loads it.
-    save_weights(actor_critic, run_dir / "final")
-    return TrainResult(run_dir, run_dir / "final", records)

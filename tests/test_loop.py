@@ -1,0 +1,168 @@
+"""The config-driven loop (loop.py) and the run directory's life (checkpoint.run_directory): a start that
+fails leaves nothing (or, later, a resumable run, and says which); SIGINT and SIGTERM stop cleanly after
+the current step with a checkpoint and a line saying how to resume; after SIGKILL mid-step, --resume
+repeats the uninterrupted run exactly, each step logged once (real subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from detoxrl.checkpoint import latest_checkpoint
+from detoxrl.config import PolicyConfig, PPOConfig, RunConfig, SamplingConfig
+from detoxrl.errors import DataError, TrainingError
+from detoxrl.loop import train
+
+PROMPTS = ["you are a kind", "the movie was", "what a lovely day", "i hate waiting"] * 4
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny(model: Path, steps: int) -> RunConfig:
+    return RunConfig(
+        policy=PolicyConfig(model=str(model), chat_template=False),
+        generation=SamplingConfig(max_new_tokens=4),
+        ppo=PPOConfig(learning_rate=1e-2, batch_size=4, mini_batch_size=4),
+        steps=steps,
+    )
+
+
+def failing_at(step: int) -> object:
+    calls = []
+
+    def reward(prompts: list[str], responses: list[str]) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) == step:
+            raise DataError("the reward service is down")
+        return torch.tensor([float(len(r)) for r in responses])
+
+    return reward
+
+
+def test_a_start_that_fails_leaves_nothing_and_the_same_command_then_runs(
+    tiny_causal_dir: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    with pytest.raises(DataError, match=rf"the reward service is down \(nothing was kept in '{run_dir}'\)"):
+        train(tiny(tiny_causal_dir, 2), PROMPTS, failing_at(1), run_dir, progress=False)
+    assert not run_dir.exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's file")  # a folder that existed keeps its files
+    with pytest.raises(DataError, match="nothing was kept"):
+        train(tiny(tiny_causal_dir, 2), PROMPTS, failing_at(1), tmp_path / "mine", progress=False)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    assert len(train(tiny(tiny_causal_dir, 2), PROMPTS, failing_at(99), run_dir, progress=False).metrics) == 2
+
+
+def test_a_run_that_fails_later_is_kept_and_says_how_to_resume(tiny_causal_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    with pytest.raises(DataError, match=rf"continue with detoxrl train --resume {run_dir}\)"):
+        train(tiny(tiny_causal_dir, 4), PROMPTS, failing_at(3), run_dir, progress=False)
+    assert latest_checkpoint(run_dir) == run_dir / "checkpoint-000002"
+    with pytest.raises(TrainingError, match="already holds a run: continue it with detoxrl train --resume"):
+        train(tiny(tiny_causal_dir, 4), PROMPTS, failing_at(99), run_dir, progress=False)
+    records = train(tiny(tiny_causal_dir, 4), PROMPTS, failing_at(99), run_dir, resume=True, progress=False)
+    assert [r["step"] for r in records.metrics] == [3, 4]
+
+
+def test_keep_checkpoints_bounds_the_disk_a_long_run_takes(tiny_causal_dir: Path, tmp_path: Path) -> None:
+    config = RunConfig(**{**vars(tiny(tiny_causal_dir, 5)), "keep_checkpoints": 3})
+    train(config, PROMPTS, failing_at(99), tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == [
+        f"checkpoint-00000{i}" for i in (3, 4, 5)
+    ]
+
+
+# ---- real processes: signals and SIGKILL ------------------------------------------------------------
+
+
+@pytest.fixture
+def slow_run(tmp_path: Path, tiny_causal_dir: Path, prompt_file: Path) -> tuple[Path, dict[str, str]]:
+    """A train config whose reward sleeps 0.3 s (so that a step is long enough to be interrupted in its
+    middle) and the environment of a subprocess that runs it."""
+    (tmp_path / "slow_reward.py").write_text(
+        "import time\n\n\ndef score(prompts, responses):\n"
+        "    time.sleep(0.3)\n    return [float(len(r)) for r in responses]\n"
+    )
+    config = tmp_path / "slow.yaml"
+    config.write_text(
+        f"policy: {{model: '{tiny_causal_dir}', chat_template: false}}\n"
+        "reward: {kind: callable, model: 'slow_reward:score'}\n"
+        f"data: {{source: '{prompt_file}', text_field: prompt.text}}\n"
+        "ppo: {batch_size: 4, mini_batch_size: 2, ppo_epochs: 2, score_norm: true}\n"
+        "generation: {min_new_tokens: 2, max_new_tokens: 6, length_sampling: per_prompt}\n"
+        "quality: {relevance: false}\nsteps: 6\nthreads: 1\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(tmp_path)]), "HF_HUB_OFFLINE": "1"}
+    return config, env
+
+
+def start(config: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "detoxrl", "train", *args]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def metrics(run_dir: Path) -> list[dict[str, float]]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def stop_after(process: subprocess.Popen[str], run_dir: Path, steps: int, signum: int) -> tuple[int, str]:
+    """Send ``signum`` as soon as ``steps`` steps are logged (the next one is under way)."""
+    deadline = time.monotonic() + 120
+    while len(metrics(run_dir)) < steps and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    return process.returncode, err
+
+
+def same_steps(a: list[dict[str, float]], b: list[dict[str, float]]) -> float:
+    """The largest difference of rewards and KL between two runs' records (each step once, in order)."""
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, len(a) + 1))
+    keys = ("env/reward_mean", "objective/kl", "objective/kl_coef", "ppo/loss/total")
+    return max(abs(x[k] - y[k]) for x, y in zip(a, b, strict=True) for k in keys)
+
+
+@pytest.mark.slow
+def test_signals_stop_cleanly_and_sigkill_resumes_exactly(
+    slow_run: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    config, env = slow_run
+    straight = start(config, env, "--config", str(config), f"output_dir={tmp_path / 'straight'}")
+    assert straight.wait(timeout=300) == 0, straight.communicate()[1]
+    expected = metrics(tmp_path / "straight")
+    # SIGINT and SIGTERM: the current step finishes, is checkpointed, and the process says how to resume.
+    for name, signum in (("SIGINT", signal.SIGINT), ("SIGTERM", signal.SIGTERM)):
+        run_dir = tmp_path / name
+        code, err = stop_after(
+            start(config, env, "--config", str(config), f"output_dir={run_dir}"), run_dir, 2, signum
+        )
+        done = len(metrics(run_dir))
+        last = err.strip().splitlines()[-1]  # after the progress bar
+        assert code == 128 + signum and "Traceback" not in err, err
+        checkpoint = run_dir / f"checkpoint-{done:06d}"
+        assert last == (
+            f"detoxrl: stopped by {name} after step {done} of 6 ({checkpoint} holds it); "
+            f"continue with: detoxrl train --resume {run_dir}"
+        )
+        assert latest_checkpoint(run_dir) == run_dir / f"checkpoint-{done:06d}"
+    # SIGKILL mid-step: --resume continues from the last checkpoint and repeats the run step for step.
+    run_dir = tmp_path / "killed"
+    stop_after(
+        start(config, env, "--config", str(config), f"output_dir={run_dir}"), run_dir, 3, signal.SIGKILL
+    )
+    assert 3 <= len(metrics(run_dir)) < 6  # killed before the end
+    for resumed in ("killed", "SIGINT"):
+        process = start(config, env, "--resume", str(tmp_path / resumed))
+        assert process.wait(timeout=300) == 0, process.communicate()[1]
+        assert same_steps(metrics(tmp_path / resumed), expected) <= 1e-4
