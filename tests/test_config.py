@@ -65,9 +65,12 @@ def test_lab3_preset_matches_the_lab():
     assert c.steps == 10 and c.eval.num_prompts > 11 and c.policy.chat_template is False
 
 
-def test_rtp_preset_scores_the_response_only():
+def test_rtp_preset_scores_the_response_only_and_follows_the_protocol_offline():
     c = load_config(preset="rtp")
     assert c.reward.text == "response" and c.data.text_field == "prompt.text" and not c.policy.chat_template
+    assert c.data.source.startswith("shared:") and c.reward.model == "shared:minilm-toxicity"
+    s = c.eval.sampling  # RealToxicityPrompts: up to 20 tokens, nucleus 0.9; k >= 4 here
+    assert (s.max_new_tokens, s.top_p, s.temperature, c.eval.samples_per_prompt) == (20, 0.9, 1.0, 4)
 
 
 def test_unknown_key_gives_did_you_mean():

@@ -351,3 +351,26 @@ def test_dialogsum_gives_the_labs_counts(shared_dir):
     assert ps.train[0].text == LAB_TEMPLATE.replace("{text}", kept[0])
     assert ps.eval[-1].text == LAB_TEMPLATE.replace("{text}", kept[-1])
     assert ps.train[0].reference is not None
+
+
+def test_shared_sources_resolve_in_the_shared_folder_or_say_where_to_find_it(tmp_path, monkeypatch):
+    """Presets name offline data and models ``shared:...``: in the shared/ folder, wherever it is."""
+    from detoxrl.data import read_records
+    from detoxrl.errors import ModelLoadError
+    from detoxrl.models import resolve_source
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "p.jsonl").write_text('{"prompt": {"text": "hello"}}\n')
+    (tmp_path / "models" / "clf").mkdir(parents=True)
+    (tmp_path / "models" / "clf" / "config.json").write_text("{}")
+    monkeypatch.setenv("DETOXRL_SHARED", str(tmp_path))
+    assert [r["prompt"]["text"] for _, r in read_records("shared:data/p.jsonl")] == ["hello"]
+    assert resolve_source("shared:clf").path == str(tmp_path / "models" / "clf")
+    monkeypatch.setenv("DETOXRL_SHARED", str(tmp_path / "nowhere"))
+    monkeypatch.setattr("detoxrl.data.shared_dir", lambda: None)
+    with pytest.raises(
+        DataError, match=r"data.source 'shared:data/p.jsonl' is a file of the project's shared/"
+    ):
+        list(read_records("shared:data/p.jsonl"))
+    with pytest.raises(ModelLoadError, match="set DETOXRL_SHARED"):
+        resolve_source("shared:clf")

