@@ -182,3 +182,19 @@ def test_processes_share_the_cores_and_refuse_mini_batches_too_small_to_share() 
     with pytest.raises(ConfigError, match=r"'ppo.mini_batch_size' \(2\) must be at least the number of"):
         two.check(2, 1)
     two.check(4, 2)
+
+
+@pytest.mark.slow
+def test_cli_run_on_two_processes_writes_a_complete_run(
+    run_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``detoxrl run --num-processes 2`` end to end: torch's launcher, evaluation shared out, the report."""
+    from detoxrl.cli import main
+    from test_run import RUN_FILES
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "src"), str(tmp_path)]))
+    assert main(["run", "--config", str(run_config), "--num-processes", "2", "quality.relevance=false"]) == 0
+    assert [name for name in RUN_FILES if not (tmp_path / "run" / name).is_file()] == []
+    assert [r["step"] for r in metrics(tmp_path / "run")] == [1, 2]
+    after = json.loads((tmp_path / "run" / "eval_after.json").read_text())
+    assert [r["prompt_index"] for r in after["samples"]] == list(range(8))

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from detoxrl import distributed
 from detoxrl.errors import DetoxError, Interrupted, TrainingError
 from detoxrl.policy import ActorCritic
 
@@ -148,13 +147,15 @@ def holds_run(run_dir: Path, evaluation: bool = True) -> bool:
 
 
 @contextmanager
-def run_directory(run_dir: Path, resume: bool, evaluation: bool, command: str) -> Iterator[None]:
+def run_directory(
+    run_dir: Path, resume: bool, evaluation: bool, command: str, owner: bool = True
+) -> Iterator[None]:
     """The block that starts (or resumes) the run in ``run_dir``. Refuses a folder that already holds a
     run unless resuming. If the block fails before the folder holds a run, what it wrote is removed and
     the error says nothing was kept; after, the error says how to resume. Inside another such block for
-    the same folder (``detoxrl run``'s training) it adds nothing. Of several processes, the main one
-    cleans up."""
-    key, owner = run_dir.resolve(), distributed.current().is_main
+    the same folder (``detoxrl run``'s training) it adds nothing. Of several processes, the main one (the
+    ``owner``) cleans up."""
+    key = run_dir.resolve()
     if key in _ACTIVE:
         yield
         return

@@ -142,6 +142,7 @@ class Topology:
         if not self.distributed:
             return module, optimizer
         if not self.sharded and self.accelerator.distributed_type.name != "DEEPSPEED":  # DDP
+            # neither broadcast at the start nor (buffers: rotary frequencies) before every forward
             local = [n for n, p in module.named_parameters() if not p.requires_grad]
             local += [n for n, _ in module.named_buffers()]
             ddp = torch.nn.parallel.DistributedDataParallel
@@ -267,12 +268,9 @@ def current() -> Topology:
 
 def _from_environment(device: str) -> Topology:
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
 
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    # broadcast_buffers=False: the buffers (rotary frequencies) are the same everywhere and never trained
-    ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
-    accelerator = Accelerator(cpu=cpu, kwargs_handlers=[ddp])
+    accelerator = Accelerator(cpu=cpu)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
     ds = getattr(accelerator.state, "deepspeed_plugin", None)
     sharding: Sharding = "zero3" if ds is not None and ds.zero_stage == 3 else "none"

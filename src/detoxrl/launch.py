@@ -8,6 +8,7 @@ torchrun; inside, the same ``accelerate.Accelerator`` runs either way (distribut
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
@@ -40,7 +41,13 @@ def command(argv: list[str], n: int, cpu: bool) -> list[str]:
 
 
 def relaunch(argv: list[str], n: int, cpu: bool) -> int:
-    """Run ``detoxrl argv`` as ``n`` processes and return the launcher's exit code."""
+    """Run ``detoxrl argv`` as ``n`` processes and return the launcher's exit code. Ctrl-C reaches the
+    processes (they stop after their step, as one process does) while this one waits for them."""
     cmd = command(argv, n, cpu)
     print(f"launching {n} processes: {' '.join(cmd[1:4])} ... -m detoxrl {' '.join(without_flag(argv))}")
-    return subprocess.call(cmd)
+    # a handler that does nothing, not SIG_IGN, which the processes would inherit
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        return subprocess.call(cmd)
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -135,8 +135,8 @@ def train(
     on ``engine`` (default: ``config.policy.engine`` for ``config.device``)."""
     if not prompts:
         raise ValueError("train() needs at least one prompt.")
-    run_dir = Path(out_dir or config.output_dir)
-    with run_directory(run_dir, resume, evaluation=False, command="train"):
+    run_dir, main = Path(out_dir or config.output_dir), distributed.setup(config.device).is_main
+    with run_directory(run_dir, resume, evaluation=False, command="train", owner=main):
         return _train(config, prompts, reward, run_dir, resume, progress, engine)
 
 

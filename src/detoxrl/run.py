@@ -187,8 +187,8 @@ def run(config: RunConfig, resume: bool = False, progress: bool = True) -> RunSu
 
     start = time.perf_counter()
     config.check_evaluation()
-    run_dir = Path(config.output_dir)
-    with run_directory(run_dir, resume, evaluation=True, command="run"):
+    run_dir, main = Path(config.output_dir), distributed.setup(config.device).is_main
+    with run_directory(run_dir, resume, evaluation=True, command="run", owner=main):
         return _run(config, run_dir, resume, progress, start)
 
 

@@ -3,11 +3,9 @@ KL controller), updates with non-finite losses or gradients skipped, and the cla
 (generate / step / log_stats). The math lives in ppo.py, the config-driven loop in loop.py; how models
 run is the engine's, reached only through the actor-critic; processes are distributed.py's.
 
-Data parallel (a ``Topology`` of several processes): each process brings its rows of the global batch;
-their scores, log-probs, values and reference log-probs are gathered, so that every process builds the
-same experience of the global batch (score moments, whitening and the KL controller over all of it), and
-every optimizer step's rows are shared out among the processes, each loss divided by the step's global
-token count: the gradients DDP averages are then the one-process gradients.
+Data parallel (a ``Topology`` of N processes): each brings its rows; the rows' scores and passes are
+gathered into the global batch's experience (the same on every process), and each optimizer step's rows
+are shared out, every loss divided by the step's global token count: DDP averages one-process gradients.
 
 Shapes: B responses, P prompt tokens, T response tokens.
 """
