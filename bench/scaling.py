@@ -37,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3, help="PPO steps per run (the first is a warm-up)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
+        "--threads", type=int, default=None, help="torch threads per process (default: the preset's)"
+    )
+    p.add_argument(
         "--out", type=Path, default=None, help="JSON path (default bench/results/scaling-DEVICE.json)"
     )
     p.add_argument("--collectives", action="store_true", help=argparse.SUPPRESS)  # part 2, inside a launcher
@@ -44,12 +47,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run_training(n: int, steps: int, device: str, work: Path) -> dict[str, Any]:
+def run_training(n: int, steps: int, device: str, work: Path, threads: int | None) -> dict[str, Any]:
     """``detoxrl train`` of the default preset on ``n`` processes: median seconds per step, trainable size."""
     out = work / f"np{n}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     argv = [sys.executable, "-m", "detoxrl", "train", "--preset", "default", "--num-processes", str(n),
-            f"steps={steps}", f"device={device}", f"output_dir={out}", "quality.relevance=false"]  # fmt: skip
+            f"steps={steps}", f"device={device}", f"output_dir={out}", "quality.relevance=false",
+            *([f"threads={threads}"] if threads else [])]  # fmt: skip
     start = time.perf_counter()
     done = subprocess.run(argv, capture_output=True, text=True, env=env)
     if done.returncode:
@@ -125,7 +129,9 @@ def main(argv: list[str] | None = None) -> None:
     from detoxrl.launch import command
 
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [run_training(n, args.steps, args.device, Path(tmp)) for n in (1, args.processes)]
+        runs = [
+            run_training(n, args.steps, args.device, Path(tmp), args.threads) for n in (1, args.processes)
+        ]
     launcher = command(["x"], args.processes, cpu=args.device == "cpu")[:-2]  # ends with "-m"
     argv = [*launcher, "bench.scaling", "--collectives", "--device", args.device,
             "--trainable", str(runs[0]["trainable"])]  # fmt: skip

@@ -188,9 +188,6 @@ class Topology:
         with deepspeed.zero.GatheredParameters(list(module.parameters())):
             yield
 
-    def unwrap(self, module: Any) -> Any:
-        return self.accelerator.unwrap_model(module) if self.distributed else module
-
     def full_state_dict(self, module: Any) -> dict[str, torch.Tensor] | None:
         """Sharded models: the whole state dict (a collective: every process calls it) on the CPU, as
         accelerate's ``get_state_dict`` gathers it; None when every process holds every weight already."""
