@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The GPU check of the engine boundary (issue 13), one script, under 8 minutes on one GPU:
 #   1. the tests marked `gpu` (tests/test_gpu.py: the reference engine on CUDA against the CPU, D17 on
-#      CUDA, bf16 autocast, a short learning run),
+#      CUDA, bf16 autocast, a short learning run; tests/test_distributed.py: accelerate's FSDP2 on up to 2
+#      GPUs against one plain process),
 #   2. a 20-step run of the default preset on CUDA in bf16 (evaluation before/after, report),
 #   3. bench.throughput on the bench workload on CUDA (bf16),
+#   4. bench.scaling: the default preset on 1 GPU and on every GPU of the machine (DDP through accelerate
+#      launch), and the collectives of a step; skipped on a machine with one GPU,
 # then a small table of what each gave. CI never has a GPU; run this where one is at hand:
 #   bash bench/gpu_check.sh                 # everything, results under bench/results/gpu/
 #   STEPS=5 PARTS=tests,throughput bash bench/gpu_check.sh
@@ -17,7 +20,7 @@ OUT="${OUT:-bench/results/gpu}"
 DEVICE="${DEVICE:-cuda}"
 STEPS="${STEPS:-20}"
 MODEL="${MODEL:-smollm2-135m-instruct}"
-PARTS="${PARTS:-tests,run,throughput}"
+PARTS="${PARTS:-tests,run,throughput,scaling}"
 export PYTHONPATH="src:.${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 
@@ -51,6 +54,18 @@ if has throughput; then
   set -e
   echo "throughput_s=$(seconds "$t")" >> "$OUT/times.txt"
 fi
+if has scaling; then
+  GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)")
+  if [ "$GPUS" -gt 1 ]; then
+    t=$(date +%s)
+    set +e
+    "$PY" -m bench.scaling --device "$DEVICE" --processes "$GPUS" --steps 4 --out "$OUT/scaling.json" 2>&1 | tee "$OUT/scaling.log"
+    set -e
+    echo "scaling_s=$(seconds "$t")" >> "$OUT/times.txt"
+  else
+    echo "scaling: $GPUS GPU here, nothing to compare 1 GPU with" | tee "$OUT/scaling.log"
+  fi
+fi
 
 "$PY" - "$OUT" <<'EOF'
 import json, re, sys
@@ -74,6 +89,12 @@ if bench.exists():
     rows.append(("bench workload, bf16", f"{s['median_step_s']:.2f} s/step median ({s['samples_per_s_median']:.2f} samples/s); "
                  f"generation {s['median_gen_s']:.2f} s, update {s['median_train_s']:.2f} s; GPU memory peak "
                  f"{json.loads(bench.read_text()).get('peak_gpu_memory_mib') or 0:.0f} MiB"))
+scaling = out / "scaling.json"
+if scaling.exists():
+    s = json.loads(scaling.read_text())
+    one, many = s["runs"][0], s["runs"][-1]
+    rows.append((f"1 vs {many['processes']} GPUs (DDP)", f"{one['median_step_s']:.2f} vs {many['median_step_s']:.2f} s/step "
+                 f"(global batch 16); collectives {s['total_ms']:.1f} ms/step"))
 table = "| check | result |\n| --- | --- |\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
 (out / "table.md").write_text(table + "\n")
 print("\n" + table)

@@ -199,3 +199,14 @@ def test_a_baseline_checkout_gets_its_own_columns_and_ratios(tmp_path: Path) -> 
     }
     assert row["ours / this (samples/s)"].endswith("| 1.00x | 2.00x |")
     assert compare.parse_args(["--baseline", str(tmp_path)]).baseline == tmp_path
+
+
+def test_scaling_table_has_a_row_per_process_count_and_the_collectives() -> None:
+    from bench.scaling import table
+
+    runs = [{"processes": 1, "median_step_s": 10.0, "samples_per_s": 1.6, "wall_s": 60.0},
+            {"processes": 2, "median_step_s": 11.0, "samples_per_s": 1.45, "wall_s": 70.0}]  # fmt: skip
+    text = table(runs, {"total_ms": 12.5, "collectives_ms": {"rows": 2.0, "gradients": 10.5}})
+    lines = text.splitlines()
+    assert lines[2] == "| 1 | 10.00 | 1.60 | 60 | - |" and lines[3] == "| 2 | 11.00 | 1.45 | 70 | 12.5 |"
+    assert lines[-1] == "collectives per step (ms): rows 2.00, gradients 10.50"

@@ -199,3 +199,19 @@ def test_a_packed_prefill_samples_what_prompts_prefilled_alone_sample(
     assert torch.equal(runs[0].tokens, runs[1].tokens)
     assert torch.allclose(runs[0].logprobs, runs[1].logprobs, atol=1e-5)
     assert torch.allclose(runs[0].hidden, runs[1].hidden, atol=1e-5)
+
+
+def test_keyed_rows_sample_the_same_response_whatever_their_batch_neighbours(tiny_causal_dir: Path) -> None:
+    """With per-row seeds (data-parallel rollouts) a row's response depends on its prompt and seed alone:
+    sampled among other rows, alone, or in another order, whatever torch's global RNG holds."""
+    ac, _ = perturbed(tiny_causal_dir)
+    together = ac.sample(QUERIES, [6, 6, 6], SamplingConfig(), set(), 0, seeds=[11, 12, 13]).responses()
+    torch.manual_seed(99)
+    alone = ac.sample(QUERIES[1:2], [6], SamplingConfig(), set(), 0, seeds=[12]).responses()
+    reversed_ = ac.sample(
+        QUERIES[::-1], [6, 6, 6], SamplingConfig(), set(), 0, seeds=[13, 12, 11]
+    ).responses()
+    assert torch.equal(together[1], alone[0])
+    assert all(torch.equal(a, b) for a, b in zip(together, reversed_[::-1], strict=True))
+    other = ac.sample(QUERIES, [6, 6, 6], SamplingConfig(), set(), 0, seeds=[21, 22, 23]).responses()
+    assert any(not torch.equal(a, b) for a, b in zip(together, other, strict=True))  # the seeds matter

@@ -4,7 +4,8 @@ a folder holds a run. Knows the files, not the algorithm: the trainer hands over
 ``save_weights`` writes the ``default`` adapter in PEFT format (or the full model) + the value head, so
 that plain ``PeftModel.from_pretrained(base, folder)`` loads it. A checkpoint is a folder
 ``checkpoint-NNNNNN`` holding ``policy/`` (those weights) and ``state.pt`` (the trainer's state and the
-RNG states).
+RNG states). On several processes the main process writes them (``distributed.Topology.is_main``); where
+the parameters are sharded, the caller hands over the gathered state dict (``weights``).
 """
 
 from __future__ import annotations
@@ -30,16 +31,33 @@ _ACTIVE: set[Path] = set()  # run folders inside a run_directory block now
 VALUE_HEAD_FILE = "value_head.safetensors"
 
 
-def save_weights(actor_critic: ActorCritic, path: str | Path) -> None:
-    """Trained weights: the ``default`` adapter in PEFT format (or the full model) + the value head."""
+def save_weights(
+    actor_critic: ActorCritic, path: str | Path, weights: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Trained weights: the ``default`` adapter in PEFT format (or the full model) + the value head, read
+    from ``actor_critic`` or from ``weights``, its whole state dict (sharded models: gathered)."""
     path, model = Path(path), actor_critic.model
     path.mkdir(parents=True, exist_ok=True)
+    own = _part(weights, "model.")
     if actor_critic.is_peft:
-        model.save_pretrained(path, selected_adapters=["default"])
-    else:
+        model.save_pretrained(
+            path, selected_adapters=["default"], **({} if own is None else {"state_dict": own})
+        )
+    elif own is None:
         save_model(model, str(path / "model.safetensors"))  # shared (tied) tensors kept once
+    else:
+        save_file({k: v.contiguous() for k, v in own.items()}, str(path / "model.safetensors"))
+    if not actor_critic.is_peft:
         model.config.save_pretrained(path)  # so that from_pretrained(path) loads it too
-    save_file(actor_critic.value_head.state_dict(), str(path / VALUE_HEAD_FILE))
+    head = _part(weights, "value_head.") or actor_critic.value_head.state_dict()
+    save_file({k: v.contiguous() for k, v in head.items()}, str(path / VALUE_HEAD_FILE))
+
+
+def _part(weights: dict[str, torch.Tensor] | None, prefix: str) -> dict[str, torch.Tensor] | None:
+    """The entries of a submodule (``prefix``) in a whole state dict, without the prefix."""
+    if weights is None:
+        return None
+    return {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
 
 
 def load_weights(actor_critic: ActorCritic, path: str | Path) -> None:
@@ -72,15 +90,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    actor_critic: ActorCritic, state: dict[str, Any], step: int, run_dir: str | Path, keep: int = 2
-) -> Path:
-    """Weights, the trainer's ``state``, the RNG states and the step, written to a temporary folder
-    renamed at the end: a crash never leaves a half checkpoint. The ``keep`` newest are kept."""
+    actor_critic: ActorCritic, state: dict[str, Any], step: int, run_dir: str | Path, keep: int = 2,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> Path:  # fmt: skip
+    """Weights (``save_weights``), the trainer's ``state``, the RNG states and the step, written to a
+    temporary folder renamed at the end: a crash never leaves a half checkpoint. The ``keep`` newest are
+    kept."""
     run_dir = Path(run_dir)
     final = run_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
     tmp = run_dir / f".tmp-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_weights(actor_critic, tmp / "policy")
+    save_weights(actor_critic, tmp / "policy", weights)
     torch.save({"trainer": state, "rng": _rng_state()}, tmp / "state.pt")
     if final.exists():
         shutil.rmtree(final)
@@ -127,11 +147,14 @@ def holds_run(run_dir: Path, evaluation: bool = True) -> bool:
 
 
 @contextmanager
-def run_directory(run_dir: Path, resume: bool, evaluation: bool, command: str) -> Iterator[None]:
+def run_directory(
+    run_dir: Path, resume: bool, evaluation: bool, command: str, owner: bool = True
+) -> Iterator[None]:
     """The block that starts (or resumes) the run in ``run_dir``. Refuses a folder that already holds a
     run unless resuming. If the block fails before the folder holds a run, what it wrote is removed and
     the error says nothing was kept; after, the error says how to resume. Inside another such block for
-    the same folder (``detoxrl run``'s training) it adds nothing."""
+    the same folder (``detoxrl run``'s training) it adds nothing. Of several processes, the main one (the
+    ``owner``) cleans up."""
     key = run_dir.resolve()
     if key in _ACTIVE:
         yield
@@ -154,10 +177,11 @@ def run_directory(run_dir: Path, resume: bool, evaluation: bool, command: str) -
             raise type(e)(
                 f"{e} (the run so far is kept: continue with detoxrl {command} --resume {run_dir})"
             ) from None
-        _remove_new(run_dir, before, existed)
+        if owner:
+            _remove_new(run_dir, before, existed)
         raise type(e)(f"{e} (nothing was kept in '{run_dir}')") from None
     except BaseException:
-        if not holds_run(run_dir, evaluation):
+        if owner and not holds_run(run_dir, evaluation):
             _remove_new(run_dir, before, existed)
         raise
     finally:

@@ -218,6 +218,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """PPO on the config's prompts against its reward; checkpoints and metrics in output_dir."""
+    from detoxrl import distributed
     from detoxrl.data import load_prompts
     from detoxrl.loop import train
     from detoxrl.models import resolve_device
@@ -227,11 +228,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = _run_config(args)
     if args.dry_run:
         return _dry_run(validate(config, evaluate=False))
+    launched = _launch(args, config)
+    if launched is not None:
+        return launched
     prompts = [example.text for example in load_prompts(config.data).train]
-    reward = build_reward(config.reward, resolve_device(config.device))
+    top = distributed.setup(config.device)
+    reward = build_reward(config.reward, top.place(resolve_device(config.device)))
     result = train(config, prompts, reward, resume=bool(args.resume))
-    print(f"final adapter: {result.final_dir}")
+    if top.is_main:
+        print(f"final adapter: {result.final_dir}")
     return 0
+
+
+def _launch(args: argparse.Namespace, config: RunConfig) -> int | None:
+    """``--num-processes N`` (N > 1) outside a launcher: the same command as N processes (launch.py), whose
+    exit code this returns; else None (run here)."""
+    from detoxrl import distributed
+    from detoxrl.launch import relaunch
+    from detoxrl.models import resolve_device
+
+    n = args.num_processes
+    if n is not None and n < 1:
+        raise ConfigError(f"--num-processes must be a whole number >= 1, got {n}.")
+    if n in (None, 1) or distributed.launched():
+        return None
+    return relaunch(args.argv, n, cpu=resolve_device(config.device).type == "cpu")
 
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
@@ -265,6 +286,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _run_config(args)
     if args.dry_run:
         return _dry_run(validate(config))
+    launched = _launch(args, config)
+    if launched is not None:
+        return launched
     run(config, resume=bool(args.resume))
     return 0
 
@@ -318,6 +342,10 @@ def _add_config_args(p: argparse.ArgumentParser, preset_default: str) -> None:
         "--resume", metavar="RUN_DIR", help="continue a run from its directory (reads RUN_DIR/config.yaml)"
     )
     p.add_argument("--dry-run", action="store_true", help="check models, labels, data and sizes; run nothing")
+    p.add_argument(
+        "--num-processes", type=int, metavar="N",
+        help="data parallel on N processes of this machine (CPU: torchrun, gloo; GPUs: accelerate launch)",
+    )  # fmt: skip
     p.add_argument("overrides", nargs="*", help="config overrides such as steps=30 ppo.learning_rate=1e-4")
 
 
@@ -460,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # --num-processes runs it again
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars say nothing to a user

@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from detoxrl import stats
 from detoxrl.batch import make_batch
 from detoxrl.config import EvalConfig, from_dict
+from detoxrl.distributed import SINGLE, Topology
 from detoxrl.engine import Engine, select_engine
 from detoxrl.generate import Responses, eval_mode, format_prompts, generate
 from detoxrl.ppo import logprobs_from_logits
@@ -202,13 +203,21 @@ def sample_passes(
     *,
     seed: int,
     chat_template: bool,
+    first_batch: int = 0,
 ) -> list[Responses]:
     """k passes over the prompts through the sampler that trained; pass j is seeded by
-    ``sample_seed(seed, j)``."""
+    ``sample_seed(seed, j)``, its batches counted from ``first_batch``."""
     formatted = format_prompts(tokenizer, list(prompts), chat_template)
     return [generate(engine, model, tokenizer, formatted, config.sampling, seed=sample_seed(seed, j),
-                     batch_size=config.batch_size)
+                     batch_size=config.batch_size, first_batch=first_batch)
             for j in range(config.samples_per_prompt)]  # fmt: skip
+
+
+def share(n_prompts: int, batch_size: int, topology: Topology) -> tuple[int, slice]:
+    """This process's evaluation share: whole sampling batches (each seeded by its index, so the responses
+    are those one process samples), as (its first batch, its prompts)."""
+    batches = topology.shard(-(-n_prompts // batch_size))
+    return batches.start, slice(batches.start * batch_size, min(batches.stop * batch_size, n_prompts))
 
 
 def measure(
@@ -262,14 +271,16 @@ def evaluate(
     label: str = "eval",
     engine: Engine | None = None,
     quality: QualityScorer | None = TEXT_QUALITY,
+    topology: Topology = SINGLE,
 ) -> EvalResult:
     """Sample ``config.samples_per_prompt`` responses per prompt with fixed seeds and measure them.
 
     Step 1: k seeded passes over the prompts (``sample_passes``) on ``engine`` (default: the one that
-    ``policy.engine: auto`` picks for the model's device).
+    ``policy.engine: auto`` picks for the model's device); of several processes, each takes its ``share``.
     Step 2: toxicity of each response (or prompt + response, ``config.text``) by every evaluator;
     the optional reward, perplexity under ``reference`` (if ``config.perplexity``) and ROUGE against
-    ``references`` (``measure``); evasion, repetition, short responses and relevance (``quality``).
+    ``references`` (``measure``); evasion, repetition, short responses and relevance (``quality``); the
+    processes' records gathered in prompt order.
     Step 3: every figure with its interval (``compute_metrics``).
     """
     if not prompts:
@@ -277,9 +288,17 @@ def evaluate(
     if references is not None and len(references) != len(prompts):
         raise ValueError(f"Got {len(references)} references for {len(prompts)} prompts.")
     engine = engine or select_engine("auto", next(model.parameters()).device)
-    passes = sample_passes(engine, model, tokenizer, prompts, config, seed=seed, chat_template=chat_template)
-    records = measure(prompts, passes, config, evaluators, references=references, reward=reward,
-                      reference=reference, quality=quality)  # fmt: skip
+    first, mine = share(len(prompts), config.batch_size, topology)
+    records: tuple[SampleRecord, ...] = ()
+    if mine.stop > mine.start:
+        passes = sample_passes(engine, model, tokenizer, prompts[mine], config, seed=seed,
+                               chat_template=chat_template, first_batch=first)  # fmt: skip
+        records = measure(prompts[mine], passes, config, evaluators,
+                          references=None if references is None else references[mine], reward=reward,
+                          reference=reference, quality=quality)  # fmt: skip
+    if topology.distributed:
+        shifted = [dataclasses.replace(r, prompt_index=r.prompt_index + mine.start) for r in records]
+        records = tuple(topology.gather(shifted))
     refs, names = None if references is None else tuple(references), tuple(e.name for e in evaluators)
     result = EvalResult(label, tuple(prompts), refs, config.samples_per_prompt, names, records, {},
                         dataclasses.asdict(config), seed)  # fmt: skip

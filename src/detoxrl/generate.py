@@ -78,13 +78,15 @@ def generate(
     *,
     seed: int | None = 0,
     batch_size: int = 16,
+    first_batch: int = 0,
 ) -> Responses:
     """Sample one response per (already formatted) prompt, reproducibly: each batch is seeded from
-    ``seed`` and its index, so the same prompts and seed give the same responses whatever ran before."""
+    ``seed`` and its index (counted from ``first_batch``: these prompts are batches ``first_batch``... of a
+    longer list), so the same prompts and seed give the same responses whatever ran before."""
     prompt_ids = tokenize_prompts(tokenizer, prompts)
     stops, pad_id, responses = stop_ids(model, tokenizer), int(tokenizer.pad_token_id), []
     with eval_mode(model):  # no dropout while sampling
-        for b, start in enumerate(range(0, len(prompts), batch_size)):
+        for b, start in enumerate(range(0, len(prompts), batch_size), start=first_batch):
             if seed is not None:
                 torch.manual_seed(seed * 1_000_003 + b)
             chunk = prompt_ids[start : start + batch_size]

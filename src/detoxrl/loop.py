@@ -6,6 +6,10 @@ A run directory becomes a run with its first checkpoint or metrics line (``check
 SIGINT or SIGTERM finishes the current step, writes a checkpoint and stops with a line saying how to
 resume; after SIGKILL, ``--resume`` continues from the last checkpoint and repeats the uninterrupted
 run's steps exactly (RNG states are checkpointed; later metrics lines are dropped and recomputed).
+
+On several processes (distributed.py) each samples and scores its share of every step's batch; the main
+process alone writes the run directory, every process resumes from the same checkpoint (on any number of
+processes: the checkpoint holds the run's state, not the processes'), and they stop together.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from detoxrl import guards
+from detoxrl import distributed, guards
 from detoxrl.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -33,11 +37,12 @@ from detoxrl.checkpoint import (
     truncate_metrics,
 )
 from detoxrl.config import RunConfig, save_config
+from detoxrl.distributed import Topology
 from detoxrl.engine import Engine
 from detoxrl.errors import Interrupted
 from detoxrl.generate import decode
 from detoxrl.quality import QualityScorer
-from detoxrl.rollout import batch_indices
+from detoxrl.rollout import batch_indices, sample_seeds
 from detoxrl.sampling import response_limits
 from detoxrl.trainer import PPOTrainer
 
@@ -82,16 +87,21 @@ def _train_step(
     trainer: PPOTrainer, config: RunConfig, prompts: list[str], queries: list[torch.Tensor], reward: Reward,
     quality: QualityScorer, history: list[dict[str, Any]],
 ) -> tuple[dict[str, Any], guards.GuardReport]:  # fmt: skip
-    """Rollout -> reward -> PPO step -> quality guards -> one metrics record."""
+    """Rollout -> reward -> PPO step -> quality guards -> one metrics record. This process samples and
+    scores its share of the global batch, each row's draws keyed by (seed, step, place in the batch)."""
     idx = batch_indices(len(prompts), config.ppo.batch_size, trainer.step_count, config.seed)
-    batch_prompts, batch_queries = [prompts[i] for i in idx], [queries[i] for i in idx]
+    limits = response_limits(config.generation, len(idx))  # the same draws on every process
+    seeds = sample_seeds(config.seed, trainer.step_count, len(idx))
+    mine = trainer.topology.shard(len(idx))
+    batch_prompts, batch_queries = [prompts[i] for i in idx[mine]], [queries[i] for i in idx[mine]]
     t0 = time.perf_counter()
-    sampled = trainer.rollout(batch_queries, response_limits(config.generation, len(idx)))
+    sampled = trainer.rollout(batch_queries, limits[mine], seeds[mine])
     texts = decode(trainer.tokenizer, sampled.responses())
     t1 = time.perf_counter()
     scores = torch.as_tensor(reward(batch_prompts, texts)).float().cpu()
     t2 = time.perf_counter()
     stats: dict[str, Any] = trainer.learn(batch_queries, sampled, scores)
+    batch_prompts, texts = [prompts[i] for i in idx], trainer.topology.gather(texts)  # the global batch
     stats.update(guards.rollout_metrics(batch_prompts, texts, quality))
     verdict = guards.check([*history, stats], config.quality.guard)
     stats.update(verdict.metrics())
@@ -107,6 +117,16 @@ def _postfix(record: dict[str, Any], verdict: guards.GuardReport) -> dict[str, s
     return {**shown, **({"guard": verdict.postfix()} if verdict.alarms else {})}
 
 
+def select_run_engine(config: RunConfig, topology: Topology) -> Engine:
+    """The engine of ``config`` on this process's device; sharded models (FSDP, ZeRO-3) take the reference
+    engine, whose passes go through the model's own modules (the CPU engine keeps frozen weights' copies)."""
+    from detoxrl.engine import select_engine
+    from detoxrl.models import resolve_device
+
+    device = topology.place(resolve_device(config.device))
+    return select_engine("reference" if topology.sharded else config.policy.engine, device)
+
+
 def train(
     config: RunConfig, prompts: list[str], reward: Reward, out_dir: str | Path | None = None,
     resume: bool = False, progress: bool = True, engine: Engine | None = None,
@@ -115,9 +135,60 @@ def train(
     on ``engine`` (default: ``config.policy.engine`` for ``config.device``)."""
     if not prompts:
         raise ValueError("train() needs at least one prompt.")
-    run_dir = Path(out_dir or config.output_dir)
-    with run_directory(run_dir, resume, evaluation=False, command="train"):
+    run_dir, main = Path(out_dir or config.output_dir), distributed.setup(config.device).is_main
+    with run_directory(run_dir, resume, evaluation=False, command="train", owner=main):
         return _train(config, prompts, reward, run_dir, resume, progress, engine)
+
+
+def _build(
+    config: RunConfig, prompts: list[str], run_dir: Path, engine: Engine | None, top: Topology,
+    checkpoint: Path | None,
+) -> tuple[PPOTrainer, list[torch.Tensor], QualityScorer]:  # fmt: skip
+    """Steps 1-3 of ``_train``: the trainer (on this process's engine, resumed from ``checkpoint``), the
+    prompts' tokens, the quality scorer."""
+    from detoxrl.embeddings import build_quality
+    from detoxrl.generate import format_prompts, tokenize_prompts
+    from detoxrl.models import load_policy
+    from detoxrl.policy import build_actor_critic
+
+    # 1. Seed once (every process alike); the engine, chosen once and written beside the resolved config by
+    #    the main process, which alone writes the run directory.
+    torch.manual_seed(config.seed), random.seed(config.seed), np.random.seed(config.seed)
+    engine = engine or select_run_engine(config, top)
+    engine.configure(top.threads(config.threads))
+    if top.is_main:
+        print(f"{engine.describe()}\n{top.describe()}" if top.distributed else engine.describe())
+        save_config(config, run_dir / "config.yaml", comment=engine.describe())
+    # 2. The policy with its value head and reference, the trainer, the prompts, the quality scorer.
+    policy = load_policy(config.policy, engine.device)
+    actor_critic = build_actor_critic(policy, config.policy, config.ppo.value_head_init_std, engine)
+    if top.is_main:
+        print(actor_critic.describe())
+    # 3. Resume: weights (before any wrapping shards them), optimizer, scheduler, KL controller, RNG states
+    #    and step from the last checkpoint.
+    state = load_checkpoint(actor_critic, checkpoint) if checkpoint else None
+    main = top.is_main  # the others log nothing
+    trainer = PPOTrainer(config.ppo, actor_critic, policy.tokenizer, config.generation, config.steps,
+                         run_dir / "metrics.jsonl" if main else None,
+                         run_dir / "tensorboard" if main else None, top)  # fmt: skip
+    if state is not None:
+        trainer.load_state_dict(state)
+    queries = tokenize_prompts(
+        policy.tokenizer, format_prompts(policy.tokenizer, prompts, config.policy.chat_template)
+    )
+    return trainer, queries, build_quality(config.quality, engine.device)
+
+
+def _save(trainer: PPOTrainer, config: RunConfig, run_dir: Path, final: bool = False) -> None:
+    """A checkpoint (or the final weights) by the main process, the others waiting till it is there."""
+    top, ac = trainer.topology, trainer.actor_critic
+    weights = top.full_state_dict(trainer.train_module)  # sharded: gathered by every process; else None
+    state = trainer.state_dict()
+    if top.is_main and final:
+        save_weights(ac, run_dir / "final", weights)
+    elif top.is_main:
+        save_checkpoint(ac, state, trainer.step_count, run_dir, config.keep_checkpoints, weights)
+    top.barrier()
 
 
 def _train(
@@ -126,64 +197,42 @@ def _train(
 ) -> TrainResult:  # fmt: skip
     from tqdm.auto import tqdm
 
-    from detoxrl.embeddings import build_quality
-    from detoxrl.engine import select_engine
-    from detoxrl.generate import format_prompts, tokenize_prompts
-    from detoxrl.models import load_policy, resolve_device
-    from detoxrl.policy import build_actor_critic
     from detoxrl.report import read_metrics
 
-    # 1. Seed once; the engine, chosen once and written beside the resolved config.
-    torch.manual_seed(config.seed), random.seed(config.seed), np.random.seed(config.seed)
-    engine = engine or select_engine(config.policy.engine, resolve_device(config.device))
-    engine.configure(config.threads)
-    print(engine.describe())
-    save_config(config, run_dir / "config.yaml", comment=engine.describe())
-    # 2. The policy with its value head and reference, the trainer, the prompts, the quality scorer.
-    policy = load_policy(config.policy, engine.device)
-    actor_critic = build_actor_critic(policy, config.policy, config.ppo.value_head_init_std, engine)
-    print(actor_critic.describe())
-    trainer = PPOTrainer(config.ppo, actor_critic, policy.tokenizer, config.generation, config.steps,
-                         run_dir / "metrics.jsonl", run_dir / "tensorboard")  # fmt: skip
-    queries = tokenize_prompts(
-        policy.tokenizer, format_prompts(policy.tokenizer, prompts, config.policy.chat_template)
-    )
-    quality = build_quality(config.quality, engine.device)
-    # 3. Resume: weights, optimizer, scheduler, KL controller, RNG states and step from the last checkpoint.
-    checkpoint = latest_checkpoint(run_dir) if resume else None
-    if checkpoint is not None:
-        trainer.load_state_dict(load_checkpoint(actor_critic, checkpoint))
-    truncate_metrics(run_dir / "metrics.jsonl", trainer.step_count)
-    # 4. The loop: one step, a checkpoint every save_every steps and before any stop (signal, guard).
-    history, records, stop = read_metrics(run_dir), [], StopRequest()
-    stopped_early = False
-
-    def save() -> None:
-        save_checkpoint(
-            actor_critic, trainer.state_dict(), trainer.step_count, run_dir, config.keep_checkpoints
-        )
-
-    bar = tqdm(range(trainer.step_count, config.steps), desc="ppo", disable=not progress)
+    # 1-3. The processes; the trainer, resumed from the last checkpoint (every process the same one: the
+    #      main process's choice); the prompts and the quality scorer.
+    top = distributed.setup(config.device)
+    checkpoint = top.broadcast(latest_checkpoint(run_dir) if resume else None)
+    trainer, queries, quality = _build(config, prompts, run_dir, engine, top, checkpoint)
+    if top.is_main:
+        truncate_metrics(run_dir / "metrics.jsonl", trainer.step_count)
+    # 4. The loop: one step, a checkpoint every save_every steps and before any stop (signal, guard), which
+    #    every process takes together.
+    history, records, stop = top.broadcast(read_metrics(run_dir) if top.is_main else []), [], StopRequest()
+    stopped_early = signalled = False
+    bar = tqdm(range(trainer.step_count, config.steps), desc="ppo", disable=not progress or not top.is_main)
     with stop.catching():
         for _ in bar:
             record, verdict = _train_step(trainer, config, prompts, queries, reward, quality, history)
             history.append(record)
             records.append(record)
             bar.set_postfix(_postfix(record, verdict))
-            if verdict.alarms:
+            if verdict.alarms and top.is_main:
                 bar.write(verdict.message())
-            stopped_early = verdict.stop
-            if trainer.step_count % config.save_every == 0 or stop.signal or stopped_early:
-                save()
-            if stop.signal or stopped_early:
+            stopped_early, signalled = verdict.stop, top.any(stop.signal is not None)
+            if trainer.step_count % config.save_every == 0 or signalled or stopped_early:
+                _save(trainer, config, run_dir)
+            if signalled or stopped_early:
                 break
-    if stop.signal:
-        name = signal.Signals(stop.signal).name
+    if signalled:
+        signum = stop.signal or signal.SIGTERM  # another process's signal stopped this one
         where = latest_checkpoint(run_dir)
-        message = f"stopped by {name} after step {trainer.step_count} of {config.steps} ({where} holds it)"
-        raise Interrupted(message, 128 + stop.signal, str(run_dir))
+        message = (
+            f"stopped by {signal.Signals(signum).name} after step {trainer.step_count} of {config.steps}"
+        )
+        raise Interrupted(f"{message} ({where} holds it)", 128 + signum, str(run_dir))
     # 5. The final adapter (+ value head): plain ``PeftModel.from_pretrained(base, final_dir)`` loads it.
     if trainer.step_count % config.save_every and not stopped_early:
-        save()
-    save_weights(actor_critic, run_dir / "final")
+        _save(trainer, config, run_dir)
+    _save(trainer, config, run_dir, final=True)
     return TrainResult(run_dir, run_dir / "final", records, stopped_early)

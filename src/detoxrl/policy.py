@@ -112,6 +112,12 @@ class ActorCritic(nn.Module):
         return hasattr(self.model, "peft_config")
 
     @property
+    def _no_split_modules(self) -> list[str] | None:
+        """The model's layer classes: accelerate's FSDP wraps each such layer on its own."""
+        lm = self.model.get_base_model() if self.is_peft else self.model
+        return getattr(lm, "_no_split_modules", None)
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -138,10 +144,11 @@ class ActorCritic(nn.Module):
     @torch.no_grad()
     def sample(
         self, queries: list[torch.Tensor], limits: list[int], settings: SamplingConfig, stop_ids: set[int],
-        pad_id: int,
+        pad_id: int, seeds: list[int] | None = None,
     ) -> Sampled:  # fmt: skip
-        """[D17] Responses to ``queries`` from the policy, with each token's log-prob and LM-head input."""
-        return sample(self.engine, self.model, queries, limits, settings, stop_ids, pad_id)
+        """[D17] Responses to ``queries`` from the policy, with each token's log-prob and LM-head input;
+        row i's draws from ``seeds[i]`` when given (``sampling.row_uniforms``)."""
+        return sample(self.engine, self.model, queries, limits, settings, stop_ids, pad_id, seeds)
 
 
 def _clone_adapter_as_reference(model: Any) -> None:

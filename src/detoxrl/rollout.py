@@ -29,6 +29,13 @@ def batch_indices(n_prompts: int, batch_size: int, step: int, seed: int) -> list
     return out
 
 
+def sample_seeds(seed: int, step: int, n: int) -> list[int]:
+    """The sampling seed of each of a step's ``n`` rollouts (``sampling.row_uniforms``): a pure function of
+    the run's seed, the step and the row's place in the global batch, so a response does not depend on
+    which process samples it or beside which rows."""
+    return [((seed * 1_000_003 + step) * 1_000_033 + i) % 2**63 for i in range(n)]
+
+
 @dataclass(frozen=True)
 class Experience:
     """One batch of experience: everything the PPO update needs, computed once before any update [D1]."""
@@ -59,12 +66,14 @@ def old_policy(
 @torch.no_grad()
 def make_experience(
     actor_critic: ActorCritic, batch: ResponseBatch, old: PolicyOutput, scores: torch.Tensor, kl_coef: float,
-    config: PPOConfig, temperature: float,
+    config: PPOConfig, temperature: float, ref_logprobs: torch.Tensor | None = None,
 ) -> Experience:  # fmt: skip
-    """[D1] The reference pass; [D2][D3] KL-penalised per-token rewards; [D4] GAE; [D6] whitening."""
+    """[D1] The reference pass (unless ``ref_logprobs`` (B, T) are given); [D2][D3] KL-penalised per-token
+    rewards; [D4] GAE; [D6] whitening."""
     mask = batch.response_mask.float()
     scores = scores.to(mask.device).float()
-    ref_logprobs = actor_critic.reference_logprobs(batch, temperature)
+    if ref_logprobs is None:
+        ref_logprobs = actor_critic.reference_logprobs(batch, temperature)
     tr = ppo.compute_rewards(scores, old.logprobs, ref_logprobs, mask, kl_coef, config.kl_estimator)
     rewards = ppo.masked_whiten(tr.rewards, mask, shift_mean=False) if config.whiten_rewards else tr.rewards
     gae = ppo.compute_gae(rewards, old.values, mask, config.gamma, config.lam)

@@ -1,7 +1,8 @@
 """The whole lab in one call: evaluate before -> PPO -> evaluate after -> compare -> report.
 
 Everything lands in one run directory that can be resumed and whose report can be rebuilt from
-its files alone. Knows the order of the steps, not how any of them works.
+its files alone. Knows the order of the steps, not how any of them works. On several processes
+(distributed.py) every step is shared among them and the main process writes the files.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 
+from detoxrl import distributed
 from detoxrl.config import RunConfig, save_config
 from detoxrl.config_io import flatten, from_dict, merge, parse_overrides, read_yaml
 from detoxrl.engine import Engine
@@ -167,7 +169,8 @@ def evaluate_model(
                     is_encoder_decoder=policy.is_encoder_decoder, references=refs,
                     reward=build_reward(config.reward, device), reference=nll, seed=config.seed,
                     chat_template=config.policy.chat_template, label=label, engine=engine,
-                    quality=build_quality(config.quality, device))  # fmt: skip
+                    quality=build_quality(config.quality, device),
+                    topology=distributed.current())  # fmt: skip
 
 
 # ---- the run -----------------------------------------------------------------------------------------
@@ -184,44 +187,52 @@ def run(config: RunConfig, resume: bool = False, progress: bool = True) -> RunSu
 
     start = time.perf_counter()
     config.check_evaluation()
-    run_dir = Path(config.output_dir)
-    with run_directory(run_dir, resume, evaluation=True, command="run"):
+    run_dir, main = Path(config.output_dir), distributed.setup(config.device).is_main
+    with run_directory(run_dir, resume, evaluation=True, command="run", owner=main):
         return _run(config, run_dir, resume, progress, start)
 
 
 def _run(config: RunConfig, run_dir: Path, resume: bool, progress: bool, start: float) -> RunSummary:
     from detoxrl.data import load_prompts
-    from detoxrl.engine import select_engine
     from detoxrl.evaluation import compare
     from detoxrl.evaluation_io import load_result, result_to_dict, write_json
-    from detoxrl.loop import train
-    from detoxrl.models import resolve_device
+    from detoxrl.loop import select_run_engine, train
     from detoxrl.rewards import build_reward
 
-    engine = select_engine(config.policy.engine, resolve_device(config.device))
-    save_config(config, run_dir / "config.yaml", comment=engine.describe())  # first: what is running, and how
-    engine.configure(config.threads)
+    top = distributed.setup(config.device)
+    engine = select_run_engine(config, top)
+    say = print if top.is_main else _silent
+    if top.is_main:  # first: what is running, and how
+        save_config(config, run_dir / "config.yaml", comment=engine.describe())
+    engine.configure(top.threads(config.threads))
     prompts = load_prompts(config.data)
     held_out = prompts.eval[: config.eval.num_prompts]
     eval_texts = [e.text for e in held_out]
     refs = [str(e.reference) for e in held_out] if all(e.reference for e in held_out) else None
     before_path = run_dir / "eval_before.json"
-    if before_path.is_file():
-        before = load_result(before_path)
+    if top.broadcast(before_path.is_file()):
+        before = load_result(before_path) if top.is_main else None
     else:
-        print(f"[1/3] evaluating the starting policy on {len(eval_texts)} held-out prompts")
+        say(f"[1/3] evaluating the starting policy on {len(eval_texts)} held-out prompts")
         before = evaluate_model(config, engine, before_model(config, engine), eval_texts, refs, "before")
-        write_json(result_to_dict(before), before_path)
-    print(f"[2/3] PPO: {config.steps} steps of {config.ppo.batch_size} prompts")
+        if top.is_main:
+            write_json(result_to_dict(before), before_path)
+    say(f"[2/3] PPO: {config.steps} steps of {config.ppo.batch_size} prompts")
     reward = build_reward(config.reward, engine.device)
     result = train(config, [e.text for e in prompts.train], reward, run_dir, resume, progress, engine)
-    print(f"[3/3] evaluating the trained policy on the same {len(eval_texts)} prompts and seeds")
+    say(f"[3/3] evaluating the trained policy on the same {len(eval_texts)} prompts and seeds")
     after = evaluate_model(
         config, engine, after_model(config, result.final_dir, engine), eval_texts, refs, "after"
     )
+    if not top.is_main or before is None:
+        return RunSummary(run_dir, "", time.perf_counter() - start)
     write_json(result_to_dict(after), run_dir / "eval_after.json")
     comparison = compare(before, after, config.eval)
     return finish(run_dir, before, after, comparison, time.perf_counter() - start)
+
+
+def _silent(*args: Any) -> None:
+    """The other processes' ``print``: the main process tells the user."""
 
 
 def verdict_line(comparison: dict[str, Any], metrics: list[dict[str, Any]], seconds: float) -> str:

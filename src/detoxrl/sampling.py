@@ -7,6 +7,11 @@ log-prob (temperature applied, before any top-k / top-p / min-tokens filtering, 
 pass computes it) and the LM head's input that produced it, from which the critic's values follow, so
 the old log-probs and values need no second pass [D17].
 
+Randomness: each token is one uniform draw per row. By default the batch draws them from torch's global
+RNG (seeded runs repeat); given ``seeds``, row i draws its own stream from ``seeds[i]``, so a row's
+response depends only on its prompt, its seed and the policy, not on which rows share its batch (or which
+process samples it: data-parallel rollouts, distributed.py).
+
 Shapes: B prompts, T new tokens, H hidden size, V vocabulary.
 """
 
@@ -88,14 +93,15 @@ def sample_tokens(
     top_k: int = 0,
     top_p: float = 1.0,
     banned: torch.Tensor | None = None,
+    uniform: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row from float32 logits (B, V) -> (tokens (B,), their log-probs (B,)).
 
     The log-prob is that of softmax(logits / temperature), before filtering: the distribution the
     training pass evaluates. ``banned`` (B, V) bool removes tokens (a stop id before ``min_tokens``).
     Temperature 0 is greedy decoding (log-probs then at temperature 1). Tokens come from
-    ``inverse_cdf`` with torch's RNG (seeded runs repeat), an order of magnitude cheaper than
-    ``torch.multinomial`` over a large vocabulary on the CPU.
+    ``inverse_cdf`` with ``uniform`` (B, 1) in [0, 1) or torch's RNG (seeded runs repeat), an order of
+    magnitude cheaper than ``torch.multinomial`` over a large vocabulary on the CPU.
     """
     scaled = logits / temperature if temperature > 0 else logits
     logprobs = scaled.log_softmax(-1)
@@ -104,27 +110,37 @@ def sample_tokens(
         tokens = filtered.argmax(-1)
     else:
         plain = banned is None and not top_k and top_p >= 1
-        tokens = inverse_cdf(logprobs.exp() if plain else filter_logits(filtered, top_k, top_p).softmax(-1))
+        weights = logprobs.exp() if plain else filter_logits(filtered, top_k, top_p).softmax(-1)
+        tokens = inverse_cdf(weights, uniform=uniform)
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(1)
 
 
-def inverse_cdf(weights: torch.Tensor, block: int = 256) -> torch.Tensor:
+def inverse_cdf(weights: torch.Tensor, block: int = 256, uniform: torch.Tensor | None = None) -> torch.Tensor:
     """(B, V) non-negative float32 weights -> (B,) an index per row, drawn with probability proportional
-    to its weight. One uniform draw per row picks a block of ``block`` indices by the cumulated block
-    sums, then an index inside that block by its own cumulated weights, both in float64: exact to
-    float32's rounding of each block's sum, without a float64 cumsum over the whole vocabulary (which
-    cost 16 ms a token for 16 rows of SmolLM2's 49152)."""
+    to its weight. One uniform draw per row (``uniform`` (B, 1) float64, else torch's RNG) picks a block of
+    ``block`` indices by the cumulated block sums, then an index inside that block by its own cumulated
+    weights, both in float64: exact to float32's rounding of each block's sum, without a float64 cumsum
+    over the whole vocabulary (which cost 16 ms a token for 16 rows of SmolLM2's 49152)."""
     b, v = weights.shape
     blocks = F.pad(weights, (0, -v % block)).view(b, -1, block)  # (B, N, block)
     sums = blocks.sum(-1).double()  # (B, N)
     cdf = sums.cumsum(-1)
-    u = torch.rand(b, 1, dtype=torch.float64, device=weights.device) * cdf[:, -1:]
+    if uniform is None:
+        uniform = torch.rand(b, 1, dtype=torch.float64, device=weights.device)
+    u = uniform * cdf[:, -1:]
     k = torch.searchsorted(cdf, u).clamp(max=blocks.shape[1] - 1)  # (B, 1) the block
     inner = blocks.gather(1, k[:, :, None].expand(b, 1, block)).squeeze(1).double().cumsum(-1)  # (B, block)
     mass = sums.gather(1, k)
     share = ((u - cdf.gather(1, k) + mass) / mass.clamp_min(1e-300)).clamp(0, 1)  # where in the block
     j = torch.searchsorted(inner, share * inner[:, -1:]).clamp(max=block - 1)
     return (k * block + j).squeeze(1).clamp(max=v - 1)
+
+
+def row_uniforms(seeds: list[int], n: int) -> torch.Tensor:
+    """(B, n) float64 uniforms in [0, 1) on the CPU, row i the first ``n`` draws of a generator seeded
+    with ``seeds[i]``: a row's t-th draw depends on its seed and t alone."""
+    rows = [torch.rand(n, dtype=torch.float64, generator=torch.Generator().manual_seed(s)) for s in seeds]
+    return torch.stack(rows)
 
 
 @torch.no_grad()
@@ -136,11 +152,14 @@ def sample(
     settings: SamplingConfig,
     stop_ids: set[int],
     pad_id: int,
+    seeds: list[int] | None = None,
 ) -> Sampled:
     """Sample a response to each prompt (1-D token ids): row i at most ``limits[i]`` tokens, ending at
     its first stop id (none before ``settings.min_tokens`` tokens); decoding stops once every row has
-    ended. Rows that have ended keep sampling into padding that is discarded."""
+    ended. Rows that have ended keep sampling into padding that is discarded. With ``seeds``, row i's
+    draws come from its own stream ``seeds[i]`` (``row_uniforms``), else from torch's global RNG."""
     device = engine.device
+    uniforms = None if seeds is None else row_uniforms(seeds, max(limits)).to(device)  # (B, T)
     decoder = engine.decoder(model, [q.to(device) for q in prompts], max(limits))
     limit = torch.tensor(limits, device=device)
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
@@ -152,7 +171,10 @@ def sample(
         banned = None
         if t < settings.min_tokens and len(stop):
             banned = torch.zeros_like(logits, dtype=torch.bool).index_fill_(1, stop, True)
-        token, logprob = sample_tokens(logits, settings.temperature, settings.top_k, settings.top_p, banned)
+        uniform = None if uniforms is None else uniforms[:, t : t + 1]
+        token, logprob = sample_tokens(
+            logits, settings.temperature, settings.top_k, settings.top_p, banned, uniform
+        )
         tokens.append(token.masked_fill(ended, pad_id))
         logprobs.append(logprob.masked_fill(ended, 0.0))
         states.append(hidden.masked_fill(ended[:, None], 0.0))

@@ -1,13 +1,18 @@
 """The PPO trainer: one PPO step on a batch (the experience, epochs of mini-batch updates, statistics, the
 KL controller), updates with non-finite losses or gradients skipped, and the classic trl calls
 (generate / step / log_stats). The math lives in ppo.py, the config-driven loop in loop.py; how models
-run is the engine's, reached only through the actor-critic.
+run is the engine's, reached only through the actor-critic; processes are distributed.py's.
+
+Data parallel (a ``Topology`` of N processes): each brings its rows; the rows' scores and passes are
+gathered into the global batch's experience (the same on every process), and each optimizer step's rows
+are shared out, every loss divided by the step's global token count: DDP averages one-process gradients.
 
 Shapes: B responses, P prompt tokens, T response tokens.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -18,11 +23,12 @@ from typing import Any
 import torch
 
 from detoxrl import ppo
-from detoxrl.batch import make_batch, trim_batch
+from detoxrl.batch import ResponseBatch, make_batch, trim_batch
 from detoxrl.config import PPOConfig, SamplingConfig, check_rollout_sampling
+from detoxrl.distributed import SINGLE, Topology
 from detoxrl.errors import TrainingError
 from detoxrl.generate import stop_ids
-from detoxrl.policy import ActorCritic
+from detoxrl.policy import ActorCritic, PolicyOutput
 from detoxrl.rollout import Experience, make_experience, old_policy
 from detoxrl.sampling import LengthSampler, Sampled
 
@@ -45,11 +51,16 @@ class PPOTrainer:
         total_steps: int | None = None,
         metrics_path: str | Path | None = None,
         tensorboard_dir: str | Path | None = None,
+        topology: Topology = SINGLE,
     ) -> None:
         self.config, self.actor_critic, self.tokenizer = config, actor_critic, tokenizer
         self.generation = generation or SamplingConfig()
         check_rollout_sampling(self.generation)
-        self.optimizer = torch.optim.Adam(actor_critic.trainable_parameters(), lr=config.learning_rate)
+        self.topology = topology
+        topology.check(config.mini_batch_size, config.gradient_accumulation_steps)
+        optimizer = torch.optim.Adam(actor_critic.trainable_parameters(), lr=config.learning_rate)
+        # the module that training passes go through (DDP / FSDP / DeepSpeed; one process: the actor-critic)
+        self.train_module, self.optimizer = topology.prepare(actor_critic, optimizer)
         if config.lr_scheduler_type == "linear" and not total_steps:
             raise ValueError("lr_scheduler_type 'linear' needs total_steps (the number of PPO steps).")
         decay = (lambda s: max(0.0, 1.0 - s / total_steps)) if config.lr_scheduler_type == "linear" else None
@@ -69,9 +80,14 @@ class PPOTrainer:
 
     # ---- the loop's API: the rollout is handed to the update as a value ----------------------------
 
-    def rollout(self, queries: list[torch.Tensor], limits: list[int]) -> Sampled:
-        """Sample a response to each query (row i at most ``limits[i]`` tokens), as ``generation`` says."""
-        return self.actor_critic.sample(queries, limits, self.generation, self.stop_ids, self.pad_id)
+    def rollout(
+        self, queries: list[torch.Tensor], limits: list[int], seeds: list[int] | None = None
+    ) -> Sampled:
+        """Sample a response to each query (row i at most ``limits[i]`` tokens, its draws from ``seeds[i]``
+        when given), as ``generation`` says."""
+        ac = self.actor_critic
+        with self.topology.gathered(self.train_module):
+            return ac.sample(queries, limits, self.generation, self.stop_ids, self.pad_id, seeds)
 
     def learn(self, queries: list[torch.Tensor], sampled: Sampled, scores: torch.Tensor) -> dict[str, float]:
         """One PPO step on the responses of ``sampled`` with their scores (B,)."""
@@ -158,6 +174,7 @@ class PPOTrainer:
             raise TrainingError(
                 f"Scores must be {len(queries)} numbers, one per response, got {raw.tolist()}."
             )
+        raw = torch.cat(self.topology.gather([raw]))  # (B,) of the global batch: every process's rows
         if not torch.isfinite(raw).all():  # no update on this batch; the weights stay as they are
             return self._skipped(t0, {"train/nonfinite_scores": float((~torch.isfinite(raw)).sum())})
         # 1. Transform the scores (running normalisation / scale / clip) [D10].
@@ -166,12 +183,16 @@ class PPOTrainer:
         scores = ppo.transform_scores(
             raw, c.score_scale, self.score_moments if c.score_norm else None, c.score_clip
         )
-        # 2. Old log-probs and values (from the sampling pass when given [D17]), then the reference pass,
-        #    the KL-penalised rewards, GAE and whitened advantages: once, without gradients [D1]-[D6].
+        # 2. Old log-probs and values (from the sampling pass when given [D17]) and the reference pass on this
+        #    process's rows; then, for the global batch, the KL-penalised rewards, GAE and whitened
+        #    advantages: once, without gradients [D1]-[D6].
         ac = self.actor_critic
         batch = make_batch(queries, responses, self.pad_id, ac.is_encoder_decoder).to(ac.device)
-        old = old_policy(ac, batch, temperature, sampled)
-        exp = make_experience(ac, batch, old, scores, self.kl_coef, c, temperature)
+        with self.topology.gathered(self.train_module):  # sharded models: whole for these passes
+            old = old_policy(ac, batch, temperature, sampled)
+            ref = ac.reference_logprobs(batch, temperature)
+        batch, old, ref = self._global_rows(queries, responses, batch, old, ref)
+        exp = make_experience(ac, batch, old, scores, self.kl_coef, c, temperature, ref)
         t1 = time.perf_counter()
         # 3. ppo_epochs passes over shuffled mini-batches [D7][D8][D14][D15]; an optimizer step whose
         #    loss or gradient is not finite is skipped.
@@ -190,6 +211,19 @@ class PPOTrainer:
             )
         self.nonfinite_steps = 0
         return self._finish_step(stats, t0)
+
+    def _global_rows(
+        self, queries: list[torch.Tensor], responses: list[torch.Tensor], batch: ResponseBatch,
+        old: PolicyOutput, ref: torch.Tensor,
+    ) -> tuple[ResponseBatch, PolicyOutput, torch.Tensor]:  # fmt: skip
+        """Every process's rows in the global batch's order (one process: its own, untouched)."""
+        top, device = self.topology, batch.response_ids.device
+        if not top.distributed:
+            return batch, old, ref
+        logprobs, values, ref = top.gather_rows([old.logprobs, old.values, ref], [len(r) for r in responses])
+        queries, responses = top.gather([q.cpu() for q in queries]), top.gather([r.cpu() for r in responses])
+        batch = make_batch(queries, responses, self.pad_id, self.actor_critic.is_encoder_decoder).to(device)
+        return batch, PolicyOutput(logprobs.to(device), values.to(device)), ref.to(device)
 
     def _skipped(self, t0: float, why: dict[str, float]) -> dict[str, float]:
         """A step without any update (non-finite scores, or every update's loss or gradient): its weights and
@@ -243,10 +277,11 @@ class PPOTrainer:
 
     def _update(self, exp: Experience) -> tuple[list[ppo.PPOLoss], int]:
         """[D14] Epochs over shuffled mini-batches; one optimizer step per ``mini_batch_size *
-        gradient_accumulation_steps`` rows, its loss the token mean over those rows. An optimizer step
+        gradient_accumulation_steps`` rows, its loss the token mean over those rows; each process takes
+        its share of every mini-batch (the same shuffle everywhere: the RNGs agree). An optimizer step
         whose loss or gradient norm is not finite is skipped (weights and Adam's state untouched).
         Returns the losses of the steps taken and the number skipped."""
-        c, params = self.config, self.actor_critic.trainable_parameters()
+        c, params, top = self.config, self.actor_critic.trainable_parameters(), self.topology
         n, step_rows = len(exp.scores), c.mini_batch_size * c.gradient_accumulation_steps
         losses: list[ppo.PPOLoss] = []
         skipped = 0
@@ -256,16 +291,18 @@ class PPOTrainer:
                 rows = order[start : start + step_rows]
                 n_tokens = exp.batch.response_mask[rows].sum().float()
                 self.optimizer.zero_grad(set_to_none=True)
-                parts = [
-                    self._micro_step(exp, rows[i : i + c.mini_batch_size], n_tokens)
-                    for i in range(0, len(rows), c.mini_batch_size)
-                ]
-                norm = torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm or float("inf"))
-                if not torch.isfinite(torch.stack([norm, *(p.loss.detach() for p in parts)])).all():
+                minis = [rows[i : i + c.mini_batch_size] for i in range(0, len(rows), c.mini_batch_size)]
+                parts = []
+                for k, mini in enumerate(minis):  # gradients are averaged over processes at the last one
+                    with top.no_sync(self.train_module) if k < len(minis) - 1 else contextlib.nullcontext():
+                        parts.append(self._micro_step(exp, mini[top.shard(len(mini))], n_tokens))
+                loss = _add_losses(parts, top)
+                norm = top.clip_grad_norm(params, c.max_grad_norm or float("inf"))
+                if not torch.isfinite(torch.stack([norm.to(loss.loss), loss.loss])).all():
                     skipped += 1
                     continue
                 self.optimizer.step()
-                losses.append(_add_losses(parts))
+                losses.append(loss)
                 if c.target_kl is not None and float(losses[-1].approxkl) > c.target_kl:
                     return (
                         losses,
@@ -275,11 +312,12 @@ class PPOTrainer:
         return losses, skipped
 
     def _micro_step(self, exp: Experience, rows: torch.Tensor, n_tokens: torch.Tensor) -> ppo.PPOLoss:
-        """Forward + backward on some rows; the loss is normalised by the optimizer step's token count."""
+        """Forward + backward on some rows; the loss is normalised by the optimizer step's token count (a
+        non-finite loss gives non-finite gradients, and the step is skipped on every process)."""
         c = self.config
         batch = trim_batch(exp.batch.select(rows), self.actor_critic.is_encoder_decoder)
         t = batch.response_ids.shape[1]
-        out = self.actor_critic(batch, self.generation.temperature)
+        out = self.train_module(batch, self.generation.temperature)
 
         def pick(x: torch.Tensor) -> torch.Tensor:
             return x[rows, :t]  # (b, t)
@@ -288,8 +326,7 @@ class PPOTrainer:
             out.logprobs, pick(exp.logprobs), pick(exp.advantages), out.values, pick(exp.values),
             pick(exp.returns), batch.response_mask, n_tokens, c.cliprange, c.cliprange_value, c.vf_coef,
         )  # fmt: skip
-        if torch.isfinite(loss.loss):  # a non-finite loss makes the whole optimizer step skipped
-            loss.loss.backward()
+        self.topology.backward(loss.loss)
         return loss
 
     def _stats(
@@ -334,7 +371,7 @@ class PPOTrainer:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.topology.optimizer_state(self.train_module, self.optimizer),
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "kl_coef": self.kl_coef,
             "score_moments": vars(self.score_moments),
@@ -343,7 +380,7 @@ class PPOTrainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.topology.load_optimizer_state(self.train_module, self.optimizer, state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.kl_coef = float(state["kl_coef"])
         self.score_moments = ppo.RunningMoments(**state["score_moments"])
@@ -362,7 +399,10 @@ def _as_vector(x: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(torch.stack(list(x)) if isinstance(x, list | tuple) else x).float().flatten().cpu()
 
 
-def _add_losses(parts: list[ppo.PPOLoss]) -> ppo.PPOLoss:
-    """Micro-batch terms are already divided by the step's token count: their sums are its means."""
-    names = ppo.PPOLoss.__dataclass_fields__
-    return ppo.PPOLoss(**{k: torch.stack([getattr(p, k).detach() for p in parts]).sum() for k in names})
+def _add_losses(parts: list[ppo.PPOLoss], topology: Topology) -> ppo.PPOLoss:
+    """Micro-batch terms are already divided by the step's token count: their sums over micro-batches and
+    processes are its means."""
+    names = list(ppo.PPOLoss.__dataclass_fields__)
+    local = [torch.stack([getattr(p, k).detach() for p in parts]).sum() for k in names]
+    sums = topology.sum(torch.stack(local))
+    return ppo.PPOLoss(*sums.unbind())
