@@ -1,10 +1,10 @@
 """The files of a run: the trained weights of an actor-critic, atomic and resumable checkpoints, and when
 a folder holds a run. Knows the files, not the algorithm: the trainer hands over its state as a dict.
 
-``save_weights`` writes the ``default`` adapter in PEFT format (or the full model) + the value head, so
-that plain ``PeftModel.from_pretrained(base, folder)`` loads it. A checkpoint is a folder
-``checkpoint-NNNNNN`` holding ``policy/`` (those weights) and ``state.pt`` (the trainer's state and the
-RNG states).
+``save_weights`` writes the ``default`` adapter in PEFT format (or the full model) + the value head (PPO's
+actor-critic has one), so that plain ``PeftModel.from_pretrained(base, folder)`` loads it. A checkpoint is
+a folder ``checkpoint-NNNNNN`` holding ``policy/`` (those weights) and ``state.pt`` (the trainer's state and
+the RNG states).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ VALUE_HEAD_FILE = "value_head.safetensors"
 
 
 def save_weights(actor_critic: ActorCritic, path: str | Path) -> None:
-    """Trained weights: the ``default`` adapter in PEFT format (or the full model) + the value head."""
+    """Trained weights: the ``default`` adapter in PEFT format (or the full model) + any value head."""
     path, model = Path(path), actor_critic.model
     path.mkdir(parents=True, exist_ok=True)
     if actor_critic.is_peft:
@@ -39,7 +39,8 @@ def save_weights(actor_critic: ActorCritic, path: str | Path) -> None:
     else:
         save_model(model, str(path / "model.safetensors"))  # shared (tied) tensors kept once
         model.config.save_pretrained(path)  # so that from_pretrained(path) loads it too
-    save_file(actor_critic.value_head.state_dict(), str(path / VALUE_HEAD_FILE))
+    if actor_critic.value_head is not None:
+        save_file(actor_critic.value_head.state_dict(), str(path / VALUE_HEAD_FILE))
 
 
 def load_weights(actor_critic: ActorCritic, path: str | Path) -> None:
@@ -53,7 +54,8 @@ def load_weights(actor_critic: ActorCritic, path: str | Path) -> None:
         assert not result.unexpected_keys, result.unexpected_keys
     else:
         load_model(actor_critic.model, str(path / "model.safetensors"), device=device)
-    actor_critic.value_head.load_state_dict(load_file(str(path / VALUE_HEAD_FILE), device=device))
+    if actor_critic.value_head is not None:
+        actor_critic.value_head.load_state_dict(load_file(str(path / VALUE_HEAD_FILE), device=device))
 
 
 def _rng_state() -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The config-driven PPO loop: rollout -> reward -> PPO step -> metrics, guards and checkpoints, with
+"""The config-driven RL loop: rollout -> reward -> PPO/RLOO/GRPO step -> metrics, guards and checkpoints, with
 clean stops and exact resumes. Knows the order of a step and the run directory's life, not PPO's math
 (ppo.py, trainer.py) nor how models run (engine/).
 
@@ -47,7 +47,7 @@ Reward = Callable[[list[str], list[str]], torch.Tensor]
 @dataclass(frozen=True)
 class TrainResult:
     run_dir: Path
-    final_dir: Path  # PEFT adapter (or full model) + value_head.safetensors
+    final_dir: Path  # PEFT adapter (or full model) + value_head.safetensors (PPO's)
     metrics: list[dict[str, Any]]  # the records of the steps this call ran
     stopped_early: bool = False  # the quality guard stopped training (quality.guard.early_stop)
 
@@ -82,11 +82,14 @@ def _train_step(
     trainer: PPOTrainer, config: RunConfig, prompts: list[str], queries: list[torch.Tensor], reward: Reward,
     quality: QualityScorer, history: list[dict[str, Any]],
 ) -> tuple[dict[str, Any], guards.GuardReport]:  # fmt: skip
-    """Rollout -> reward -> PPO step -> quality guards -> one metrics record."""
-    idx = batch_indices(len(prompts), config.ppo.batch_size, trainer.step_count, config.seed)
-    batch_prompts, batch_queries = [prompts[i] for i in idx], [queries[i] for i in idx]
+    """Rollout -> reward -> RL step -> quality guards -> one metrics record."""
+    k = config.ppo.group_size  # [D19] batch_size / k prompts, each sampled k times in consecutive rows
+    idx = batch_indices(len(prompts), config.ppo.batch_size // k, trainer.step_count, config.seed)
     t0 = time.perf_counter()
-    sampled = trainer.rollout(batch_queries, response_limits(config.generation, len(idx)))
+    limits = [n for n in response_limits(config.generation, len(idx)) for _ in range(k)]  # one per prompt
+    idx = [i for i in idx for _ in range(k)]
+    batch_prompts, batch_queries = [prompts[i] for i in idx], [queries[i] for i in idx]
+    sampled = trainer.rollout(batch_queries, limits)
     texts = decode(trainer.tokenizer, sampled.responses())
     t1 = time.perf_counter()
     scores = torch.as_tensor(reward(batch_prompts, texts)).float().cpu()
@@ -111,8 +114,9 @@ def train(
     config: RunConfig, prompts: list[str], reward: Reward, out_dir: str | Path | None = None,
     resume: bool = False, progress: bool = True, engine: Engine | None = None,
 ) -> TrainResult:  # fmt: skip
-    """Detoxify ``config.policy`` with PPO on ``prompts`` against ``reward(prompts, responses) -> (B,)``,
-    on ``engine`` (default: ``config.policy.engine`` for ``config.device``)."""
+    """Detoxify ``config.policy`` with ``config.ppo.algorithm`` (PPO, RLOO or GRPO) on ``prompts`` against
+    ``reward(prompts, responses) -> (B,)``, on ``engine`` (default: ``config.policy.engine`` for
+    ``config.device``)."""
     if not prompts:
         raise ValueError("train() needs at least one prompt.")
     run_dir = Path(out_dir or config.output_dir)
@@ -139,9 +143,11 @@ def _train(
     engine.configure(config.threads)
     print(engine.describe())
     save_config(config, run_dir / "config.yaml", comment=engine.describe())
-    # 2. The policy with its value head and reference, the trainer, the prompts, the quality scorer.
+    # 2. The policy with its value head (PPO's only) and reference, the trainer, the prompts, the quality
+    #    scorer.
     policy = load_policy(config.policy, engine.device)
-    actor_critic = build_actor_critic(policy, config.policy, config.ppo.value_head_init_std, engine)
+    critic = config.ppo.algorithm == "ppo"
+    actor_critic = build_actor_critic(policy, config.policy, config.ppo.value_head_init_std, engine, critic)
     print(actor_critic.describe())
     trainer = PPOTrainer(config.ppo, actor_critic, policy.tokenizer, config.generation, config.steps,
                          run_dir / "metrics.jsonl", run_dir / "tensorboard")  # fmt: skip
@@ -182,7 +188,7 @@ def _train(
         where = latest_checkpoint(run_dir)
         message = f"stopped by {name} after step {trainer.step_count} of {config.steps} ({where} holds it)"
         raise Interrupted(message, 128 + stop.signal, str(run_dir))
-    # 5. The final adapter (+ value head): plain ``PeftModel.from_pretrained(base, final_dir)`` loads it.
+    # 5. The final adapter (+ PPO's value head): ``PeftModel.from_pretrained(base, final_dir)`` loads it.
     if trainer.step_count % config.save_every and not stopped_early:
         save()
     save_weights(actor_critic, run_dir / "final")

@@ -1,7 +1,8 @@
-"""The PPO trainer: one PPO step on a batch (the experience, epochs of mini-batch updates, statistics, the
-KL controller), updates with non-finite losses or gradients skipped, and the classic trl calls
-(generate / step / log_stats). The math lives in ppo.py, the config-driven loop in loop.py; how models
-run is the engine's, reached only through the actor-critic.
+"""The trainer: one RL step on a batch (the experience, epochs of mini-batch updates, statistics, the KL
+controller) by PPO, RLOO or GRPO (``PPOConfig.algorithm``), updates with non-finite losses or gradients
+skipped, and the classic trl calls (generate / step / log_stats). The math lives in ppo.py and
+critic_free.py, the config-driven loop in loop.py; how models run is the engine's, reached only through
+the actor-critic.
 
 Shapes: B responses, P prompt tokens, T response tokens.
 """
@@ -17,13 +18,13 @@ from typing import Any
 
 import torch
 
-from detoxrl import ppo
+from detoxrl import critic_free, ppo
 from detoxrl.batch import make_batch, trim_batch
 from detoxrl.config import PPOConfig, SamplingConfig, check_rollout_sampling
 from detoxrl.errors import TrainingError
 from detoxrl.generate import stop_ids
-from detoxrl.policy import ActorCritic
-from detoxrl.rollout import Experience, make_experience, old_policy
+from detoxrl.policy import ActorCritic, PolicyOutput
+from detoxrl.rollout import Experience, GroupExperience, make_experience, old_policy
 from detoxrl.sampling import LengthSampler, Sampled
 
 __all__ = ["LengthSampler", "PPOTrainer"]
@@ -31,10 +32,18 @@ __all__ = ["LengthSampler", "PPOTrainer"]
 Reward = Callable[[list[str], list[str]], torch.Tensor]
 CLASSIC_KWARGS = ("temperature", "top_k", "top_p", "do_sample", "max_new_tokens", "min_new_tokens",
                   "min_length", "eos_token_id", "pad_token_id")  # fmt: skip
+Loss = ppo.PPOLoss | critic_free.PolicyLoss
+LOSS_KEYS = {  # a loss's parts -> their metric keys (trl's names); the value parts are PPO's only
+    "loss": "ppo/loss/total", "policy_loss": "ppo/loss/policy", "value_loss": "ppo/loss/value",
+    "kl_loss": "ppo/loss/kl", "clipfrac": "ppo/policy/clipfrac", "value_clipfrac": "ppo/val/clipfrac",
+    "approxkl": "ppo/policy/approxkl", "policykl": "ppo/policy/policykl",
+}  # fmt: skip
 
 
 class PPOTrainer:
-    """PPO for an ``ActorCritic``, with the classic trl calls ``generate``, ``step`` and ``log_stats``."""
+    """PPO, RLOO or GRPO (``config.algorithm``) for an ``ActorCritic`` (with a value head for PPO only:
+    ``build_actor_critic(..., critic=False)`` for the others), with the classic trl calls ``generate``,
+    ``step`` and ``log_stats``."""
 
     def __init__(
         self,
@@ -49,6 +58,12 @@ class PPOTrainer:
         self.config, self.actor_critic, self.tokenizer = config, actor_critic, tokenizer
         self.generation = generation or SamplingConfig()
         check_rollout_sampling(self.generation)
+        if (actor_critic.value_head is not None) != (config.algorithm == "ppo"):
+            raise ValueError(
+                f"ppo.algorithm {config.algorithm!r} needs an actor-critic "
+                f"{'with' if config.algorithm == 'ppo' else 'without'} a value head: build it with "
+                f"build_actor_critic(..., critic={config.algorithm == 'ppo'})."
+            )
         self.optimizer = torch.optim.Adam(actor_critic.trainable_parameters(), lr=config.learning_rate)
         if config.lr_scheduler_type == "linear" and not total_steps:
             raise ValueError("lr_scheduler_type 'linear' needs total_steps (the number of PPO steps).")
@@ -138,9 +153,10 @@ class PPOTrainer:
         responses: Sequence[torch.Tensor],
         scores: Sequence[torch.Tensor] | torch.Tensor,
     ) -> dict[str, float]:
-        """One PPO step on a batch of (query, response, score); returns the step's statistics. The old
+        """One step on a batch of (query, response, score); returns the step's statistics. The old
         log-probs and values come from the last ``generate()`` when these are exactly its queries and
-        responses at the generation config's temperature [D17], else from one policy pass."""
+        responses at the generation config's temperature [D17], else from one policy pass. For rloo and
+        grpo the k = ``config.group_size`` samples of a query are consecutive rows [D19]."""
         queries, responses = list(queries), list(responses)
         sampled = None
         if self._last is not None and _same(self._last[0], queries):
@@ -158,6 +174,7 @@ class PPOTrainer:
             raise TrainingError(
                 f"Scores must be {len(queries)} numbers, one per response, got {raw.tolist()}."
             )
+        _check_groups(queries, c.group_size)
         if not torch.isfinite(raw).all():  # no update on this batch; the weights stay as they are
             return self._skipped(t0, {"train/nonfinite_scores": float((~torch.isfinite(raw)).sum())})
         # 1. Transform the scores (running normalisation / scale / clip) [D10].
@@ -167,14 +184,15 @@ class PPOTrainer:
             raw, c.score_scale, self.score_moments if c.score_norm else None, c.score_clip
         )
         # 2. Old log-probs and values (from the sampling pass when given [D17]), then the reference pass,
-        #    the KL-penalised rewards, GAE and whitened advantages: once, without gradients [D1]-[D6].
+        #    the KL-penalised rewards, GAE and whitened advantages: once, without gradients [D1]-[D6]
+        #    (rloo, grpo: no values; sequence rewards and group advantages [D19]-[D21]).
         ac = self.actor_critic
         batch = make_batch(queries, responses, self.pad_id, ac.is_encoder_decoder).to(ac.device)
         old = old_policy(ac, batch, temperature, sampled)
         exp = make_experience(ac, batch, old, scores, self.kl_coef, c, temperature)
         t1 = time.perf_counter()
-        # 3. ppo_epochs passes over shuffled mini-batches [D7][D8][D14][D15]; an optimizer step whose
-        #    loss or gradient is not finite is skipped.
+        # 3. ppo_epochs passes over shuffled mini-batches [D7][D8][D14][D15] ([D22]-[D24]); an optimizer
+        #    step whose loss or gradient is not finite is skipped.
         losses, skipped = self._update(exp)
         t2 = time.perf_counter()
         if not losses:  # every update skipped
@@ -241,14 +259,14 @@ class PPOTrainer:
 
     # ---- the pieces of a step -------------------------------------------------------------------
 
-    def _update(self, exp: Experience) -> tuple[list[ppo.PPOLoss], int]:
+    def _update(self, exp: Experience | GroupExperience) -> tuple[list[Loss], int]:
         """[D14] Epochs over shuffled mini-batches; one optimizer step per ``mini_batch_size *
         gradient_accumulation_steps`` rows, its loss the token mean over those rows. An optimizer step
         whose loss or gradient norm is not finite is skipped (weights and Adam's state untouched).
         Returns the losses of the steps taken and the number skipped."""
         c, params = self.config, self.actor_critic.trainable_parameters()
         n, step_rows = len(exp.scores), c.mini_batch_size * c.gradient_accumulation_steps
-        losses: list[ppo.PPOLoss] = []
+        losses: list[Loss] = []
         skipped = 0
         for _ in range(c.ppo_epochs):
             order = torch.randperm(n)
@@ -257,7 +275,7 @@ class PPOTrainer:
                 n_tokens = exp.batch.response_mask[rows].sum().float()
                 self.optimizer.zero_grad(set_to_none=True)
                 parts = [
-                    self._micro_step(exp, rows[i : i + c.mini_batch_size], n_tokens)
+                    self._micro_step(exp, rows[i : i + c.mini_batch_size], len(rows), n_tokens)
                     for i in range(0, len(rows), c.mini_batch_size)
                 ]
                 norm = torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm or float("inf"))
@@ -274,61 +292,66 @@ class PPOTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         return losses, skipped
 
-    def _micro_step(self, exp: Experience, rows: torch.Tensor, n_tokens: torch.Tensor) -> ppo.PPOLoss:
-        """Forward + backward on some rows; the loss is normalised by the optimizer step's token count."""
-        c = self.config
+    def _micro_step(
+        self, exp: Experience | GroupExperience, rows: torch.Tensor, n_rows: int, n_tokens: torch.Tensor
+    ) -> Loss:
+        """Forward + backward on some rows of an optimizer step of ``n_rows`` rows and ``n_tokens`` real
+        tokens, by which the loss is normalised."""
         batch = trim_batch(exp.batch.select(rows), self.actor_critic.is_encoder_decoder)
-        t = batch.response_ids.shape[1]
         out = self.actor_critic(batch, self.generation.temperature)
-
-        def pick(x: torch.Tensor) -> torch.Tensor:
-            return x[rows, :t]  # (b, t)
-
-        loss = ppo.ppo_loss(
-            out.logprobs, pick(exp.logprobs), pick(exp.advantages), out.values, pick(exp.values),
-            pick(exp.returns), batch.response_mask, n_tokens, c.cliprange, c.cliprange_value, c.vf_coef,
-        )  # fmt: skip
+        loss = self._loss(exp, rows, batch.response_mask, out, n_rows, n_tokens)
         if torch.isfinite(loss.loss):  # a non-finite loss makes the whole optimizer step skipped
             loss.loss.backward()
         return loss
 
+    def _loss(
+        self, exp: Experience | GroupExperience, rows: torch.Tensor, mask: torch.Tensor, out: PolicyOutput,
+        n_rows: int, n_tokens: torch.Tensor,
+    ) -> Loss:  # fmt: skip
+        """The update's one branch on the algorithm: PPO's loss [D7][D8], RLOO's [D22] or GRPO's [D23][D24]
+        on the rows' current log-probs (and values) ``out``, (b, t) each."""
+        c, t = self.config, mask.shape[1]
+
+        def pick(x: torch.Tensor) -> torch.Tensor:
+            return x[rows, :t]  # (b, t)
+
+        if isinstance(exp, Experience):
+            assert out.values is not None
+            return ppo.ppo_loss(
+                out.logprobs, pick(exp.logprobs), pick(exp.advantages), out.values, pick(exp.values),
+                pick(exp.returns), mask, n_tokens, c.cliprange, c.cliprange_value, c.vf_coef,
+            )  # fmt: skip
+        old, advantages = pick(exp.logprobs), exp.advantages[rows]  # (b, t), (b,)
+        if c.algorithm == "rloo":
+            return critic_free.rloo_loss(out.logprobs, old, advantages, mask, n_rows, n_tokens, c.cliprange)
+        ref = None if exp.ref_logprobs is None else pick(exp.ref_logprobs)
+        max_length, accumulation = self.generation.max_new_tokens, c.gradient_accumulation_steps
+        weights = critic_free.loss_weights(mask, c.loss_type, n_rows, n_tokens, max_length, accumulation)
+        return critic_free.grpo_loss(
+            out.logprobs, old, ref, advantages, mask, weights, n_tokens, c.cliprange, self.kl_coef
+        )
+
     def _stats(
-        self, exp: Experience, losses: list[ppo.PPOLoss], raw_scores: torch.Tensor
+        self, exp: Experience | GroupExperience, losses: list[Loss], raw_scores: torch.Tensor
     ) -> dict[str, float]:
-        r, mask = exp, exp.batch.response_mask.float()
-
-        def mean(x: torch.Tensor) -> float:
-            return float(ppo.masked_mean(x, mask))
-
-        def loss_mean(name: str) -> float:
-            return float(torch.stack([getattr(part, name) for part in losses]).mean())
-
+        """The step's statistics in trl's names; the critic's (ppo/val/*, returns, value loss): PPO only."""
+        mask = exp.batch.response_mask.float()
         lengths = mask.sum(1)
-        return {
-            "objective/kl": float(exp.kl.sum(1).mean()),
+        stats = {} if exp.kl is None else {"objective/kl": float(exp.kl.sum(1).mean())}  # None: no reference
+        stats.update({
             "objective/kl_coef": self.kl_coef,
-            "objective/entropy": float((-r.logprobs * mask).sum(1).mean()),
-            "ppo/mean_non_score_reward": float((exp.rewards * mask).sum(1).mean() - r.scores.mean()),
-            "ppo/mean_scores": float(r.scores.mean()),
-            "ppo/returns/mean": mean(exp.returns),
-            "ppo/returns/var": float(ppo.masked_var(exp.returns, mask)),
-            "ppo/policy/advantages_mean": mean(exp.advantages),
-            "ppo/policy/clipfrac": loss_mean("clipfrac"),
-            "ppo/policy/approxkl": loss_mean("approxkl"),
-            "ppo/policy/policykl": loss_mean("policykl"),
-            "ppo/loss/policy": loss_mean("policy_loss"),
-            "ppo/loss/value": loss_mean("value_loss"),
-            "ppo/loss/total": loss_mean("loss"),
-            "ppo/val/vpred": mean(r.values),
-            "ppo/val/clipfrac": loss_mean("value_clipfrac"),
-            "ppo/val/explained_variance": float(ppo.explained_variance(r.values, exp.returns, mask)),
+            "objective/entropy": float((-exp.logprobs * mask).sum(1).mean()),
+            **exp.stats(),
+            **{LOSS_KEYS[f.name]: float(torch.stack([getattr(part, f.name) for part in losses]).mean())
+               for f in dataclasses.fields(losses[0])},
             "ppo/learning_rate": float(self.optimizer.param_groups[0]["lr"]),
             "ppo/updates": float(len(losses)),
             "env/reward_mean": float(raw_scores.mean()),
             "env/reward_std": float(raw_scores.std()) if len(raw_scores) > 1 else 0.0,
             "tokens/responses_len_mean": float(lengths.mean()),
-            "tokens/queries_len_mean": float(r.batch.query_mask.sum(1).float().mean()),
-        }
+            "tokens/queries_len_mean": float(exp.batch.query_mask.sum(1).float().mean()),
+        })  # fmt: skip
+        return stats
 
     # ---- state for checkpoints ------------------------------------------------------------------
 
@@ -362,7 +385,21 @@ def _as_vector(x: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(torch.stack(list(x)) if isinstance(x, list | tuple) else x).float().flatten().cpu()
 
 
-def _add_losses(parts: list[ppo.PPOLoss]) -> ppo.PPOLoss:
-    """Micro-batch terms are already divided by the step's token count: their sums are its means."""
-    names = ppo.PPOLoss.__dataclass_fields__
-    return ppo.PPOLoss(**{k: torch.stack([getattr(p, k).detach() for p in parts]).sum() for k in names})
+def _add_losses(parts: list[Loss]) -> Loss:
+    """Micro-batch terms are already divided by the step's size: their sums are its means."""
+    kind = type(parts[0])
+    return kind(**{f.name: torch.stack([getattr(p, f.name).detach() for p in parts]).sum()
+                   for f in dataclasses.fields(kind)})  # fmt: skip
+
+
+def _check_groups(queries: list[torch.Tensor], k: int) -> None:
+    """[D19] The k samples of a query must be consecutive rows (nothing to check for PPO's k = 1)."""
+    if k == 1:
+        return
+    if len(queries) % k or not all(
+        _same(queries[i : i + k], [queries[i]] * k) for i in range(0, len(queries), k)
+    ):
+        raise TrainingError(
+            f"rloo and grpo compare the {k} samples of each query (ppo.num_generations): pass them as "
+            f"consecutive rows, the same query {k} times in a row; got {len(queries)} rows that do not."
+        )
