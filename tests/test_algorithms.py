@@ -138,3 +138,19 @@ def test_classic_step_takes_each_querys_samples_as_consecutive_rows(tiny_seq2seq
     interleaved = [queries[i] for i in (0, 4, 1, 5, 2, 6, 3, 7)]  # the groups' rows not consecutive
     with pytest.raises(TrainingError, match="consecutive rows"):
         trainer.step(interleaved, responses, torch.ones(8))
+
+
+def test_full_finetuning_trains_without_a_critic_against_a_frozen_copy(
+    tiny_seq2seq_dir: Path, tmp_path: Path
+) -> None:
+    """[D16] The same reference for rloo and grpo: here full fine-tuning's frozen copy, on a T5."""
+    config = run_config(
+        tiny_seq2seq_dir, 3, algorithm="grpo", batch_size=8, mini_batch_size=4, learning_rate=1e-3
+    )
+    config = RunConfig(
+        **{**vars(config), "policy": PolicyConfig(model=str(tiny_seq2seq_dir), use_lora=False)}
+    )
+    records = train(config, PROMPTS, words_reward({"kind", "movie"}), tmp_path, progress=False).metrics
+    assert abs(records[0]["objective/kl"]) < 1e-4 and records[-1]["objective/kl"] != 0.0
+    assert (tmp_path / "final" / "model.safetensors").is_file()
+    assert not (tmp_path / "final" / VALUE_HEAD_FILE).exists()
