@@ -1,6 +1,8 @@
 """Ours and the trl peers on the same workload, back to back in one invocation, then one side-by-side table.
 
-    PYTHONPATH=src python -m bench.compare                       # ours, trl 0.11 PPO, trl 1.16 GRPO, RLOO
+    PYTHONPATH=src python -m bench.compare                       # ours (ppo, rloo, grpo), trl 0.11 PPO,
+                                                                 # trl 1.16 GRPO and RLOO
+    PYTHONPATH=src python -m bench.compare --algorithms rloo,grpo --peers rloo,grpo   # the critic-free ones
     PYTHONPATH=src python -m bench.compare --peers ppo-classic --sandwich   # ours, peer, ours again
     PYTHONPATH=src python -m bench.compare --summarise-only      # re-print the table of existing results
     git worktree add /tmp/base <rev> && PYTHONPATH=src python -m bench.compare --baseline /tmp/base
@@ -36,6 +38,10 @@ PEERS: dict[str, str] = {
     "ppo-exp": "trl 1.12 experimental PPOTrainer",
 }
 DEFAULT_PEERS = "ppo-classic,grpo,rloo"
+ALGORITHMS = ("ppo", "rloo", "grpo")
+SAME_ALGORITHM = {"ppo": "ppo-classic", "rloo": "rloo", "grpo": "grpo"}  # ours -> trl's implementation
+# issue 17's targets: ours / trl's own implementation of the same algorithm, by dtype of ours
+TARGETS = {(a, d): x for a in ("rloo", "grpo") for d, x in (("bfloat16", 5.0), ("float32", 3.0))}
 
 # Where a peer cannot do exactly our work (from ../shared/bench-peers/README.md and its scripts).
 QUIRKS: dict[str, list[str]] = {
@@ -71,6 +77,8 @@ QUIRKS: dict[str, list[str]] = {
         "log-probs and losses (the peers run float32)",
         "responses are also cut at SmolLM2's BOS <|im_start|> (the model opening a new turn), which the "
         "peers keep, generate past and train on",
+        "rloo / grpo: 4 prompts x 4 generations as the trl peers, KL fixed at their beta (0.05 in the "
+        "reward, 0.04 in the loss); no value head; the 4 identical prompts of a group are prefilled once",
     ],
 }
 
@@ -78,6 +86,7 @@ QUIRKS: dict[str, list[str]] = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("--peers", default=DEFAULT_PEERS, help=f"comma list of {', '.join(PEERS)} (or 'none')")
+    p.add_argument("--algorithms", default=",".join(ALGORITHMS), help="ours: comma list of ppo, rloo, grpo")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument(
@@ -98,6 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
     if not args.dtypes or set(args.dtypes) - {"float32", "bfloat16"}:
         p.error(f"--dtype: float32, bfloat16 or both, got {args.dtype!r}")
+    args.algorithm_list = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    if not args.algorithm_list or set(args.algorithm_list) - set(ALGORITHMS):
+        p.error(f"--algorithms: a comma list of {', '.join(ALGORITHMS)}, got {args.algorithms!r}")
     return args
 
 
@@ -123,14 +135,16 @@ def load_runs(folder: Path) -> list[dict[str, Any]]:
             stem.split("-")[0] if stem.startswith(("ours", "base")) else stem.split("-tf")[0].split("-ref")[0]
         )
         dtype = data.get("config", {}).get("dtype", "?")
+        algorithm = data.get("config", {}).get("algorithm")  # None: results from before issue 17 (ppo)
         label = PEERS.get(kind, stem)
         if kind in ("ours", "base"):
-            label = f"detoxrl{' at ' + s['revision'] if s.get('revision') else ''} ({dtype})"
+            named = f" {algorithm}" if algorithm else ""
+            label = f"detoxrl{' at ' + s['revision'] if s.get('revision') else ''}{named} ({dtype})"
         if stem not in (kind, "ours"):
             label += f" [{stem}]"
         runs.append(
             {"stem": stem, "label": label, "kind": kind, "summary": s,
-             "dtype": dtype if kind == "ours" else None,
+             "dtype": dtype if kind == "ours" else None, "algorithm": algorithm or "ppo",
              "time_v_rss_mib": time_v_maxrss_mib(folder / f"{stem}.time")}
         )  # fmt: skip
     return sorted(runs, key=lambda r: (r["kind"] != "ours", r["stem"]))
@@ -140,12 +154,17 @@ def fmt(x: float | None, spec: str = "{:.2f}") -> str:
     return "-" if x is None else spec.format(x)
 
 
-def ours_samples_per_s(runs: list[dict[str, Any]], dtype: str | None = None) -> float | None:
-    """Mean samples/s (16 / median s per step) of our runs in ``dtype`` (all: None; two with --sandwich)."""
+def ours_samples_per_s(
+    runs: list[dict[str, Any]], dtype: str | None = None, algorithm: str | None = None
+) -> float | None:
+    """Mean samples/s (16 / median s per step) of our runs in ``dtype`` by ``algorithm`` (None: any; two
+    runs with --sandwich)."""
     xs = [
         r["summary"]["samples_per_s_median"]
         for r in runs
-        if r["kind"] == "ours" and (dtype is None or r.get("dtype") == dtype)
+        if r["kind"] == "ours"
+        and (dtype is None or r.get("dtype") == dtype)
+        and (algorithm is None or r.get("algorithm", "ppo") == algorithm)
     ]
     xs = [x for x in xs if x]
     return sum(xs) / len(xs) if xs else None
@@ -201,11 +220,40 @@ def table_rows(runs: list[dict[str, Any]]) -> list[tuple[str, Callable[[dict[str
 
 
 def _ratio_rows(runs: list[dict[str, Any]]) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
-    """One 'ours / this' row per dtype of our runs (a single row when they share one)."""
-    dtypes = list(dict.fromkeys(r.get("dtype") for r in runs if r["kind"] == "ours"))
-    if len(dtypes) <= 1:
+    """One 'ours / this' row per algorithm and dtype of our runs (a single row when they share one)."""
+    ours = [r for r in runs if r["kind"] == "ours"]
+    kinds = list(dict.fromkeys((r.get("algorithm", "ppo"), r.get("dtype")) for r in ours))
+    if len(kinds) <= 1:
         return [("**ours / this (samples/s)**", _ratio(ours_samples_per_s(runs)))]
-    return [(f"**ours ({d}) / this (samples/s)**", _ratio(ours_samples_per_s(runs, d))) for d in dtypes]
+    named = len({a for a, _ in kinds}) > 1  # name the algorithm only where several ran
+    return [
+        (
+            f"**ours{' ' + a if named else ''} ({d}) / this (samples/s)**",
+            _ratio(ours_samples_per_s(runs, d, a)),
+        )
+        for a, d in kinds
+    ]
+
+
+def same_algorithm_table(runs: list[dict[str, Any]]) -> list[str]:
+    """Each algorithm of ours against trl's own implementation of it (ppo: the classic trl 0.11
+    PPOTrainer), where both ran: samples/s, the ratio and issue 17's target."""
+    peers = {r["kind"]: r for r in runs if r["kind"] in PEERS}
+    ours = [r for r in runs if r["kind"] == "ours" and SAME_ALGORITHM.get(r.get("algorithm", "ppo")) in peers]
+    if not ours:
+        return []
+    lines = ["| ours | trl's own | ours samples/s | trl samples/s | ours / trl | target |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for r in ours:
+        algorithm = r.get("algorithm", "ppo")
+        peer = peers[SAME_ALGORITHM[algorithm]]
+        mine, theirs = r["summary"].get("samples_per_s_median"), peer["summary"].get("samples_per_s_median")
+        target = TARGETS.get((algorithm, r.get("dtype")))
+        ratio = mine / theirs if mine and theirs else None
+        cells = [r["label"], peer["label"], fmt(mine, "{:.3f}"), fmt(theirs, "{:.3f}"), fmt(ratio, "{:.2f}x"),
+                 fmt(target, "{:.0f}x")]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return ["", "Against trl's own implementation of the same algorithm:", "", *lines]
 
 
 def format_table(runs: list[dict[str, Any]]) -> str:
@@ -214,6 +262,7 @@ def format_table(runs: list[dict[str, Any]]) -> str:
         return "(no results)"
     lines = ["| | " + " | ".join(r["label"] for r in runs) + " |", "| --- |" + " ---: |" * len(runs)]
     lines += [f"| {name} | " + " | ".join(cell(r) for r in runs) + " |" for name, cell in table_rows(runs)]
+    lines += same_algorithm_table(runs)
     notes = []
     for kind in dict.fromkeys(r["kind"] for r in runs):
         notes += [f"- {PEERS.get(kind, 'detoxrl' + (' baseline' if kind == 'base' else ''))}: {q}"
@@ -241,12 +290,16 @@ def child_env(extra: dict[str, str], threads: int = 2) -> dict[str, str]:
     return env
 
 
-def run_ours(args: argparse.Namespace, stem: str, dtype: str, repo: Path = REPO) -> int:
+def run_ours(
+    args: argparse.Namespace, stem: str, dtype: str, repo: Path = REPO, algorithm: str = "ppo"
+) -> int:
     """Ours (the checkout ``repo``) as its own process under /usr/bin/time -v (so its peak RSS is measured
     like the peers')."""
     out = args.results.resolve() / f"{stem}.json"
     cmd = [sys.executable, "-m", "bench.throughput", "--steps", str(args.steps), "--warmup", str(args.warmup)]
     cmd += ["--dtype", dtype, "--out", str(out), "--model", args.model, "--threads", str(args.threads)]
+    if algorithm != "ppo":  # a --baseline checkout from before issue 17 knows only ppo, without the flag
+        cmd += ["--algorithm", algorithm]
     if Path("/usr/bin/time").exists():
         cmd = ["/usr/bin/time", "-v", "-o", str(args.results.resolve() / f"{stem}.time"), *cmd]
     pythonpath = os.pathsep.join([str(repo / "src"), str(repo), os.environ.get("PYTHONPATH", "")])
@@ -289,16 +342,26 @@ def run_all(args: argparse.Namespace, peers: list[str]) -> dict[str, int]:
         print(f"earlier results moved to {old}", flush=True)
     model_dir = args.model_dir or (default_model_dir(args.model) if peers else "")
     codes = {}
-    stems = {d: "ours" if len(args.dtypes) == 1 else f"ours-{d}" for d in args.dtypes}
-    for dtype, stem in stems.items() if not args.no_ours else ():
-        if args.baseline is not None:
+    stems = ours_stems(args.algorithm_list, args.dtypes)
+    for (algorithm, dtype), stem in stems.items() if not args.no_ours else ():
+        if args.baseline is not None and algorithm == "ppo":
             codes[f"base-{dtype}"] = run_ours(args, f"base-{dtype}", dtype, args.baseline.resolve())
-        codes[stem] = run_ours(args, stem, dtype)
+        codes[stem] = run_ours(args, stem, dtype, algorithm=algorithm)
     for peer in peers:
         codes[peer] = run_peer(args, peer, model_dir)
-    for dtype, stem in stems.items() if args.sandwich and not args.no_ours else ():
-        codes[f"{stem}-2"] = run_ours(args, f"{stem}-2", dtype)
+    for (algorithm, dtype), stem in stems.items() if args.sandwich and not args.no_ours else ():
+        codes[f"{stem}-2"] = run_ours(args, f"{stem}-2", dtype, algorithm=algorithm)
     return codes
+
+
+def ours_stems(algorithms: list[str], dtypes: list[str]) -> dict[tuple[str, str], str]:
+    """(algorithm, dtype) -> the result's stem, in run order (each dtype, then each algorithm): ``ours``,
+    ``ours-DTYPE`` or ``ours-ALGORITHM-DTYPE``, naming only what varies."""
+    return {
+        (a, d): "-".join(["ours", *([a] if algorithms != ["ppo"] else []), *([d] if len(dtypes) > 1 else [])])
+        for d in dtypes
+        for a in algorithms
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,15 +1,20 @@
-"""Our PPO loop on the peers' workload (issue 6): seconds per step, samples/s and tokens/s per phase,
-peak RSS, and MFU against a matmul peak measured in the same run.
+"""Our RL loop on the peers' workload (issues 6 and 17): seconds per step, samples/s and tokens/s per
+phase, peak RSS, and MFU against a matmul peak measured in the same run.
 
     PYTHONPATH=src python -m bench.throughput [--steps 6 --warmup 1 --dtype float32 --threads 2]
+    PYTHONPATH=src python -m bench.throughput --algorithm rloo     # or grpo: 4 prompts x 4 generations
 
 The workload is the one of ../shared/bench-peers (README there): SmolLM2-135M-Instruct, DialogSum
 dialogues of 200..1000 characters (shuffled with seed 0) in the chat template after "Summarize the
 following conversation.", 16 samples per step, 48 new tokens sampled at temperature 1 (top_k 0,
 top_p 1), reward 1 - P(offensive) from profanity-check, LoRA r 32 / alpha 32 / dropout 0.05 on
 q, k, v, o, lr 1.41e-5, one PPO epoch in 4 mini-batches of 4, KL to the adapter-disabled reference.
-It drives detoxrl's classic API (``PPOTrainer.generate`` then ``PPOTrainer.step``), like the lab.
-Timings are figures, never pass/fail. Results: JSON under bench/results/ and a table on stdout.
+``--algorithm rloo`` / ``grpo`` run what trl's RLOOTrainer / GRPOTrainer peers run: 16 samples = 4
+prompts x 4 generations (consecutive rows), no value head, the KL coefficient fixed at the peers' beta
+(RLOO 0.05 on the sequence's k1 KL in the reward, GRPO 0.04 on k3 in the loss, loss_type dapo, group
+std scaling), the same mini-batches. It drives detoxrl's classic API (``PPOTrainer.generate`` then
+``PPOTrainer.step``), like the lab. Timings are figures, never pass/fail. Results: JSON under
+bench/results/ and a table on stdout.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from bench.paths import RESULTS, dialogsum_file
 
 INSTRUCTION = "Summarize the following conversation.\n\n{dialogue}"
 SAMPLES_PER_STEP = 16
+BETA = {"rloo": 0.05, "grpo": 0.04}  # the trl peers' fixed KL coefficients (../shared/bench-peers)
 PHASES = ("generation", "reward", "forward", "update")
 LEVERS = {  # switched off one at a time to measure what each gains (the CPU engine's CpuOptions)
     "sampled-stats": "old log-probs and values from a second policy pass, not from sampling",
@@ -48,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=6, help="measured steps (16 samples each)")
     p.add_argument("--warmup", type=int, default=1, help="steps run first and left out of the medians")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--algorithm", choices=["ppo", "rloo", "grpo"], default="ppo", help="ppo.algorithm")
+    p.add_argument("--num-generations", type=int, default=4, help="rloo/grpo: samples per prompt")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--model", default="smollm2-135m-instruct", help="any detoxrl model spec")
@@ -55,7 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--engine", default="auto", choices=["auto", "reference", "cpu"], help="policy.engine")
     p.add_argument("--peak-size", type=int, default=None, help="square matmul size (2048 CPU, 8192 GPU)")
     p.add_argument("--peak-reps", type=int, default=7, help="timed matmuls per dtype (median)")
-    p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/ours-DTYPE.json)")
+    p.add_argument(
+        "--out", type=Path, default=None,
+        help="JSON path (default bench/results/ours-DTYPE.json, ours-ALGORITHM-DTYPE.json for rloo/grpo)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--without", default="", help=f"levers to switch off, comma-separated: {', '.join(LEVERS)}"
@@ -126,27 +137,38 @@ def engine_of(args: argparse.Namespace) -> Any:
     return engine
 
 
+def group_size(args: argparse.Namespace) -> int:
+    """Samples per prompt: 1 for ppo (16 distinct prompts), ``--num-generations`` for rloo and grpo."""
+    return 1 if args.algorithm == "ppo" else args.num_generations
+
+
 def build(args: argparse.Namespace, engine: Any) -> tuple[Any, Any, list[Any], ModelShape]:
-    """The trainer, its tokenizer, the tokenized prompts of every step and the model's shape."""
+    """The trainer, its tokenizer, the tokenized prompts of every step (each repeated ``group_size``
+    times in consecutive rows) and the model's shape."""
     from detoxrl.config import PolicyConfig, PPOConfig, SamplingConfig
     from detoxrl.generate import format_prompts, tokenize_prompts
     from detoxrl.models import load_policy
     from detoxrl.policy import build_actor_critic
     from detoxrl.trainer import PPOTrainer
 
+    k = group_size(args)
     policy_config = PolicyConfig(model=args.model, dtype=args.dtype)  # LoRA r 32, alpha 32, q k v o
     policy = load_policy(policy_config, args.device)
-    actor_critic = build_actor_critic(policy, policy_config, engine=engine)
-    n = SAMPLES_PER_STEP * (args.warmup + args.steps)
+    actor_critic = build_actor_critic(policy, policy_config, engine=engine, critic=args.algorithm == "ppo")
+    n = SAMPLES_PER_STEP // k * (args.warmup + args.steps)
     dialogues = load_dialogues(dialogsum_file(), n, args.seed)
-    texts = [INSTRUCTION.format(dialogue=d) for d in dialogues]
+    texts = [INSTRUCTION.format(dialogue=d) for d in dialogues for _ in range(k)]
     queries = tokenize_prompts(policy.tokenizer, format_prompts(policy.tokenizer, texts, chat_template=True))
     gen = SamplingConfig(max_new_tokens=args.max_new_tokens, length_sampling="fixed")
-    ppo = PPOConfig(learning_rate=1.41e-5, batch_size=SAMPLES_PER_STEP, mini_batch_size=4, ppo_epochs=1)
+    algorithm: dict[str, Any] = {"algorithm": args.algorithm}
+    if args.algorithm != "ppo":  # the peers' fixed beta, k samples per prompt
+        algorithm.update(num_generations=k, adaptive_kl=False, init_kl_coef=BETA[args.algorithm])
+    ppo = PPOConfig(learning_rate=1.41e-5, batch_size=SAMPLES_PER_STEP, mini_batch_size=4, ppo_epochs=1,
+                    **algorithm)  # fmt: skip
     trainer = PPOTrainer(ppo, actor_critic, policy.tokenizer, gen)
     r = policy_config.lora.r
     shape = ModelShape.from_config(policy.model.config.to_dict(), lora_rank=r)
-    print(engine.describe(), actor_critic.describe(), sep="\n", flush=True)
+    print(engine.describe(), actor_critic.describe(), f"algorithm: {args.algorithm}", sep="\n", flush=True)
     return trainer, policy.tokenizer, queries, shape
 
 
@@ -182,6 +204,7 @@ def run_step(trainer: Any, tokenizer: Any, queries: list[Any], args: argparse.Na
         "kl_coef": stats["objective/kl_coef"],
         "prompt_lengths": [len(q) for q in queries],
         "response_lengths": [len(r) for r in responses],
+        "group_size": group_size(args),
         "peak_rss_mib": peak_rss_mib(),
     }
 
@@ -197,6 +220,8 @@ def add_flops(rec: dict[str, Any], shape: ModelShape, peak: float | None) -> Non
     six_n = step_flops(shape, p, t, backward_factor=2)
     if not rec["policy_pass"]:  # not done, so not counted as needed work
         need = {**need, "total": need["total"] - need["policy_pass"], "policy_pass": 0.0}
+    shared = need["prefill"] * (1 - 1 / rec.get("group_size", 1))  # a group's prompt is needed once
+    need = {**need, **{k: need[k] - shared for k in ("prefill", "generation", "total")}}
     rec["flops"] = need
     rec["flops_6n_update"] = six_n["update"]
     rec["mfu_update"] = mfu(need["update"], rec["update_s"], peak)
@@ -316,7 +341,7 @@ def _footer(result: dict[str, Any]) -> list[str]:
         f"MFU step {fmt(s['mfu_step'], pct)}; FLOP floor {fmt(s.get('floor_step_s'), '{:.1f}')} s/step",
         f"peak RSS {s['peak_rss_mib_getrusage'] / 1024:.2f} GiB; "
         f"reward {fmt(s['reward_first_step'], '{:.3f}')} -> {fmt(s['reward_last_step'], '{:.3f}')}; "
-        f"cpu util {fmt(s['median_cpu_util'])}",
+        f"cpu util {fmt(s['median_cpu_util'])}; algorithm {result['config'].get('algorithm', 'ppo')}",
     ]
 
 
@@ -373,7 +398,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "versions": versions(),
     }
     result["summary"].update(log_stem="ours", versions=result["versions"])
-    write(result, args.out or RESULTS / f"ours-{args.dtype}.json")
+    stem = "ours" if args.algorithm == "ppo" else f"ours-{args.algorithm}"
+    write(result, args.out or RESULTS / f"{stem}-{args.dtype}.json")
     return result
 
 

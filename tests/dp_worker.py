@@ -32,9 +32,12 @@ PROMPTS = [f"{a} {b}" for a in ("you are a", "the movie was", "what a lovely", "
 EVAL_PROMPTS = PROMPTS[:10]
 
 
-def tiny_config(model: str, steps: int, engine: str = "auto", device: str = "auto") -> RunConfig:
-    """16 prompts a step in mini-batches of 4, 2 per optimizer step (accumulation), 2 epochs; lengths drawn
-    per prompt, scores normalised by running moments: every global quantity of a step is exercised."""
+def tiny_config(
+    model: str, steps: int, engine: str = "auto", device: str = "auto", algorithm: str = "ppo"
+) -> RunConfig:
+    """16 samples a step (rloo: 4 prompts x 4) in mini-batches of 4, 2 per optimizer step (accumulation),
+    2 epochs; lengths drawn per prompt, scores normalised by running moments: every global quantity of a
+    step is exercised."""
     return RunConfig(
         policy=PolicyConfig(model=model, chat_template=False, engine=engine),  # type: ignore[arg-type]
         generation=SamplingConfig(min_new_tokens=2, max_new_tokens=6, length_sampling="per_prompt"),
@@ -46,6 +49,7 @@ def tiny_config(model: str, steps: int, engine: str = "auto", device: str = "aut
             ppo_epochs=2,
             init_kl_coef=0.1,
             score_norm=True,
+            algorithm=algorithm,  # type: ignore[arg-type]
         ),
         steps=steps,
         keep_checkpoints=3,
@@ -84,7 +88,9 @@ def first_experience(path: Path) -> Iterator[None]:
     def spy(self: PPOTrainer, exp: Any) -> Any:
         if self.step_count == 0 and self.topology.is_main:
             fields = ("logprobs", "ref_logprobs", "values", "scores", "rewards", "advantages", "returns")
-            saved = {name: getattr(exp, name).cpu() for name in fields}
+            saved = {
+                name: getattr(exp, name).cpu() for name in fields if getattr(exp, name, None) is not None
+            }
             torch.save({**saved, "response_ids": exp.batch.response_ids.cpu(),
                         "response_mask": exp.batch.response_mask.cpu()}, path)  # fmt: skip
         return update(self, exp)
@@ -143,6 +149,8 @@ def main(work: Path, model: str) -> None:
     records = evaluate_tiny(model, top)
     if top.is_main:
         (work / "two-eval.json").write_text(json.dumps(records))
+    with first_experience(work / "rloo-experience.pt"):  # groups of 4 samples, 2 groups per process
+        train(tiny_config(model, 2, algorithm="rloo"), PROMPTS, length_reward, work / "rloo", progress=False)
     distributed._current = CpuFsdp(**{**vars(top), "sharding": "fsdp2"})
     with first_experience(work / "fsdp-experience.pt"):
         train(tiny_config(model, 2, "reference"), PROMPTS, length_reward, work / "fsdp", progress=False)

@@ -50,6 +50,13 @@ CASES = [
     case("batch_size=3", f"{DRY} ppo.batch_size=3", "'ppo.batch_size'", "multiple", "ppo.batch_size=2 or 4"),
     case("eval_fraction=1.5", f"{DRY} data.eval_fraction=1.5", "'data.eval_fraction'", "[0, 1)"),
     case("old target_kl", f"{DRY} ppo.target_kl=6", "'ppo.target_kl'", "got 6.0", "ppo.adaptive_kl_target"),
+    case(
+        "algorithm=dpo", f"{DRY} ppo.algorithm=dpo", "'ppo.algorithm'", "['ppo', 'rloo', 'grpo']", "got 'dpo'"
+    ),
+    case(
+        "rloo, 1 sample", f"{DRY} ppo.algorithm=rloo ppo.num_generations=1", "'ppo.num_generations'", ">= 2"
+    ),
+    case("grpo option", f"{DRY} ppo.loss_type=dr_grpo", "'ppo.loss_type'", "ppo.algorithm=grpo"),
     case("not key=value", f"{DRY} steps", "'steps'", "key=value"),
     case("unknown preset", "run --dry-run --preset lab", "'lab'", "Did you mean 'lab3'"),
     # YAML files

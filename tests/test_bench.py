@@ -210,3 +210,159 @@ def test_scaling_table_has_a_row_per_process_count_and_the_collectives() -> None
     lines = text.splitlines()
     assert lines[2] == "| 1 | 10.00 | 1.60 | 60 | - |" and lines[3] == "| 2 | 11.00 | 1.45 | 70 | 12.5 |"
     assert lines[-1] == "collectives per step (ms): rows 2.00, gradients 10.50"
+
+
+def test_a_groups_prompt_is_needed_work_once() -> None:
+    """rloo/grpo: the k samples of a prompt share its prefill (D19), so it is needed once per group."""
+    shape = ModelShape.from_config(SMOLLM2, lora_rank=32)
+    recs = []
+    for k in (1, 4):
+        rec = {"prompt_lengths": [200] * 4, "response_lengths": [48, 30, 40, 20], "policy_pass": False,
+               "update_s": 2.0, "wall_s": 10.0, "forward_s": 1.0, "generation_s": 3.0}  # fmt: skip
+        rec["group_size"] = k
+        throughput.add_flops(rec, shape, 1e11)
+        recs.append(rec["flops"])
+    distinct, grouped = recs
+    assert grouped["prefill"] == pytest.approx(distinct["prefill"] / 4)
+    assert distinct["total"] - grouped["total"] == pytest.approx(distinct["prefill"] * 3 / 4)
+    assert grouped["update"] == distinct["update"]
+    args = throughput.parse_args(["--algorithm", "grpo"])
+    assert (args.algorithm, throughput.group_size(args)) == ("grpo", 4)
+    assert throughput.group_size(throughput.parse_args([])) == 1
+
+
+def algorithm_run(stem: str, algorithm: str, dtype: str, rate: float) -> dict[str, Any]:
+    run = canned(stem, rate)
+    run.update(kind="ours", dtype=dtype, algorithm=algorithm, label=f"detoxrl {algorithm} ({dtype})")
+    return run
+
+
+def test_compare_puts_each_algorithm_of_ours_beside_trls_own() -> None:
+    runs = [
+        algorithm_run("ours-ppo-bfloat16", "ppo", "bfloat16", 0.9),
+        algorithm_run("ours-rloo-bfloat16", "rloo", "bfloat16", 1.0),
+        algorithm_run("ours-grpo-float32", "grpo", "float32", 0.6),
+        canned("ppo-classic", 0.2),
+        canned("rloo", 0.19),
+        canned("grpo", 0.2),
+    ]
+    for run in runs[3:]:
+        run["label"] = compare.PEERS[run["kind"]]
+    lines = compare.format_table(runs).splitlines()
+    row = {line.split(" | ")[0].strip("| *"): line for line in lines if line.startswith("| ")}
+    assert row["ours rloo (bfloat16) / this (samples/s)"].endswith("| 5.00x | 5.26x | 5.00x |")
+    assert row["ours grpo (float32) / this (samples/s)"].endswith("| 3.00x | 3.16x | 3.00x |")
+    assert "Against trl's own implementation of the same algorithm:" in lines
+    assert row["detoxrl rloo (bfloat16)"] == (
+        "| detoxrl rloo (bfloat16) | trl 1.16 RLOOTrainer | 1.000 | 0.190 | 5.26x | 5x |"
+    )
+    assert row["detoxrl grpo (float32)"].endswith("| trl 1.16 GRPOTrainer | 0.600 | 0.200 | 3.00x | 3x |")
+    assert row["detoxrl ppo (bfloat16)"].endswith("| 0.900 | 0.200 | 4.50x | - |")  # the classic PPOTrainer
+    assert "4 prompts x 4 generations as the trl peers" in "\n".join(lines)
+
+
+def test_compare_runs_each_algorithm_in_each_dtype_and_names_only_what_varies(tmp_path: Path) -> None:
+    assert compare.parse_args([]).algorithm_list == ["ppo", "rloo", "grpo"]
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--algorithms", "ppo,a2c"])
+    assert list(compare.ours_stems(["ppo", "rloo"], ["bfloat16", "float32"]).items()) == [
+        (("ppo", "bfloat16"), "ours-ppo-bfloat16"), (("rloo", "bfloat16"), "ours-rloo-bfloat16"),
+        (("ppo", "float32"), "ours-ppo-float32"), (("rloo", "float32"), "ours-rloo-float32"),
+    ]  # fmt: skip
+    assert compare.ours_stems(["ppo"], ["bfloat16"]) == {("ppo", "bfloat16"): "ours"}
+    assert compare.ours_stems(["grpo"], ["bfloat16"]) == {("grpo", "bfloat16"): "ours-grpo"}
+    config = {"dtype": "bfloat16", "algorithm": "grpo"}
+    (tmp_path / "ours-grpo.json").write_text(
+        json.dumps({"summary": {"log_stem": "ours-grpo"}, "config": config})
+    )
+    (run,) = compare.load_runs(tmp_path)
+    assert (run["kind"], run["algorithm"], run["label"]) == (
+        "ours",
+        "grpo",
+        "detoxrl grpo (bfloat16) [ours-grpo]",
+    )
+
+
+def canned_run(results: Path, preset: str, algorithm: str, seed: int, tox: float, kl: float | None) -> None:
+    """A finished run directory as detoxrl run writes it (the files bench.algorithms reads)."""
+    run = results / f"{preset}-{algorithm}-s{seed}"
+    run.mkdir(parents=True)
+    config = {"ppo": {"algorithm": algorithm, "batch_size": 16}, "steps": 16, "seed": seed}
+    (run / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
+
+    after = {
+        "toxicity/profanity-check/mean": {"value": tox, "ci_low": tox - 0.01, "ci_high": tox + 0.02},
+        "toxicity/minilm-toxicity:toxic/mean": {"value": 2 * tox, "ci_low": None, "ci_high": None},
+        "quality/distinct_1": {"value": 0.5}, "quality/distinct_2": {"value": 0.9 - tox},
+        "quality/evasion_rate": {"value": 0.1},
+    }  # fmt: skip
+    before = {
+        "toxicity/profanity-check/mean": {"value": 0.1},
+        "toxicity/minilm-toxicity:toxic/mean": {"value": 0.2},
+    }
+    (run / "eval_after.json").write_text(json.dumps({"metrics": after}))
+    (run / "eval_before.json").write_text(json.dumps({"metrics": before}))
+    steps = [
+        {"step": i, "time/total": 10.0 + i, **({"objective/kl": kl * i} if kl else {})} for i in (1, 2, 3)
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
+    (run / "summary.json").write_text("{}")
+    (results / f"{run.name}.time").write_text(f"\tMaximum resident set size (kbytes): {3 * 1024 * 1024}\n")
+
+
+def test_algorithms_table_means_over_seeds_with_their_range_and_every_run_with_its_interval(
+    tmp_path: Path,
+) -> None:
+    from bench import algorithms
+
+    for seed, tox in ((0, 0.05), (1, 0.07)):
+        canned_run(tmp_path, "default", "rloo", seed, tox, kl=2.0)
+        canned_run(tmp_path, "default", "ppo", seed, tox + 0.01, kl=3.0)
+    canned_run(tmp_path, "rtp", "grpo", 0, 0.2, kl=None)  # no KL term: not measured
+    (tmp_path / "default-grpo-s0").mkdir()  # unfinished: left out
+    runs = algorithms.collect(tmp_path)
+    assert [(f.preset, f.algorithm, f.seed) for f in runs] == [
+        ("default", "ppo", 0), ("default", "ppo", 1), ("default", "rloo", 0), ("default", "rloo", 1),
+        ("rtp", "grpo", 0),
+    ]  # fmt: skip
+    assert runs[2].seconds_per_step == 12.0 and runs[2].kl == 6.0 and runs[2].peak_rss_gib == 3.0
+    text = algorithms.format_table(runs)
+    lines = text.splitlines()
+    assert lines[0] == (
+        "### default: 256 sampled responses per run; toxicity before (the same policy for every algorithm): "
+        "profanity-check 0.100; minilm-toxicity:toxic 0.200"
+    )
+    row = {ln.split(" | ")[0].strip("| ") + ln.split(" | ")[1]: ln for ln in lines if ln.startswith("| ")}
+    assert row["rloo0,1"] == (
+        "| rloo | 0,1 | 0.060 (0.050-0.070) | 0.120 (0.100-0.140) | 6.00 | 0.500 | 0.840 (0.830-0.850) "
+        "| 0.100 | 12.0 | 3.00 |"
+    )
+    assert row["rloo0"].startswith("| rloo | 0 | 0.050 [0.040, 0.070] | 0.100 | 6.00 |")
+    assert row["grpo0"].startswith("| grpo | 0 | 0.200 [0.190, 0.220] | 0.400 | - |")
+    assert "- lowest mean toxicity after by profanity-check: rloo (0.060)" in lines
+    assert "### rtp: 256 sampled responses per run" in text
+
+
+def test_algorithms_runs_new_runs_offline_and_resumes_unfinished_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench import algorithms
+
+    monkeypatch.setenv("DETOXRL_SHARED", str(tmp_path / "shared"))
+    (tmp_path / "shared").mkdir()
+    args = algorithms.parse_args(["--results", str(tmp_path / "out"), "steps=2"])
+    assert (args.preset_list, args.algorithm_list) == (["default", "rtp"], ["ppo", "rloo", "grpo"])
+    assert args.seed_list == [0, 1, 2]
+    cmd = algorithms.command(args, "rtp", "grpo", 1)
+    assert cmd[2:6] == ["detoxrl", "run", "--preset", "rtp"]
+    assert "ppo.algorithm=grpo" in cmd and "seed=1" in cmd and cmd[-1] == "steps=2"
+    assert f"reward.model={tmp_path / 'shared' / 'models' / 'minilm-toxicity'}" in cmd
+    assert "eval.evaluators=[profanity, shared:minilm-toxicity]" in cmd
+    assert not [c for c in algorithms.command(args, "default", "ppo", 0) if c.startswith("reward.")]
+    started = tmp_path / "out" / "rtp-grpo-s1"
+    started.mkdir(parents=True)
+    (started / "config.yaml").write_text("{}")
+    (started / "eval_before.json").write_text("{}")
+    assert algorithms.command(args, "rtp", "grpo", 1)[2:] == ["detoxrl", "run", "--resume", str(started)]
+    with pytest.raises(SystemExit):
+        algorithms.parse_args(["--algorithms", "ppo,dpo"])

@@ -210,3 +210,30 @@ def test_cross_field_checks():
     with pytest.raises(ConfigError, match=r"'ppo.init_kl_coef' must be > 0 with ppo.adaptive_kl: true"):
         PPOConfig(init_kl_coef=0.0)
     assert PPOConfig(init_kl_coef=0.0, adaptive_kl=False).init_kl_coef == 0.0
+
+
+def test_algorithm_options_and_their_checks():
+    """[D19] trl's names for the critic-free options; groups that fit; no option of another algorithm."""
+    rloo = load_config(preset="default", overrides=["ppo.algorithm=rloo"]).ppo
+    assert (rloo.algorithm, rloo.group_size, rloo.batch_size // rloo.group_size) == ("rloo", 4, 4)
+    assert PPOConfig().group_size == 1 and PPOConfig(algorithm="grpo", num_generations=8).group_size == 8
+    assert PPOConfig(num_generations=2).group_size == 2  # PPO may sample a prompt more than once too
+    grpo = load_config(overrides=["ppo.algorithm=grpo", "ppo.loss_type=dr_grpo", "ppo.scale_rewards=none"])
+    assert (grpo.ppo.loss_type, grpo.ppo.scale_rewards) == ("dr_grpo", "none")
+    cases = [
+        ("ppo.algorithm=a2c", r"'ppo.algorithm' must be one of \['ppo', 'rloo', 'grpo'\], got 'a2c'"),
+        ("ppo.num_generations=1", r"'ppo.num_generations' must be >= 2 with ppo.algorithm: rloo, got 1"),
+        ("ppo.num_generations=0", r"'ppo.num_generations' must be null or a whole number >= 1, got 0"),
+        ("ppo.num_generations=3", r"'ppo.batch_size' must be a multiple of ppo.num_generations \(3\), "
+         r"got 16: a step samples batch_size / num_generations prompts num_generations times each; set "
+         r"ppo.batch_size=15 or 18\."),
+        ("ppo.scale_rewards=group_std", r"'ppo.scale_rewards' must be one of \['group', 'batch', 'none'\]"),
+        ("ppo.loss_type=dr_grpo", r"'ppo.loss_type' is grpo's option, got 'dr_grpo' with ppo.algorithm: "
+         r"rloo: set ppo.algorithm=grpo, or drop ppo.loss_type\."),
+        ("ppo.whiten_rewards=true", r"'ppo.whiten_rewards' is ppo's option, got true with ppo.algorithm"),
+    ]  # fmt: skip
+    for override, pattern in cases:
+        with pytest.raises(ConfigError, match=pattern):
+            load_config(preset="default", overrides=["ppo.algorithm=rloo", override])
+    with pytest.raises(ConfigError, match=r"'ppo.normalize_advantages' is rloo's option, got true"):
+        PPOConfig(algorithm="grpo", normalize_advantages=True)

@@ -167,3 +167,25 @@ def test_full_finetuning_saves_a_loadable_folder(
     trained = loader.from_pretrained(tmp_path / "final")
     plain = ActorCritic(trained, ac.is_encoder_decoder, Reference("frozen_copy", trained), select_engine())
     assert torch.allclose(plain(batch).logprobs, expected, atol=1e-6)
+
+
+def test_an_actor_critic_without_a_critic_computes_trains_and_saves_no_values(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """rloo and grpo: no value head, so nothing of it in the pass, the trainable parameters or the files."""
+    config = PolicyConfig(model=str(model_dir))
+    ac = build_actor_critic(load_policy(config), config, critic=False)
+    with_critic = build(model_dir)
+    assert ac.value_head is None and ac(batch_of(ac, [0, 1])).values is None
+    assert all(".default." in n for n, p in ac.named_parameters() if p.requires_grad)
+    lora = sum(p.numel() for p in ac.trainable_parameters())
+    assert lora == sum(p.numel() for p in with_critic.trainable_parameters()) - (
+        with_critic.value_head.summary.weight.numel() + 1
+    )
+    perturb_adapter(ac, 0.25)
+    expected = ac(batch_of(ac, [0, 1, 2])).logprobs
+    save_weights(ac, tmp_path / "final")
+    assert not (tmp_path / "final" / VALUE_HEAD_FILE).exists()
+    fresh = build_actor_critic(load_policy(config), config, critic=False)
+    load_weights(fresh, tmp_path / "final")
+    assert torch.equal(fresh(batch_of(fresh, [0, 1, 2])).logprobs, expected)

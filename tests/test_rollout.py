@@ -1,6 +1,6 @@
 """Rollouts (rollout.py): the prompts of a step, and old log-probs that are exactly the log-probs of
 the distribution transformers' own generate() sampled from (temperature included), for both model
-kinds on both engines, and the experience record the update consumes."""
+kinds on both engines, and the experience records the updates consume (PPO's, the critic-free ones')."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from detoxrl.engine import ReferenceEngine
 from detoxrl.engine.cpu import CpuEngine
 from detoxrl.models import load_policy
 from detoxrl.policy import build_actor_critic
-from detoxrl.rollout import batch_indices, make_experience, old_policy
+from detoxrl.rollout import GroupExperience, batch_indices, make_experience, old_policy
 
 QUERIES = [torch.tensor(q) for q in ([5, 10, 6, 27], [4, 9, 50, 42, 17, 7, 39], [12, 13])]
 
@@ -75,3 +75,33 @@ def test_experience_holds_the_kl_penalised_rewards_and_whitened_advantages(tiny_
     real = exp.advantages[mask.bool()]
     assert abs(float(real.mean())) < 1e-5 and abs(float(real.std()) - 1) < 1e-3  # [D6] whitened
     assert (exp.advantages[~mask.bool()] == 0).all()
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
+def test_group_experience_holds_sequence_rewards_and_group_advantages(
+    algorithm: str, tiny_causal_dir: Path
+) -> None:
+    """[D19]-[D21] Two prompts x two samples: no values; rloo's reward = score - 0.1 x the sequence's KL
+    and the leave-one-out advantages; grpo's = the score, normalised within each pair."""
+    policy = load_policy(PolicyConfig(model=str(tiny_causal_dir)))
+    ac = build_actor_critic(policy, PolicyConfig(), critic=False)
+    queries = [QUERIES[0], QUERIES[0], QUERIES[2], QUERIES[2]]
+    responses = [torch.tensor(r) for r in ([20, 21, 22], [30, 31], [40], [41, 42, 43, 44])]
+    batch = make_batch(queries, responses, 0, False)
+    old = old_policy(ac, batch, 1.0)
+    assert old.values is None
+    moved = type(old)(old.logprobs + 0.5 * batch.response_mask, None)  # the policy moved by 0.5 nats a token
+    scores = torch.tensor([1.0, 2.0, 3.0, 5.0])
+    config = PPOConfig(algorithm=algorithm, num_generations=2, batch_size=4, mini_batch_size=2)  # type: ignore[arg-type]
+    exp = make_experience(ac, batch, moved, scores, 0.1, config, 1.0)
+    assert isinstance(exp, GroupExperience) and exp.kl is not None
+    assert torch.allclose(exp.kl.sum(1), 0.5 * torch.tensor([3.0, 2.0, 1.0, 4.0]))  # k1 over real tokens
+    if algorithm == "rloo":
+        rewards = scores - 0.1 * 0.5 * torch.tensor([3.0, 2.0, 1.0, 4.0])  # 0.85, 1.9, 2.95, 4.8
+        assert torch.allclose(exp.rewards, rewards)
+        assert torch.allclose(exp.advantages, torch.tensor([-1.05, 1.05, -1.85, 1.85]))  # r - the other's r
+    else:
+        assert torch.equal(exp.rewards, scores)
+        std = 2**0.5 / 2, 2**0.5  # the Bessel-corrected stds of [1, 2] and [3, 5]
+        expected = [-0.5 / (std[0] + 1e-4), 0.5 / (std[0] + 1e-4), -1 / (std[1] + 1e-4), 1 / (std[1] + 1e-4)]
+        assert torch.allclose(exp.advantages, torch.tensor(expected))

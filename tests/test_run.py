@@ -264,3 +264,23 @@ def test_the_verdict_and_the_plots_carry_evasion_and_guard_alarms() -> None:
     png = plot_training_quality(metrics)
     assert png is not None and png.startswith(b"\x89PNG")
     assert plot_training_quality([{"step": 1, "objective/kl": 0.0}]) is None  # nothing logged: no plot
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
+def test_a_critic_free_run_goes_end_to_end_with_report_and_resume(
+    algorithm: str, run_config: Path, tmp_path: Path
+) -> None:
+    """``detoxrl run ... ppo.algorithm=rloo`` (and grpo): the whole run directory but a value head, and
+    --resume, as for PPO; the config, report and model card say which algorithm trained."""
+    overrides = [f"ppo.algorithm={algorithm}", "ppo.num_generations=2"]
+    assert main(["run", "--config", str(run_config), "steps=1", *overrides]) == 0
+    assert main(["run", "--resume", str(tmp_path / "run"), "steps=2"]) == 0
+    run = tmp_path / "run"
+    for name in RUN_FILES:
+        assert (run / name).is_file() == (name != "final/value_head.safetensors"), name
+    steps = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2] and not any(k.startswith("ppo/val/") for k in steps[-1])
+    assert f"algorithm: {algorithm}" in (run / "config.yaml").read_text()
+    size = f"{algorithm.upper()}: 2 steps of 4 responses (2 prompts x 2)"
+    assert size in (run / "report.md").read_text() and size in (run / "final" / "README.md").read_text()
+    assert "KL " in json.loads((run / "summary.json").read_text())["verdict"]

@@ -14,6 +14,7 @@ import detoxrl.rollout as rollout_module
 import detoxrl.trainer as trainer_module
 from detoxrl.batch import make_batch
 from detoxrl.config import PolicyConfig, PPOConfig, SamplingConfig
+from detoxrl.engine import ReferenceEngine
 from detoxrl.engine.attention import CAUSAL_ROWS
 from detoxrl.engine.cpu import CpuEngine, CpuOptions
 from detoxrl.errors import ConfigError
@@ -215,3 +216,27 @@ def test_keyed_rows_sample_the_same_response_whatever_their_batch_neighbours(tin
     assert all(torch.equal(a, b) for a, b in zip(together, reversed_[::-1], strict=True))
     other = ac.sample(QUERIES, [6, 6, 6], SamplingConfig(), set(), 0, seeds=[21, 22, 23]).responses()
     assert any(not torch.equal(a, b) for a, b in zip(together, other, strict=True))  # the seeds matter
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_d19_identical_prompts_are_prefilled_once(packed: bool, tiny_causal_dir: Path) -> None:
+    """The k samples of a prompt (rloo, grpo) share one prefill on the CPU engine and sample what the
+    reference engine, which prefills every row, samples with the same seed."""
+    prompts = [QUERIES[1], QUERIES[0], QUERIES[1], QUERIES[1]]  # 7 + 4 distinct prompt tokens of 25
+    runs, embedded = [], []
+    for engine in (CpuEngine(CpuOptions(packed_rows=packed)), ReferenceEngine()):
+        ac, _ = perturbed(tiny_causal_dir, engine)
+        counted: list[int] = []
+        hook = ac.model.get_input_embeddings().register_forward_pre_hook(
+            lambda _, a, seen=counted: seen.append(a[0].numel())
+        )
+        torch.manual_seed(3)
+        runs.append(ac.sample(prompts, [6, 6, 6, 6], SamplingConfig(), set(), 0))
+        hook.remove()
+        embedded.append(sum(counted))
+    fast, plain = runs
+    assert torch.equal(fast.tokens, plain.tokens) and fast.tokens.shape == (4, 6)
+    assert torch.allclose(fast.logprobs, plain.logprobs, atol=1e-5)
+    assert torch.allclose(fast.hidden, plain.hidden, atol=1e-5)
+    assert embedded[0] == 7 + 4 + 5 * 4  # the distinct prompts once, then 5 decoding steps of 4 rows
+    assert not torch.equal(fast.tokens[0], fast.tokens[2])  # the same prompt, different samples

@@ -109,9 +109,9 @@ def test_encoder_decoder_learns_to_avoid_penalised_tokens(tiny_seq2seq_dir: Path
     print(f"encoder-decoder: reward {before:.3f} -> {after:.3f}")
 
 
-def test_resume_continues_exactly_as_if_never_stopped(tiny_causal_dir: Path, tmp_path: Path) -> None:
-    config = run_config(tiny_causal_dir, 4, batch_size=4, mini_batch_size=2, ppo_epochs=2, score_norm=True)
-    config = RunConfig(**{**vars(config), "generation": SamplingConfig(min_new_tokens=2, max_new_tokens=6)})
+def assert_resume_repeats_the_run(config: RunConfig, tmp_path: Path) -> list[dict[str, Any]]:
+    """``config`` (4 steps) trained straight, and for 2 steps then resumed to 4: every logged figure of every
+    step and the final adapter equal. Returns the straight run's records."""
     reward = text_length_reward  # varies from the first step (a rare word's count can be 0 throughout)
     train(config, PROMPTS, reward, tmp_path / "straight", progress=False)
     train(RunConfig(**{**vars(config), "steps": 2}), PROMPTS, reward, tmp_path / "split", progress=False)
@@ -124,12 +124,19 @@ def test_resume_continues_exactly_as_if_never_stopped(tiny_causal_dir: Path, tmp
         for key in a:
             if key != "samples" and not key.startswith("time/"):
                 assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
-    assert straight[-1]["objective/kl"] != 0.0 and straight[-1]["objective/kl_coef"] != 0.1
     from safetensors.torch import load_file
 
     w1 = load_file(tmp_path / "straight" / "final" / "adapter_model.safetensors")
     w2 = load_file(tmp_path / "split" / "final" / "adapter_model.safetensors")
     assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
+    return straight
+
+
+def test_resume_continues_exactly_as_if_never_stopped(tiny_causal_dir: Path, tmp_path: Path) -> None:
+    config = run_config(tiny_causal_dir, 4, batch_size=4, mini_batch_size=2, ppo_epochs=2, score_norm=True)
+    config = RunConfig(**{**vars(config), "generation": SamplingConfig(min_new_tokens=2, max_new_tokens=6)})
+    straight = assert_resume_repeats_the_run(config, tmp_path)
+    assert straight[-1]["objective/kl"] != 0.0 and straight[-1]["objective/kl_coef"] != 0.1
 
 
 def test_checkpoints_are_complete_and_the_final_adapter_loads_with_plain_peft(

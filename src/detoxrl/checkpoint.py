@@ -1,11 +1,11 @@
 """The files of a run: the trained weights of an actor-critic, atomic and resumable checkpoints, and when
 a folder holds a run. Knows the files, not the algorithm: the trainer hands over its state as a dict.
 
-``save_weights`` writes the ``default`` adapter in PEFT format (or the full model) + the value head, so
-that plain ``PeftModel.from_pretrained(base, folder)`` loads it. A checkpoint is a folder
-``checkpoint-NNNNNN`` holding ``policy/`` (those weights) and ``state.pt`` (the trainer's state and the
-RNG states). On several processes the main process writes them (``distributed.Topology.is_main``); where
-the parameters are sharded, the caller hands over the gathered state dict (``weights``).
+``save_weights`` writes the ``default`` adapter in PEFT format (or the full model) + the value head (PPO's
+actor-critic has one), so that plain ``PeftModel.from_pretrained(base, folder)`` loads it. A checkpoint is
+a folder ``checkpoint-NNNNNN`` holding ``policy/`` (those weights) and ``state.pt`` (the trainer's state and
+the RNG states). On several processes the main process writes them (``distributed.Topology.is_main``);
+where the parameters are sharded, the caller hands over the gathered state dict (``weights``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ VALUE_HEAD_FILE = "value_head.safetensors"
 def save_weights(
     actor_critic: ActorCritic, path: str | Path, weights: dict[str, torch.Tensor] | None = None
 ) -> None:
-    """Trained weights: the ``default`` adapter in PEFT format (or the full model) + the value head, read
+    """Trained weights: the ``default`` adapter in PEFT format (or the full model) + any value head, read
     from ``actor_critic`` or from ``weights``, its whole state dict (sharded models: gathered)."""
     path, model = Path(path), actor_critic.model
     path.mkdir(parents=True, exist_ok=True)
@@ -49,8 +49,9 @@ def save_weights(
         save_file({k: v.contiguous() for k, v in own.items()}, str(path / "model.safetensors"))
     if not actor_critic.is_peft:
         model.config.save_pretrained(path)  # so that from_pretrained(path) loads it too
-    head = _part(weights, "value_head.") or actor_critic.value_head.state_dict()
-    save_file({k: v.contiguous() for k, v in head.items()}, str(path / VALUE_HEAD_FILE))
+    if actor_critic.value_head is not None:
+        head = _part(weights, "value_head.") or actor_critic.value_head.state_dict()
+        save_file({k: v.contiguous() for k, v in head.items()}, str(path / VALUE_HEAD_FILE))
 
 
 def _part(weights: dict[str, torch.Tensor] | None, prefix: str) -> dict[str, torch.Tensor] | None:
@@ -71,7 +72,8 @@ def load_weights(actor_critic: ActorCritic, path: str | Path) -> None:
         assert not result.unexpected_keys, result.unexpected_keys
     else:
         load_model(actor_critic.model, str(path / "model.safetensors"), device=device)
-    actor_critic.value_head.load_state_dict(load_file(str(path / VALUE_HEAD_FILE), device=device))
+    if actor_critic.value_head is not None:
+        actor_critic.value_head.load_state_dict(load_file(str(path / VALUE_HEAD_FILE), device=device))
 
 
 def _rng_state() -> dict[str, Any]:

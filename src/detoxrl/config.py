@@ -232,11 +232,38 @@ def check_rollout_sampling(sampling: SamplingConfig) -> None:
         )
 
 
+Algorithm = Literal["ppo", "rloo", "grpo"]
+GROUP_SIZE = 4  # rloo/grpo's samples per prompt when ppo.num_generations is not set (trl's benchmarks' 4)
+# Options of one algorithm -> (that algorithm, its default): any other value is refused under another
+ALGORITHM_OPTIONS: dict[str, tuple[Algorithm, Any]] = {
+    "whiten_rewards": ("ppo", False),
+    "normalize_advantages": ("rloo", False),
+    "scale_rewards": ("grpo", "group"),
+    "loss_type": ("grpo", "dapo"),
+}
+
+
 @dataclass(frozen=True)
 class PPOConfig:
-    """PPO hyper-parameters; names and defaults follow classic trl (the lab's) and CleanRL."""
+    """The RL step's hyper-parameters; names and defaults follow classic trl (the lab's) and CleanRL for
+    PPO, trl's RLOOTrainer / GRPOTrainer for the critic-free algorithms (docs/ppo-details.md, D19-D24).
+
+    ``algorithm``: ``ppo`` (value head, GAE, the KL in the per-token reward), ``rloo`` (k samples per
+    prompt, each one's baseline the mean reward of the other k - 1, the sequence's KL in its reward) or
+    ``grpo`` (group-normalised advantages, the KL in the loss). rloo and grpo train no value head; of the
+    keys below, gamma, lam, cliprange_value, vf_coef, value_head_init_std and whiten_rewards are PPO's
+    only. The KL coefficient is ``init_kl_coef`` for all three (trl's ``beta``; the adaptive controller,
+    when on, moves it for all three), the clip range ``cliprange`` (trl's ``epsilon``), the passes over a
+    batch ``ppo_epochs`` (trl's ``num_iterations``).
+    """
 
     SECTION: ClassVar[str] = "ppo"
+    algorithm: Algorithm = "ppo"
+    # [D19] samples per prompt, consecutive rows; null: 1 for ppo, 4 for rloo and grpo (see group_size)
+    num_generations: int | None = None
+    normalize_advantages: bool = False  # rloo: standardise the advantages over the batch [D20]
+    scale_rewards: Literal["group", "batch", "none"] = "group"  # grpo: divide by which std [D21]
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"  # grpo: how token losses average [D24]
     learning_rate: float = 1.41e-5
     batch_size: int = 16
     mini_batch_size: int = 4
@@ -276,8 +303,9 @@ class PPOConfig:
             "max_grad_norm": optional(POSITIVE), "target_kl": optional(early_stop),
             "init_kl_coef": NON_NEGATIVE, "adaptive_kl_target": POSITIVE, "kl_horizon": count(1),
             "score_scale": POSITIVE, "score_clip": optional(POSITIVE), "value_head_init_std": NON_NEGATIVE,
-            "max_nonfinite_steps": count(1),
+            "max_nonfinite_steps": count(1), "num_generations": optional(count(1)),
         })  # fmt: skip
+        self._check_algorithm()
         step_rows = self.mini_batch_size * self.gradient_accumulation_steps
         if self.batch_size % step_rows:
             below = self.batch_size // step_rows * step_rows
@@ -293,6 +321,39 @@ class PPOConfig:
                 "Config key 'ppo.init_kl_coef' must be > 0 with ppo.adaptive_kl: true, got 0: the controller "
                 "multiplies it, so 0 stays 0; set it (e.g. 0.2), or ppo.adaptive_kl=false for no KL penalty."
             )
+
+    @property
+    def group_size(self) -> int:
+        """[D19] Responses sampled per prompt: ``num_generations``, else 1 for ppo and 4 for rloo/grpo."""
+        if self.num_generations is not None:
+            return self.num_generations
+        return 1 if self.algorithm == "ppo" else GROUP_SIZE
+
+    def _check_algorithm(self) -> None:
+        """Groups that fit the batch, at least 2 samples where the baseline is the others, and no option of
+        one algorithm set under another (``ppo.loss_type=grpo`` does not make a GRPO run)."""
+        k, algorithm = self.group_size, self.algorithm
+        if algorithm != "ppo" and k < 2:
+            raise ConfigError(
+                f"Config key 'ppo.num_generations' must be >= 2 with ppo.algorithm: {algorithm}, got {k}: "
+                "each sample's baseline comes from the other samples of its prompt; set e.g. "
+                "ppo.num_generations=4."
+            )
+        if self.batch_size % k:
+            fits = sorted({max(k, self.batch_size // k * k), (self.batch_size // k + 1) * k})
+            raise ConfigError(
+                f"Config key 'ppo.batch_size' must be a multiple of ppo.num_generations ({k}), got "
+                f"{self.batch_size}: a step samples batch_size / num_generations prompts num_generations "
+                f"times each; set ppo.batch_size={' or '.join(map(str, fits))}."
+            )
+        for name, (owner, default) in ALGORITHM_OPTIONS.items():
+            value = getattr(self, name)
+            if value != default and algorithm != owner:
+                shown = str(value).lower() if isinstance(value, bool) else repr(value)
+                raise ConfigError(
+                    f"Config key 'ppo.{name}' is {owner}'s option, got {shown} with ppo.algorithm: "
+                    f"{algorithm}: set ppo.algorithm={owner}, or drop ppo.{name}."
+                )
 
 
 @dataclass(frozen=True)

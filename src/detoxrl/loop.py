@@ -1,4 +1,4 @@
-"""The config-driven PPO loop: rollout -> reward -> PPO step -> metrics, guards and checkpoints, with
+"""The config-driven RL loop: rollout -> reward -> PPO/RLOO/GRPO step -> metrics, guards and checkpoints, with
 clean stops and exact resumes. Knows the order of a step and the run directory's life, not PPO's math
 (ppo.py, trainer.py) nor how models run (engine/).
 
@@ -52,7 +52,7 @@ Reward = Callable[[list[str], list[str]], torch.Tensor]
 @dataclass(frozen=True)
 class TrainResult:
     run_dir: Path
-    final_dir: Path  # PEFT adapter (or full model) + value_head.safetensors
+    final_dir: Path  # PEFT adapter (or full model) + value_head.safetensors (PPO's)
     metrics: list[dict[str, Any]]  # the records of the steps this call ran
     stopped_early: bool = False  # the quality guard stopped training (quality.guard.early_stop)
 
@@ -87,12 +87,16 @@ def _train_step(
     trainer: PPOTrainer, config: RunConfig, prompts: list[str], queries: list[torch.Tensor], reward: Reward,
     quality: QualityScorer, history: list[dict[str, Any]],
 ) -> tuple[dict[str, Any], guards.GuardReport]:  # fmt: skip
-    """Rollout -> reward -> PPO step -> quality guards -> one metrics record. This process samples and
-    scores its share of the global batch, each row's draws keyed by (seed, step, place in the batch)."""
-    idx = batch_indices(len(prompts), config.ppo.batch_size, trainer.step_count, config.seed)
-    limits = response_limits(config.generation, len(idx))  # the same draws on every process
+    """Rollout -> reward -> RL step -> quality guards -> one metrics record. This process samples and
+    scores its share of the global batch (whole groups of k samples for rloo and grpo), each row's draws
+    keyed by (seed, step, place in the batch)."""
+    k = config.ppo.group_size  # [D19] batch_size / k prompts, each sampled k times in consecutive rows
+    groups = batch_indices(len(prompts), config.ppo.batch_size // k, trainer.step_count, config.seed)
+    group_limits = response_limits(config.generation, len(groups))  # the same draws on every process
+    idx, limits = [i for i in groups for _ in range(k)], [n for n in group_limits for _ in range(k)]
     seeds = sample_seeds(config.seed, trainer.step_count, len(idx))
-    mine = trainer.topology.shard(len(idx))
+    share = trainer.topology.shard(len(groups))
+    mine = slice(share.start * k, share.stop * k)
     batch_prompts, batch_queries = [prompts[i] for i in idx[mine]], [queries[i] for i in idx[mine]]
     t0 = time.perf_counter()
     sampled = trainer.rollout(batch_queries, limits[mine], seeds[mine])
@@ -131,8 +135,9 @@ def train(
     config: RunConfig, prompts: list[str], reward: Reward, out_dir: str | Path | None = None,
     resume: bool = False, progress: bool = True, engine: Engine | None = None,
 ) -> TrainResult:  # fmt: skip
-    """Detoxify ``config.policy`` with PPO on ``prompts`` against ``reward(prompts, responses) -> (B,)``,
-    on ``engine`` (default: ``config.policy.engine`` for ``config.device``)."""
+    """Detoxify ``config.policy`` with ``config.ppo.algorithm`` (PPO, RLOO or GRPO) on ``prompts`` against
+    ``reward(prompts, responses) -> (B,)``, on ``engine`` (default: ``config.policy.engine`` for
+    ``config.device``)."""
     if not prompts:
         raise ValueError("train() needs at least one prompt.")
     run_dir, main = Path(out_dir or config.output_dir), distributed.setup(config.device).is_main
@@ -159,9 +164,11 @@ def _build(
     if top.is_main:
         print(f"{engine.describe()}\n{top.describe()}" if top.distributed else engine.describe())
         save_config(config, run_dir / "config.yaml", comment=engine.describe())
-    # 2. The policy with its value head and reference, the trainer, the prompts, the quality scorer.
+    # 2. The policy with its value head (PPO's only) and reference, the trainer, the prompts, the quality
+    #    scorer.
     policy = load_policy(config.policy, engine.device)
-    actor_critic = build_actor_critic(policy, config.policy, config.ppo.value_head_init_std, engine)
+    critic = config.ppo.algorithm == "ppo"
+    actor_critic = build_actor_critic(policy, config.policy, config.ppo.value_head_init_std, engine, critic)
     if top.is_main:
         print(actor_critic.describe())
     # 3. Resume: weights (before any wrapping shards them), optimizer, scheduler, KL controller, RNG states
@@ -231,7 +238,7 @@ def _train(
             f"stopped by {signal.Signals(signum).name} after step {trainer.step_count} of {config.steps}"
         )
         raise Interrupted(f"{message} ({where} holds it)", 128 + signum, str(run_dir))
-    # 5. The final adapter (+ value head): plain ``PeftModel.from_pretrained(base, final_dir)`` loads it.
+    # 5. The final adapter (+ PPO's value head): ``PeftModel.from_pretrained(base, final_dir)`` loads it.
     if trainer.step_count % config.save_every and not stopped_early:
         _save(trainer, config, run_dir)
     _save(trainer, config, run_dir, final=True)

@@ -1,7 +1,8 @@
-"""The actor-critic's roles: the policy (a PEFT or fully trained language model), its value head and its
-frozen KL reference, all run through one engine. Knows how to get per-token log-probs and values for
-(prompt, response) pairs and how to sample; knows nothing of rewards, advantages or optimisers, nor
-of how the engine runs a model. Shapes: B responses, T response tokens (right-padded), H hidden size.
+"""The actor-critic's roles: the policy (a PEFT or fully trained language model), its value head (PPO's
+critic; the critic-free algorithms build none) and its frozen KL reference, all run through one engine.
+Knows how to get per-token log-probs and values for (prompt, response) pairs and how to sample; knows
+nothing of rewards, advantages or optimisers, nor of how the engine runs a model. Shapes: B responses,
+T response tokens (right-padded), H hidden size.
 
 [D16] The reference is the policy as it was when PPO started, with no second copy of the base weights:
   * a fresh LoRA adapter  -> the same model with the adapter disabled (identical at step 0);
@@ -37,7 +38,7 @@ class PolicyOutput:
     """Per-token log-probs of the given responses and the critic's values, both (B, T)."""
 
     logprobs: torch.Tensor
-    values: torch.Tensor
+    values: torch.Tensor | None  # None: an actor-critic without a value head (rloo, grpo)
 
 
 class ValueHead(nn.Module):
@@ -85,11 +86,12 @@ class Reference:
 
 class ActorCritic(nn.Module):
     """Policy + value head + reference, run through ``engine``. Always in eval mode: dropout stays off
-    ([D12])."""
+    ([D12]). ``critic=False`` builds no value head (the critic-free algorithms): no values are computed,
+    trained or saved."""
 
     def __init__(
         self, model: Any, is_encoder_decoder: bool, reference: Reference, engine: Engine,
-        value_head_init_std: float = 0.0,
+        value_head_init_std: float = 0.0, critic: bool = True,
     ) -> None:  # fmt: skip
         super().__init__()
         self.model, self.is_encoder_decoder, self.reference, self.engine = (
@@ -100,7 +102,7 @@ class ActorCritic(nn.Module):
         )
         config = model.config
         hidden = getattr(config, "hidden_size", None) or config.d_model
-        self.value_head = ValueHead(hidden, value_head_init_std).to(self.device)
+        self.value_head = ValueHead(hidden, value_head_init_std).to(self.device) if critic else None
         self.eval()
 
     def train(self, mode: bool = True) -> ActorCritic:
@@ -132,7 +134,11 @@ class ActorCritic(nn.Module):
         """Log-probs of ``batch.response_ids`` under the policy and the values, from one pass."""
         out = self.engine.forward(self.model, batch)
         return PolicyOutput(logprobs_from_logits(out.logits, batch.response_ids, temperature),
-                            self.value_head(out.hidden))  # fmt: skip
+                            self.values(out.hidden))  # fmt: skip
+
+    def values(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """[D5] The critic's values of LM-head inputs (B, T, H) -> (B, T); None without a value head."""
+        return None if self.value_head is None else self.value_head(hidden)
 
     @torch.no_grad()
     def reference_logprobs(self, batch: ResponseBatch, temperature: float = 1.0) -> torch.Tensor:
@@ -169,21 +175,21 @@ def _clone_adapter_as_reference(model: Any) -> None:
 
 
 def build_actor_critic(
-    policy: Policy, config: PolicyConfig, value_head_init_std: float = 0.0, engine: Engine | None = None
-) -> ActorCritic:
+    policy: Policy, config: PolicyConfig, value_head_init_std: float = 0.0, engine: Engine | None = None,
+    critic: bool = True,
+) -> ActorCritic:  # fmt: skip
     """The loaded base ``policy`` -> an actor-critic with the right reference (see the module docstring),
-    run by ``engine`` (default: ``config.engine`` on the model's device)."""
+    run by ``engine`` (default: ``config.engine`` on the model's device); ``critic=False``: no value head."""
     engine = engine or select_engine(config.engine, policy.model.device)
     enc_dec = policy.is_encoder_decoder
     if not config.use_lora:
         if config.adapter is not None:
             raise ValueError("policy.adapter needs policy.use_lora: true (an adapter is a LoRA adapter).")
         frozen = copy.deepcopy(policy.model).eval().requires_grad_(False)
-        return ActorCritic(
-            policy.model, enc_dec, Reference("frozen_copy", frozen), engine, value_head_init_std
-        )
+        reference = Reference("frozen_copy", frozen)
+        return ActorCritic(policy.model, enc_dec, reference, engine, value_head_init_std, critic)
     model = attach_adapter(policy, config)
     if config.adapter is None:
-        return ActorCritic(model, enc_dec, Reference("disabled_adapter"), engine, value_head_init_std)
+        return ActorCritic(model, enc_dec, Reference("disabled_adapter"), engine, value_head_init_std, critic)
     _clone_adapter_as_reference(model)
-    return ActorCritic(model, enc_dec, Reference("frozen_adapter"), engine, value_head_init_std)
+    return ActorCritic(model, enc_dec, Reference("frozen_adapter"), engine, value_head_init_std, critic)

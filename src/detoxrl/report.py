@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from detoxrl.config import GROUP_SIZE
 from detoxrl.errors import DetoxError
 
 TOXIC = 0.5  # the threshold of the 'share toxic' and RealToxicityPrompts figures
@@ -82,7 +83,7 @@ def _figure_png(fig: Any) -> bytes:
 
 
 def plot_training(metrics: list[dict[str, Any]]) -> bytes | None:
-    """Reward and KL per PPO step."""
+    """Reward and KL per training step."""
     if not metrics:
         return None
     import matplotlib.pyplot as plt
@@ -100,7 +101,7 @@ def plot_training(metrics: list[dict[str, Any]]) -> bytes | None:
             std = np.array([m["env/reward_std"] for m in metrics])
             ax.fill_between(steps, mean - std, mean + std, alpha=0.15)
         ax.set_title(title)
-        ax.set_xlabel("PPO step")
+        ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     return _figure_png(fig)
 
@@ -185,7 +186,7 @@ def plot_quality(before: dict[str, Any], after: dict[str, Any]) -> bytes | None:
 
 
 def plot_training_quality(metrics: list[dict[str, Any]]) -> bytes | None:
-    """The guarded rollout metrics per PPO step, steps with a guard alarm shaded (when logged)."""
+    """The guarded rollout metrics per training step, steps with a guard alarm shaded (when logged)."""
     keys = [k for k in GUARDED if any(f"quality/{k}" in m for m in metrics)]
     if not keys:
         return None
@@ -198,8 +199,8 @@ def plot_training_quality(metrics: list[dict[str, Any]]) -> bytes | None:
     for step, m in zip(steps, metrics, strict=True):
         if m.get("guard/alarms"):
             ax.axvspan(step - 0.5, step + 0.5, color="#d62728", alpha=0.15, lw=0)
-    ax.set_title("rollout quality per PPO step (shaded: guard alarm)")
-    ax.set_xlabel("PPO step")
+    ax.set_title("rollout quality per training step (shaded: guard alarm)")
+    ax.set_xlabel("step")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _figure_png(fig)
@@ -262,10 +263,19 @@ def _config_line(config: dict[str, Any]) -> str:
     policy, reward, ppo = config.get("policy", {}), config.get("reward", {}), config.get("ppo", {})
     reward_model = f" {reward['model']}" if reward.get("model") else ""
     return (
-        f"policy `{policy.get('model')}`, reward `{reward.get('kind')}`{reward_model}, "
-        f"{config.get('steps')} PPO steps of {ppo.get('batch_size')} prompts, "
+        f"policy `{policy.get('model')}`, reward `{reward.get('kind')}`{reward_model}, {steps_line(config)}, "
         f"learning rate {ppo.get('learning_rate')}, data `{config.get('data', {}).get('source')}`"
     )
+
+
+def steps_line(config: dict[str, Any]) -> str:
+    """The training from a config dict: 'PPO: 16 steps of 16 prompts' or 'RLOO: 16 steps of 16 responses
+    (4 prompts x 4)'."""
+    ppo = config.get("ppo", {})
+    algorithm = str(ppo.get("algorithm", "ppo"))
+    k, n = ppo.get("num_generations") or (1 if algorithm == "ppo" else GROUP_SIZE), ppo.get("batch_size")
+    size = f"{n} prompts" if k == 1 else f"{n} responses ({n // k} prompts x {k})"
+    return f"{algorithm.upper()}: {config.get('steps')} steps of {size}"
 
 
 def plots(files: RunFiles) -> dict[str, bytes]:

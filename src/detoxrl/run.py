@@ -18,7 +18,7 @@ import torch
 
 from detoxrl import distributed
 from detoxrl.config import RunConfig, save_config
-from detoxrl.config_io import flatten, from_dict, merge, parse_overrides, read_yaml
+from detoxrl.config_io import flatten, from_dict, merge, parse_overrides, read_yaml, to_dict
 from detoxrl.engine import Engine
 from detoxrl.errors import ConfigError
 from detoxrl.evaluation import EvalResult, NLLFn
@@ -197,6 +197,7 @@ def _run(config: RunConfig, run_dir: Path, resume: bool, progress: bool, start: 
     from detoxrl.evaluation import compare
     from detoxrl.evaluation_io import load_result, result_to_dict, write_json
     from detoxrl.loop import select_run_engine, train
+    from detoxrl.report import steps_line
     from detoxrl.rewards import build_reward
 
     top = distributed.setup(config.device)
@@ -217,7 +218,7 @@ def _run(config: RunConfig, run_dir: Path, resume: bool, progress: bool, start: 
         before = evaluate_model(config, engine, before_model(config, engine), eval_texts, refs, "before")
         if top.is_main:
             write_json(result_to_dict(before), before_path)
-    say(f"[2/3] PPO: {config.steps} steps of {config.ppo.batch_size} prompts")
+    say(f"[2/3] {steps_line(to_dict(config))}")
     reward = build_reward(config.reward, engine.device)
     result = train(config, [e.text for e in prompts.train], reward, run_dir, resume, progress, engine)
     say(f"[3/3] evaluating the trained policy on the same {len(eval_texts)} prompts and seeds")
@@ -247,8 +248,8 @@ def verdict_line(comparison: dict[str, Any], metrics: list[dict[str, Any]], seco
 
     toxicity = [(name.split("/")[1], d) for name, d in deltas.items() if name.startswith("toxicity/")]
     parts = [fmt(d, f"toxicity[{evaluator}]") for evaluator, d in toxicity if d["name"].endswith("/mean")]
-    if metrics:
-        parts.append(f"KL {metrics[-1].get('objective/kl', float('nan')):.2f} nats")
+    if metrics and "objective/kl" in metrics[-1]:  # not measured: a critic-free run without a KL term
+        parts.append(f"KL {metrics[-1]['objective/kl']:.2f} nats")
     figures = {
         "quality/perplexity": "perplexity",
         "quality/evasion_rate": "evasion",

@@ -1,11 +1,13 @@
-"""The PPO trainer: one PPO step on a batch (the experience, epochs of mini-batch updates, statistics, the
-KL controller), updates with non-finite losses or gradients skipped, and the classic trl calls
-(generate / step / log_stats). The math lives in ppo.py, the config-driven loop in loop.py; how models
-run is the engine's, reached only through the actor-critic; processes are distributed.py's.
+"""The trainer: one RL step on a batch (the experience, epochs of mini-batch updates, statistics, the KL
+controller) by PPO, RLOO or GRPO (``PPOConfig.algorithm``), updates with non-finite losses or gradients
+skipped, and the classic trl calls (generate / step / log_stats). The math lives in ppo.py and
+critic_free.py, the config-driven loop in loop.py; how models run is the engine's, reached only through
+the actor-critic; processes are distributed.py's.
 
-Data parallel (a ``Topology`` of N processes): each brings its rows; the rows' scores and passes are
-gathered into the global batch's experience (the same on every process), and each optimizer step's rows
-are shared out, every loss divided by the step's global token count: DDP averages one-process gradients.
+Data parallel (a ``Topology`` of N processes): each brings its rows (whole groups for RLOO and GRPO); the
+rows' scores and passes are gathered into the global batch's experience (the same on every process), and
+each optimizer step's rows are shared out, every loss divided by the step's global token or row count:
+DDP averages one-process gradients.
 
 Shapes: B responses, P prompt tokens, T response tokens.
 """
@@ -22,14 +24,14 @@ from typing import Any
 
 import torch
 
-from detoxrl import ppo
+from detoxrl import critic_free, ppo
 from detoxrl.batch import ResponseBatch, make_batch, trim_batch
 from detoxrl.config import PPOConfig, SamplingConfig, check_rollout_sampling
 from detoxrl.distributed import SINGLE, Topology
-from detoxrl.errors import TrainingError
+from detoxrl.errors import ConfigError, TrainingError
 from detoxrl.generate import stop_ids
 from detoxrl.policy import ActorCritic, PolicyOutput
-from detoxrl.rollout import Experience, make_experience, old_policy
+from detoxrl.rollout import Experience, GroupExperience, make_experience, old_policy
 from detoxrl.sampling import LengthSampler, Sampled
 
 __all__ = ["LengthSampler", "PPOTrainer"]
@@ -37,10 +39,18 @@ __all__ = ["LengthSampler", "PPOTrainer"]
 Reward = Callable[[list[str], list[str]], torch.Tensor]
 CLASSIC_KWARGS = ("temperature", "top_k", "top_p", "do_sample", "max_new_tokens", "min_new_tokens",
                   "min_length", "eos_token_id", "pad_token_id")  # fmt: skip
+Loss = ppo.PPOLoss | critic_free.PolicyLoss
+LOSS_KEYS = {  # a loss's parts -> their metric keys (trl's names); the value parts are PPO's only
+    "loss": "ppo/loss/total", "policy_loss": "ppo/loss/policy", "value_loss": "ppo/loss/value",
+    "kl_loss": "ppo/loss/kl", "clipfrac": "ppo/policy/clipfrac", "value_clipfrac": "ppo/val/clipfrac",
+    "approxkl": "ppo/policy/approxkl", "policykl": "ppo/policy/policykl",
+}  # fmt: skip
 
 
 class PPOTrainer:
-    """PPO for an ``ActorCritic``, with the classic trl calls ``generate``, ``step`` and ``log_stats``."""
+    """PPO, RLOO or GRPO (``config.algorithm``) for an ``ActorCritic`` (with a value head for PPO only:
+    ``build_actor_critic(..., critic=False)`` for the others), with the classic trl calls ``generate``,
+    ``step`` and ``log_stats``."""
 
     def __init__(
         self,
@@ -56,8 +66,21 @@ class PPOTrainer:
         self.config, self.actor_critic, self.tokenizer = config, actor_critic, tokenizer
         self.generation = generation or SamplingConfig()
         check_rollout_sampling(self.generation)
+        if (actor_critic.value_head is not None) != (config.algorithm == "ppo"):
+            raise ValueError(
+                f"ppo.algorithm {config.algorithm!r} needs an actor-critic "
+                f"{'with' if config.algorithm == 'ppo' else 'without'} a value head: build it with "
+                f"build_actor_critic(..., critic={config.algorithm == 'ppo'})."
+            )
         self.topology = topology
         topology.check(config.mini_batch_size, config.gradient_accumulation_steps)
+        if config.batch_size // config.group_size < topology.world_size:
+            groups, k, n = config.batch_size // config.group_size, config.group_size, topology.world_size
+            raise ConfigError(
+                f"Config key 'ppo.batch_size' ({config.batch_size}) makes {groups} groups of "
+                f"ppo.num_generations={k} samples, fewer than the {n} processes, each of which samples whole "
+                "groups: raise ppo.batch_size or use fewer processes."
+            )
         optimizer = torch.optim.Adam(actor_critic.trainable_parameters(), lr=config.learning_rate)
         # the module that training passes go through (DDP / FSDP / DeepSpeed; one process: the actor-critic)
         self.train_module, self.optimizer = topology.prepare(actor_critic, optimizer)
@@ -154,9 +177,10 @@ class PPOTrainer:
         responses: Sequence[torch.Tensor],
         scores: Sequence[torch.Tensor] | torch.Tensor,
     ) -> dict[str, float]:
-        """One PPO step on a batch of (query, response, score); returns the step's statistics. The old
+        """One step on a batch of (query, response, score); returns the step's statistics. The old
         log-probs and values come from the last ``generate()`` when these are exactly its queries and
-        responses at the generation config's temperature [D17], else from one policy pass."""
+        responses at the generation config's temperature [D17], else from one policy pass. For rloo and
+        grpo the k = ``config.group_size`` samples of a query are consecutive rows [D19]."""
         queries, responses = list(queries), list(responses)
         sampled = None
         if self._last is not None and _same(self._last[0], queries):
@@ -174,6 +198,7 @@ class PPOTrainer:
             raise TrainingError(
                 f"Scores must be {len(queries)} numbers, one per response, got {raw.tolist()}."
             )
+        _check_groups(queries, c.group_size)  # this process's rows: whole groups
         raw = torch.cat(self.topology.gather([raw]))  # (B,) of the global batch: every process's rows
         if not torch.isfinite(raw).all():  # no update on this batch; the weights stay as they are
             return self._skipped(t0, {"train/nonfinite_scores": float((~torch.isfinite(raw)).sum())})
@@ -185,17 +210,19 @@ class PPOTrainer:
         )
         # 2. Old log-probs and values (from the sampling pass when given [D17]) and the reference pass on this
         #    process's rows; then, for the global batch, the KL-penalised rewards, GAE and whitened
-        #    advantages: once, without gradients [D1]-[D6].
+        #    advantages: once, without gradients [D1]-[D6] (rloo, grpo: no values; sequence rewards and
+        #    group advantages [D19]-[D21]; no reference pass at all with a KL coefficient of 0).
         ac = self.actor_critic
         batch = make_batch(queries, responses, self.pad_id, ac.is_encoder_decoder).to(ac.device)
         with self.topology.gathered(self.train_module):  # sharded models: whole for these passes
             old = old_policy(ac, batch, temperature, sampled)
-            ref = ac.reference_logprobs(batch, temperature)
-        batch, old, ref = self._global_rows(queries, responses, batch, old, ref)
+            reference = c.algorithm == "ppo" or self.kl_coef > 0
+            ref = ac.reference_logprobs(batch, temperature) if reference else None
+        batch, old, ref = self._global_rows(responses, queries, batch, old, ref)
         exp = make_experience(ac, batch, old, scores, self.kl_coef, c, temperature, ref)
         t1 = time.perf_counter()
-        # 3. ppo_epochs passes over shuffled mini-batches [D7][D8][D14][D15]; an optimizer step whose
-        #    loss or gradient is not finite is skipped.
+        # 3. ppo_epochs passes over shuffled mini-batches [D7][D8][D14][D15] ([D22]-[D24]); an optimizer
+        #    step whose loss or gradient is not finite is skipped.
         losses, skipped = self._update(exp)
         t2 = time.perf_counter()
         if not losses:  # every update skipped
@@ -213,17 +240,22 @@ class PPOTrainer:
         return self._finish_step(stats, t0)
 
     def _global_rows(
-        self, queries: list[torch.Tensor], responses: list[torch.Tensor], batch: ResponseBatch,
-        old: PolicyOutput, ref: torch.Tensor,
-    ) -> tuple[ResponseBatch, PolicyOutput, torch.Tensor]:  # fmt: skip
-        """Every process's rows in the global batch's order (one process: its own, untouched)."""
+        self, responses: list[torch.Tensor], queries: list[torch.Tensor], batch: ResponseBatch,
+        old: PolicyOutput, ref: torch.Tensor | None,
+    ) -> tuple[ResponseBatch, PolicyOutput, torch.Tensor | None]:  # fmt: skip
+        """Every process's rows in the global batch's order (one process: its own, untouched); the values
+        and reference log-probs where there are some."""
         top, device = self.topology, batch.response_ids.device
         if not top.distributed:
             return batch, old, ref
-        logprobs, values, ref = top.gather_rows([old.logprobs, old.values, ref], [len(r) for r in responses])
+        present = [x for x in (old.logprobs, old.values, ref) if x is not None]
+        gathered = iter(x.to(device) for x in top.gather_rows(present, [len(r) for r in responses]))
+        logprobs = next(gathered)
+        values = None if old.values is None else next(gathered)
+        ref = None if ref is None else next(gathered)
         queries, responses = top.gather([q.cpu() for q in queries]), top.gather([r.cpu() for r in responses])
         batch = make_batch(queries, responses, self.pad_id, self.actor_critic.is_encoder_decoder).to(device)
-        return batch, PolicyOutput(logprobs.to(device), values.to(device)), ref.to(device)
+        return batch, PolicyOutput(logprobs, values), ref
 
     def _skipped(self, t0: float, why: dict[str, float]) -> dict[str, float]:
         """A step without any update (non-finite scores, or every update's loss or gradient): its weights and
@@ -275,7 +307,7 @@ class PPOTrainer:
 
     # ---- the pieces of a step -------------------------------------------------------------------
 
-    def _update(self, exp: Experience) -> tuple[list[ppo.PPOLoss], int]:
+    def _update(self, exp: Experience | GroupExperience) -> tuple[list[Loss], int]:
         """[D14] Epochs over shuffled mini-batches; one optimizer step per ``mini_batch_size *
         gradient_accumulation_steps`` rows, its loss the token mean over those rows; each process takes
         its share of every mini-batch (the same shuffle everywhere: the RNGs agree). An optimizer step
@@ -283,7 +315,7 @@ class PPOTrainer:
         Returns the losses of the steps taken and the number skipped."""
         c, params, top = self.config, self.actor_critic.trainable_parameters(), self.topology
         n, step_rows = len(exp.scores), c.mini_batch_size * c.gradient_accumulation_steps
-        losses: list[ppo.PPOLoss] = []
+        losses: list[Loss] = []
         skipped = 0
         for _ in range(c.ppo_epochs):
             order = torch.randperm(n)
@@ -295,7 +327,7 @@ class PPOTrainer:
                 parts = []
                 for k, mini in enumerate(minis):  # gradients are averaged over processes at the last one
                     with top.no_sync(self.train_module) if k < len(minis) - 1 else contextlib.nullcontext():
-                        parts.append(self._micro_step(exp, mini[top.shard(len(mini))], n_tokens))
+                        parts.append(self._micro_step(exp, mini[top.shard(len(mini))], len(rows), n_tokens))
                 loss = _add_losses(parts, top)
                 norm = top.clip_grad_norm(params, c.max_grad_norm or float("inf"))
                 if not torch.isfinite(torch.stack([norm.to(loss.loss), loss.loss])).all():
@@ -311,61 +343,66 @@ class PPOTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         return losses, skipped
 
-    def _micro_step(self, exp: Experience, rows: torch.Tensor, n_tokens: torch.Tensor) -> ppo.PPOLoss:
-        """Forward + backward on some rows; the loss is normalised by the optimizer step's token count (a
-        non-finite loss gives non-finite gradients, and the step is skipped on every process)."""
-        c = self.config
+    def _micro_step(
+        self, exp: Experience | GroupExperience, rows: torch.Tensor, n_rows: int, n_tokens: torch.Tensor
+    ) -> Loss:
+        """Forward + backward on some rows of an optimizer step of ``n_rows`` rows and ``n_tokens`` real
+        tokens (over every process), by which the loss is normalised (a non-finite loss gives non-finite
+        gradients, and the step is skipped on every process)."""
         batch = trim_batch(exp.batch.select(rows), self.actor_critic.is_encoder_decoder)
-        t = batch.response_ids.shape[1]
         out = self.train_module(batch, self.generation.temperature)
+        loss = self._loss(exp, rows, batch.response_mask, out, n_rows, n_tokens)
+        self.topology.backward(loss.loss)
+        return loss
+
+    def _loss(
+        self, exp: Experience | GroupExperience, rows: torch.Tensor, mask: torch.Tensor, out: PolicyOutput,
+        n_rows: int, n_tokens: torch.Tensor,
+    ) -> Loss:  # fmt: skip
+        """The update's one branch on the algorithm: PPO's loss [D7][D8], RLOO's [D22] or GRPO's [D23][D24]
+        on the rows' current log-probs (and values) ``out``, (b, t) each."""
+        c, t = self.config, mask.shape[1]
 
         def pick(x: torch.Tensor) -> torch.Tensor:
             return x[rows, :t]  # (b, t)
 
-        loss = ppo.ppo_loss(
-            out.logprobs, pick(exp.logprobs), pick(exp.advantages), out.values, pick(exp.values),
-            pick(exp.returns), batch.response_mask, n_tokens, c.cliprange, c.cliprange_value, c.vf_coef,
-        )  # fmt: skip
-        self.topology.backward(loss.loss)
-        return loss
+        if isinstance(exp, Experience):
+            assert out.values is not None
+            return ppo.ppo_loss(
+                out.logprobs, pick(exp.logprobs), pick(exp.advantages), out.values, pick(exp.values),
+                pick(exp.returns), mask, n_tokens, c.cliprange, c.cliprange_value, c.vf_coef,
+            )  # fmt: skip
+        old, advantages = pick(exp.logprobs), exp.advantages[rows]  # (b, t), (b,)
+        if c.algorithm == "rloo":
+            return critic_free.rloo_loss(out.logprobs, old, advantages, mask, n_rows, n_tokens, c.cliprange)
+        ref = None if exp.ref_logprobs is None else pick(exp.ref_logprobs)
+        max_length, accumulation = self.generation.max_new_tokens, c.gradient_accumulation_steps
+        weights = critic_free.loss_weights(mask, c.loss_type, n_rows, n_tokens, max_length, accumulation)
+        return critic_free.grpo_loss(
+            out.logprobs, old, ref, advantages, mask, weights, n_tokens, c.cliprange, self.kl_coef
+        )
 
     def _stats(
-        self, exp: Experience, losses: list[ppo.PPOLoss], raw_scores: torch.Tensor
+        self, exp: Experience | GroupExperience, losses: list[Loss], raw_scores: torch.Tensor
     ) -> dict[str, float]:
-        r, mask = exp, exp.batch.response_mask.float()
-
-        def mean(x: torch.Tensor) -> float:
-            return float(ppo.masked_mean(x, mask))
-
-        def loss_mean(name: str) -> float:
-            return float(torch.stack([getattr(part, name) for part in losses]).mean())
-
+        """The step's statistics in trl's names; the critic's (ppo/val/*, returns, value loss): PPO only."""
+        mask = exp.batch.response_mask.float()
         lengths = mask.sum(1)
-        return {
-            "objective/kl": float(exp.kl.sum(1).mean()),
+        stats = {} if exp.kl is None else {"objective/kl": float(exp.kl.sum(1).mean())}  # None: no reference
+        stats.update({
             "objective/kl_coef": self.kl_coef,
-            "objective/entropy": float((-r.logprobs * mask).sum(1).mean()),
-            "ppo/mean_non_score_reward": float((exp.rewards * mask).sum(1).mean() - r.scores.mean()),
-            "ppo/mean_scores": float(r.scores.mean()),
-            "ppo/returns/mean": mean(exp.returns),
-            "ppo/returns/var": float(ppo.masked_var(exp.returns, mask)),
-            "ppo/policy/advantages_mean": mean(exp.advantages),
-            "ppo/policy/clipfrac": loss_mean("clipfrac"),
-            "ppo/policy/approxkl": loss_mean("approxkl"),
-            "ppo/policy/policykl": loss_mean("policykl"),
-            "ppo/loss/policy": loss_mean("policy_loss"),
-            "ppo/loss/value": loss_mean("value_loss"),
-            "ppo/loss/total": loss_mean("loss"),
-            "ppo/val/vpred": mean(r.values),
-            "ppo/val/clipfrac": loss_mean("value_clipfrac"),
-            "ppo/val/explained_variance": float(ppo.explained_variance(r.values, exp.returns, mask)),
+            "objective/entropy": float((-exp.logprobs * mask).sum(1).mean()),
+            **exp.stats(),
+            **{LOSS_KEYS[f.name]: float(torch.stack([getattr(part, f.name) for part in losses]).mean())
+               for f in dataclasses.fields(losses[0])},
             "ppo/learning_rate": float(self.optimizer.param_groups[0]["lr"]),
             "ppo/updates": float(len(losses)),
             "env/reward_mean": float(raw_scores.mean()),
             "env/reward_std": float(raw_scores.std()) if len(raw_scores) > 1 else 0.0,
             "tokens/responses_len_mean": float(lengths.mean()),
-            "tokens/queries_len_mean": float(r.batch.query_mask.sum(1).float().mean()),
-        }
+            "tokens/queries_len_mean": float(exp.batch.query_mask.sum(1).float().mean()),
+        })  # fmt: skip
+        return stats
 
     # ---- state for checkpoints ------------------------------------------------------------------
 
@@ -399,10 +436,23 @@ def _as_vector(x: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(torch.stack(list(x)) if isinstance(x, list | tuple) else x).float().flatten().cpu()
 
 
-def _add_losses(parts: list[ppo.PPOLoss], topology: Topology) -> ppo.PPOLoss:
-    """Micro-batch terms are already divided by the step's token count: their sums over micro-batches and
+def _add_losses(parts: list[Loss], topology: Topology) -> Loss:
+    """Micro-batch terms are already divided by the step's size: their sums over micro-batches and
     processes are its means."""
-    names = list(ppo.PPOLoss.__dataclass_fields__)
+    kind = type(parts[0])
+    names = [f.name for f in dataclasses.fields(kind)]
     local = [torch.stack([getattr(p, k).detach() for p in parts]).sum() for k in names]
-    sums = topology.sum(torch.stack(local))
-    return ppo.PPOLoss(*sums.unbind())
+    return kind(*topology.sum(torch.stack(local)).unbind())
+
+
+def _check_groups(queries: list[torch.Tensor], k: int) -> None:
+    """[D19] The k samples of a query must be consecutive rows (nothing to check for PPO's k = 1)."""
+    if k == 1:
+        return
+    if len(queries) % k or not all(
+        _same(queries[i : i + k], [queries[i]] * k) for i in range(0, len(queries), k)
+    ):
+        raise TrainingError(
+            f"rloo and grpo compare the {k} samples of each query (ppo.num_generations): pass them as "
+            f"consecutive rows, the same query {k} times in a row; got {len(queries)} rows that do not."
+        )

@@ -4,6 +4,7 @@ Each change below is measured in bench/README.md and tested against the referenc
 log-probs, same sampled tokens for the same seed, within the dtype's rounding):
   * plain decoder-only models run their rows packed end to end, without padding, in teacher-forced
     passes and in the prefill [D17]; ``attention.causal_attention`` keeps each row to itself;
+  * identical prompts (the k samples of a prompt of RLOO and GRPO) are prefilled once [D19];
   * decoding writes into a preallocated KV cache, Llama-style models through ``decoding.LlamaStep``
     (~30 operations per layer instead of transformers' and PEFT's ~2,000 per token);
   * few-row matmuls (decoding, the sampling head) use oneDNN's prepacked weights where
@@ -152,8 +153,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class BufferDecoder:
-    """Plain decoder-only models on the CPU: the prompts prefilled packed end to end in one pass (or each
-    alone), their keys and values right-aligned in one preallocated cache (B, G, P + T, D) per layer,
+    """Plain decoder-only models on the CPU: the distinct prompts prefilled packed end to end in one pass (or
+    each alone), their keys and values right-aligned in one preallocated cache (B, G, P + T, D) per layer,
     then a ``LlamaStep`` (or ``TransformersStep``) per token and the prepacked sampling head."""
 
     def __init__(self, engine: CpuEngine, model: Any, prompts: list[torch.Tensor], max_new: int) -> None:
@@ -164,14 +165,22 @@ class BufferDecoder:
         self.step_fn: Any = None
 
     def _prefill_kv(self) -> tuple[torch.Tensor, list[tuple[Any, Any]]]:
-        """-> each prompt's last hidden state (B, H) and, per layer, its keys and values (G, P_i, D)."""
-        sizes, name = [len(q) for q in self.prompts], cache_name(self.backbone)
+        """-> each prompt's last hidden state (B, H) and, per layer, its keys and values (G, P_i, D).
+        Identical prompts (the k samples of a prompt of RLOO and GRPO [D19]) are prefilled once."""
+        index: dict[tuple[int, ...], int] = {}
+        rows = [index.setdefault(tuple(q.tolist()), len(index)) for q in self.prompts]  # (B,) -> distinct
+        distinct = [self.prompts[rows.index(i)] for i in range(len(index))]
+        hidden, kv = self._prefill_distinct(distinct)
+        return hidden[rows], [([k[i] for i in rows], [v[i] for i in rows]) for k, v in kv]
+
+    def _prefill_distinct(self, prompts: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[Any, Any]]]:
+        sizes, name = [len(q) for q in prompts], cache_name(self.backbone)
         if self.packed:
-            out = self.backbone(**packed_inputs(self.prompts), use_cache=True)
+            out = self.backbone(**packed_inputs(prompts), use_cache=True)
             ends = torch.tensor(sizes).cumsum(0) - 1
             kv = [(x.keys[0].split(sizes, 1), x.values[0].split(sizes, 1)) for x in out[name].layers]
             return out.last_hidden_state[0, ends], kv
-        outs = [self.backbone(input_ids=q[None], use_cache=True) for q in self.prompts]
+        outs = [self.backbone(input_ids=q[None], use_cache=True) for q in prompts]
         per_layer = zip(*(o[name].layers for o in outs), strict=True)  # each layer, one per prompt
         kv = [([x.keys[0] for x in layer], [x.values[0] for x in layer]) for layer in per_layer]
         return torch.cat([o.last_hidden_state[:, -1] for o in outs]), kv
