@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from detoxrl.card import front_matter, hub_id
+from detoxrl.card import _settings, front_matter, hub_id
 from detoxrl.cli import main
 
 
@@ -42,6 +42,12 @@ def test_the_final_adapters_readme_is_a_model_card_of_the_run(run_dir: Path) -> 
     assert "PPO: 2 steps of 4 prompts" in body and "Perspective" in body  # settings, limitations
     for section in ("Base model", "Data", "Reward", "Training settings", "Protocol", "Limitations"):
         assert f"## {section}" in body
+
+
+def test_settings_name_the_adaptive_controllers_target_not_the_early_stop() -> None:
+    ppo = {"adaptive_kl": True, "init_kl_coef": 0.2, "adaptive_kl_target": 6.0, "target_kl": 0.5}
+    kl_line = _settings({"ppo": ppo, "steps": 2})[0]
+    assert "adaptive KL (init 0.2, target 6.0)" in kl_line
 
 
 def test_front_matter_names_hub_models_and_datasets_only() -> None:

@@ -70,7 +70,7 @@ def _settings(config: dict[str, Any]) -> list[str]:
     ppo, gen, policy = config.get("ppo", {}), config.get("generation", {}), config.get("policy", {})
     lora = policy.get("lora", {})
     kl = (
-        f"adaptive KL (init {ppo.get('init_kl_coef')}, target {ppo.get('target_kl')})"
+        f"adaptive KL (init {ppo.get('init_kl_coef')}, target {ppo.get('adaptive_kl_target')})"
         if ppo.get("adaptive_kl")
         else f"fixed KL coefficient {ppo.get('init_kl_coef')}"
     )
