@@ -284,3 +284,17 @@ def test_a_critic_free_run_goes_end_to_end_with_report_and_resume(
     size = f"{algorithm.upper()}: 2 steps of 4 responses (2 prompts x 2)"
     assert size in (run / "report.md").read_text() and size in (run / "final" / "README.md").read_text()
     assert "KL " in json.loads((run / "summary.json").read_text())["verdict"]
+
+
+def test_the_dry_run_names_each_weighted_part_of_a_summed_reward() -> None:
+    from detoxrl.config import RewardConfig
+    from detoxrl.preflight import reward_lines
+
+    terms = (RewardConfig(kind="evasion", weight=3.0), RewardConfig(kind="relevance", weight=2.0))
+    parts = (RewardConfig(), *terms)
+    assert reward_lines(RewardConfig(kind="sum", components=parts)) == [
+        "reward: sum of 3 parts",
+        "reward.components[0]: profanity-check",
+        "reward.components[1]: evasion (weight 3)",
+        "reward.components[2]: relevance (weight 2)",
+    ]

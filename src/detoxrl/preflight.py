@@ -87,18 +87,22 @@ def classifier_labels(spec: str) -> tuple[list[str], str]:
 
 
 def reward_lines(reward: RewardConfig, name: str = "reward") -> list[str]:
-    """What scores the responses: the classifier's label by name, the callable imported."""
+    """What scores the responses: the classifier's label by name, the callable imported, each weight."""
+    weight = "" if reward.weight == 1.0 else f" (weight {reward.weight:g})"
     if reward.kind == "classifier":
         spec = reward.model or DEFAULT_CLASSIFIER
         labels, where = classifier_labels(spec)
         label_index(spec, labels, reward.label)
-        return [f"{name}: classifier {spec} ({where}), {reward.output} of label '{reward.label}'"]
+        return [f"{name}: classifier {spec} ({where}), {reward.output} of label '{reward.label}'{weight}"]
     if reward.kind == "callable":
         assert reward.model is not None  # RewardConfig requires it
         import_callable(reward.model)
-        return [f"{name}: callable {reward.model}"]
+        return [f"{name}: callable {reward.model}{weight}"]
     if reward.kind == "profanity":
-        return [f"{name}: profanity-check"]
+        return [f"{name}: profanity-check{weight}"]
+    if reward.kind != "sum":  # quality terms (rewards.py): relevance, evasion, degeneration
+        embedder = f", embedder {reward.model}" if reward.model else ""
+        return [f"{name}: {reward.kind}{embedder}{weight}"]
     parts = [reward_lines(c, f"{name}.components[{i}]") for i, c in enumerate(reward.components)]
     return [f"{name}: sum of {len(parts)} parts"] + [line for lines in parts for line in lines]
 
