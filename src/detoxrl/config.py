@@ -12,97 +12,37 @@ the value and what to do.
 
 from __future__ import annotations
 
-import functools
-import math
 import re
-import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
 
-from detoxrl.config_io import (
-    did_you_mean,
-    from_dict,
-    literal_error,
-    merge,
-    parse_overrides,
-    read_yaml,
-    to_dict,
+from detoxrl.checks import (
+    FINITE,
+    FRACTION,
+    NON_NEGATIVE,
+    OPEN_UNIT,
+    POSITIVE,
+    TEXT,
+    TEXTS,
+    UNIT,
+    Check,
+    check,
+    count,
+    key,
+    optional,
+    real,
+    whole,
 )
+from detoxrl.config_io import did_you_mean, from_dict, merge, parse_overrides, read_yaml, to_dict
 from detoxrl.errors import ConfigError
 
 Dtype = Literal["float32", "bfloat16", "float16", "auto"]
 EngineName = Literal["auto", "reference", "cpu"]
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 DEVICES = "auto, cpu, cuda, cuda:N (N: a GPU index) or mps"
-
-# ---- checks: what a value may be --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Check:
-    """A rule for one field: ``ok(value)``, the requirement as the error states it, and why (optional)."""
-
-    ok: Callable[[Any], bool]
-    need: str
-    why: str = ""
-
-
-def _real(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _whole(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def count(low: int = 1) -> Check:
-    return Check(lambda v: _whole(v) and v >= low, f"a whole number >= {low}")
-
-
-def optional(check: Check) -> Check:
-    return Check(lambda v: v is None or check.ok(v), f"null or {check.need}", check.why)
-
-
-POSITIVE = Check(lambda v: _real(v) and v > 0, "a finite number > 0")
-NON_NEGATIVE = Check(lambda v: _real(v) and v >= 0, "a finite number >= 0")
-FINITE = Check(_real, "a finite number")
-FRACTION = Check(lambda v: _real(v) and 0 <= v < 1, "a number in [0, 1)")
-UNIT = Check(lambda v: _real(v) and 0 <= v <= 1, "a number in [0, 1]")
-OPEN_UNIT = Check(lambda v: _real(v) and 0 < v < 1, "a number in (0, 1)")
-TEXT = Check(lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty text")
-TEXTS = Check(
-    lambda v: isinstance(v, tuple | list) and all(TEXT.ok(x) for x in v), "a list of non-empty texts"
-)
-
-
-@functools.cache
-def _choices(cls: type) -> dict[str, tuple[Any, ...]]:
-    """The fields annotated ``Literal[...]`` -> their allowed values."""
-    hints = typing.get_type_hints(cls)
-    return {name: typing.get_args(tp) for name, tp in hints.items() if typing.get_origin(tp) is Literal}
-
-
-def _key(config: Any, name: str) -> str:
-    """The dotted key of a field, from its section's usual place (``ppo.batch_size``)."""
-    return f"{config.SECTION}.{name}" if config.SECTION else name
-
-
-def check(config: Any, checks: dict[str, Check]) -> None:
-    """Every ``Literal`` field against its choices, then ``checks`` in order; the first failure raises."""
-    cls: type = type(config)
-    for name, allowed in _choices(cls).items():
-        if getattr(config, name) not in allowed:
-            raise literal_error(_key(config, name), getattr(config, name), allowed)
-    for name, rule in checks.items():
-        value = getattr(config, name)
-        if not rule.ok(value):
-            why = f": {rule.why}" if rule.why else ""
-            raise ConfigError(f"Config key '{_key(config, name)}' must be {rule.need}, got {value!r}{why}.")
-
 
 # ---- the sections ------------------------------------------------------------------------------------
 SHORT_WORDS = 3  # responses of fewer whitespace words count as short (quality.short_words, reward.min_words)
@@ -208,7 +148,7 @@ class SamplingConfig:
     top_p: float = 1.0  # 1: no nucleus filter
 
     def __post_init__(self) -> None:
-        nucleus = Check(lambda v: _real(v) and 0 < v <= 1, "a number in (0, 1]", "1 keeps every token")
+        nucleus = Check(lambda v: real(v) and 0 < v <= 1, "a number in (0, 1]", "1 keeps every token")
         check(self, {"min_new_tokens": count(0), "max_new_tokens": count(1), "min_tokens": count(0),
                      "temperature": NON_NEGATIVE, "top_k": count(0), "top_p": nucleus})  # fmt: skip
         lows = [("min_tokens", self.min_tokens)]
@@ -217,8 +157,8 @@ class SamplingConfig:
         for name, low in lows:
             if low > self.max_new_tokens:
                 raise ConfigError(
-                    f"Config key '{_key(self, name)}' ({low}) must not exceed "
-                    f"{_key(self, 'max_new_tokens')} ({self.max_new_tokens}): lower it or raise the maximum."
+                    f"Config key '{key(self, name)}' ({low}) must not exceed "
+                    f"{key(self, 'max_new_tokens')} ({self.max_new_tokens}): lower it or raise the maximum."
                 )
 
 
@@ -491,7 +431,7 @@ class RunConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        seed = Check(lambda v: _whole(v) and 0 <= v < 2**32, "a whole number in [0, 2**32)")
+        seed = Check(lambda v: whole(v) and 0 <= v < 2**32, "a whole number in [0, 2**32)")
         device = Check(lambda v: isinstance(v, str) and DEVICE.fullmatch(v) is not None, DEVICES)
         check(self, {"steps": count(1), "seed": seed, "output_dir": TEXT, "save_every": count(1),
                      "keep_checkpoints": count(1), "threads": optional(count(1)),
