@@ -349,6 +349,14 @@ def _add_config_args(p: argparse.ArgumentParser, preset_default: str) -> None:
     p.add_argument("overrides", nargs="*", help="config overrides such as steps=30 ppo.learning_rate=1e-4")
 
 
+def _add_runtime_args(p: argparse.ArgumentParser) -> None:
+    """How generate, evaluate and benchmark run their model."""
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--engine", default="auto", choices=["auto", "reference", "cpu"], help=ENGINE_HELP)
+    p.add_argument("--threads", type=int, default=None)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage mistake said in one line (as every other error) instead of the usage."""
 
@@ -356,22 +364,14 @@ class _Parser(argparse.ArgumentParser):
         raise DetoxError(f"{message} (see '{self.prog} --help').")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="detoxrl", description="Detoxify language models with PPO + LoRA, and measure it honestly."
-    )
-    parser.add_argument("--version", action="version", version=f"detoxrl {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _generate_parser(sub: Any) -> None:
     g = sub.add_parser("generate", help="sample responses from a policy (any model spec, optional adapter)")
     _add_input_args(g)
     g.add_argument(
         "--model", default="smollm2-135m-instruct", help="built-in name, .gguf, local folder or hub id"
     )
     g.add_argument("--adapter", help="a PEFT adapter folder (e.g. RUN_DIR/final)")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
-    g.add_argument("--device", default="auto")
-    g.add_argument("--engine", default="auto", choices=["auto", "reference", "cpu"], help=ENGINE_HELP)
+    _add_runtime_args(g)
     g.add_argument("--max-new-tokens", type=int, default=48)
     g.add_argument("--min-tokens", type=int, default=0, help="no stop token before this many tokens")
     g.add_argument("--temperature", type=float, default=1.0, help="0 for greedy decoding")
@@ -379,22 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--batch-size", type=int, default=16)
-    g.add_argument("--threads", type=int, default=None)
     g.add_argument("--no-chat-template", action="store_true", help="send prompts as raw text")
     g.add_argument("--json", action="store_true", help="one JSON object per line")
     g.set_defaults(func=cmd_generate)
 
-    s = sub.add_parser("score", help="toxicity of texts by one or more evaluators")
-    _add_input_args(s)
-    s.add_argument(
-        "--evaluator",
-        action="append",
-        default=None,
-        help="'profanity' or a classifier (folder or hub id) as SPEC[:toxic_label]; repeatable",
-    )
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_score)
 
+def _evaluate_parser(sub: Any) -> None:
     e = sub.add_parser("evaluate", help="toxicity and quality of a policy, or base vs --adapter, with CIs")
     e.add_argument("--model", default="smollm2-135m-instruct", help="built-in name, .gguf, folder or hub id")
     e.add_argument("--adapter", help="a PEFT adapter: evaluate the base (before) and base + adapter (after)")
@@ -421,26 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-perplexity", action="store_true")
     e.add_argument("--no-chat-template", action="store_true")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
-    e.add_argument("--device", default="auto")
-    e.add_argument("--engine", default="auto", choices=["auto", "reference", "cpu"], help=ENGINE_HELP)
-    e.add_argument("--threads", type=int, default=None)
+    _add_runtime_args(e)
     e.add_argument("--show", type=int, default=10, help="qualitative table rows printed")
     e.add_argument("--out", default="runs/evaluate", help="folder for the JSON files and the table")
     e.set_defaults(func=cmd_evaluate)
 
-    t = sub.add_parser("train", help="detoxify a policy with PPO, no evaluation (dataclass defaults)")
-    _add_config_args(t, "")
-    t.set_defaults(func=cmd_train, default_preset=None)
 
-    r = sub.add_parser("run", help="the whole lab: evaluate, PPO, evaluate again, report (default preset)")
-    _add_config_args(r, "; 'default' without --config")
-    r.set_defaults(func=cmd_run, default_preset="default")
-
-    rp = sub.add_parser("report", help="rebuild report.md and report.html of a run from its files alone")
-    rp.add_argument("run_dir")
-    rp.set_defaults(func=cmd_report)
-
+def _benchmark_parser(sub: Any) -> None:
     b = sub.add_parser("benchmark", help="the RealToxicityPrompts protocol (k=25, 20 tokens, p=0.9)")
     b.add_argument("--model", default="smollm2-135m-instruct", help="built-in name, .gguf, folder or hub id")
     b.add_argument("--adapter", help="a PEFT adapter: benchmark the base and base + adapter, paired")
@@ -458,12 +435,46 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
-    b.add_argument("--device", default="auto")
-    b.add_argument("--engine", default="auto", choices=["auto", "reference", "cpu"], help=ENGINE_HELP)
-    b.add_argument("--threads", type=int, default=None)
+    _add_runtime_args(b)
     b.add_argument("--out", default="runs/benchmark", help="folder for benchmark.json/.md, evaluations")
     b.set_defaults(func=cmd_benchmark)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="detoxrl", description="Detoxify language models with PPO + LoRA, and measure it honestly."
+    )
+    parser.add_argument("--version", action="version", version=f"detoxrl {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _generate_parser(sub)
+
+    s = sub.add_parser("score", help="toxicity of texts by one or more evaluators")
+    _add_input_args(s)
+    s.add_argument(
+        "--evaluator",
+        action="append",
+        default=None,
+        help="'profanity' or a classifier (folder or hub id) as SPEC[:toxic_label]; repeatable",
+    )
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_score)
+
+    _evaluate_parser(sub)
+
+    t = sub.add_parser("train", help="detoxify a policy with PPO, no evaluation (dataclass defaults)")
+    _add_config_args(t, "")
+    t.set_defaults(func=cmd_train, default_preset=None)
+
+    r = sub.add_parser("run", help="the whole lab: evaluate, PPO, evaluate again, report (default preset)")
+    _add_config_args(r, "; 'default' without --config")
+    r.set_defaults(func=cmd_run, default_preset="default")
+
+    rp = sub.add_parser("report", help="rebuild report.md and report.html of a run from its files alone")
+    rp.add_argument("run_dir")
+    rp.set_defaults(func=cmd_report)
+
+    _benchmark_parser(sub)
 
     ph = sub.add_parser("push", help="upload a run's final adapter and model card to the Hugging Face hub")
     ph.add_argument("run_dir")
