@@ -38,7 +38,13 @@ def test_default_preset_is_offline_and_sized():
     from detoxrl.models import BUILTIN_MODELS
 
     c = load_config(preset="default")
-    assert c.policy.model in BUILTIN_MODELS and c.reward.kind == "profanity"
+    assert c.policy.model in BUILTIN_MODELS and c.reward.kind == "sum"
+    # profanity-check, with the evasion and relevance terms of issue 16 (all offline)
+    assert [(r.kind, r.weight) for r in c.reward.components] == [
+        ("profanity", 1),
+        ("evasion", 3),
+        ("relevance", 2),
+    ]
     assert c.data.source.startswith("builtin:")
     ps = load_prompts(c.data)
     assert len(ps.eval) >= c.eval.num_prompts and len(ps.train) >= c.ppo.batch_size
