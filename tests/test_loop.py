@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from detoxrl import loop
 from detoxrl.checkpoint import latest_checkpoint
-from detoxrl.config import PolicyConfig, PPOConfig, RunConfig, SamplingConfig
+from detoxrl.config import GuardConfig, PolicyConfig, PPOConfig, QualityConfig, RunConfig, SamplingConfig
 from detoxrl.errors import DataError, TrainingError
 from detoxrl.loop import train
 
@@ -80,6 +81,36 @@ def test_keep_checkpoints_bounds_the_disk_a_long_run_takes(tiny_causal_dir: Path
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == [
         f"checkpoint-00000{i}" for i in (3, 4, 5)
     ]
+
+
+def test_a_policy_that_turns_evasive_trips_the_guard_and_stops_early_with_a_checkpoint(
+    tiny_causal_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """[issue 16] The loop's wiring of the guards: from step 4 every response is a refusal (the decoded
+    texts of a synthetic evasive policy). The alarm compares the last 3 steps with the first 3, so it is
+    raised at step 6 (steps 4-6 all evasive) and, with early_stop and patience 2, training stops after
+    step 7 of 10 with that step checkpointed."""
+    calls: list[int] = []
+
+    def evasive_from_step_4(tokenizer: object, responses: list[torch.Tensor]) -> list[str]:
+        calls.append(1)
+        texts = decode(tokenizer, responses)
+        return texts if len(calls) < 4 else ["I'm sorry, but I can't help with that."] * len(texts)
+
+    decode = loop.decode
+    monkeypatch.setattr(loop, "decode", evasive_from_step_4)
+    guard = GuardConfig(early_stop=True, patience=2)
+    config = RunConfig(
+        **{**vars(tiny(tiny_causal_dir, 10)), "quality": QualityConfig(relevance=False, guard=guard)}
+    )
+    result = train(config, PROMPTS, failing_at(99), tmp_path, progress=False)
+    steps = {r["step"]: r for r in result.metrics}
+    assert result.stopped_early and sorted(steps) == list(range(1, 8))
+    assert all(steps[s]["quality/evasion_rate"] == 0.0 for s in (1, 2, 3))
+    assert all(steps[s]["quality/evasion_rate"] == 1.0 for s in range(4, 8))
+    assert [bool(steps[s]["guard/alarms"]) for s in range(1, 8)] == [False] * 5 + [True] * 2
+    assert steps[6]["guard/evasion_rate"] == 1.0
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-000007"
 
 
 # ---- real processes: signals and SIGKILL ------------------------------------------------------------
