@@ -68,3 +68,15 @@ def test_user_mistakes_give_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert err.startswith("detoxrl: error:") and message in err
     assert "Traceback" not in err
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
+    """`detoxrl presets | head -0`: stdout closes under the writer; exit 141 (SIGPIPE), nothing on stderr."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "detoxrl", "presets"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.close()
+    assert (p.wait(timeout=120), p.stderr.read()) == (141, b"")

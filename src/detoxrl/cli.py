@@ -516,3 +516,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("detoxrl: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `detoxrl score ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's documented recipe
+        return 141  # 128 + SIGPIPE, as a shell reports it
