@@ -335,11 +335,9 @@ class PPOTrainer:
                     continue
                 self.optimizer.step()
                 losses.append(loss)
-                if c.target_kl is not None and float(losses[-1].approxkl) > c.target_kl:
-                    return (
-                        losses,
-                        skipped,
-                    )  # [D15] early stop: the policy moved too far from the rollout policy
+                # [D15] early stop: the policy moved too far from the rollout policy
+                if c.target_kl is not None and float(loss.approxkl) > c.target_kl:
+                    return losses, skipped
         self.optimizer.zero_grad(set_to_none=True)
         return losses, skipped
 
