@@ -120,6 +120,20 @@ def test_grpo_without_a_kl_coefficient_makes_no_reference_pass(
     assert all(r["ppo/updates"] == 8.0 for r in records)
 
 
+def test_d25_grpo_mini_batches_are_whole_groups_and_run_each_prompt_once(
+    tiny_causal_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen, micro_step = [], PPOTrainer._micro_step
+    monkeypatch.setattr(
+        PPOTrainer,
+        "_micro_step",
+        lambda self, exp, rows, *a: seen.append(rows.tolist()) or micro_step(self, exp, rows, *a),
+    )
+    config = run_config(tiny_causal_dir, 2, algorithm="grpo", batch_size=8, mini_batch_size=4, ppo_epochs=2)
+    train(config, PROMPTS, words_reward({"kind", "movie"}), tmp_path, progress=False)
+    assert len(seen) == 8 and all(rows in ([0, 1, 2, 3], [4, 5, 6, 7]) for rows in seen)
+
+
 def test_classic_step_takes_each_querys_samples_as_consecutive_rows(tiny_seq2seq_dir: Path) -> None:
     with pytest.raises(ValueError, match=r"critic=False"):
         make_trainer(tiny_seq2seq_dir, algorithm="grpo")

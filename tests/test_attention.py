@@ -108,16 +108,47 @@ def test_rows_packed_end_to_end_equal_each_row_alone(
 def test_packed_rows_refuse_a_mask() -> None:
     query, key = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 6, 8)
     mask = torch.ones(1, 1, 6, 6, dtype=torch.bool)
-    with pytest.raises(ValueError, match="row_lengths"):
-        causal_attention(torch.nn.Module(), query, key, key, mask, row_lengths=[2, 4])
+    with pytest.raises(ValueError, match="segments"):
+        causal_attention(torch.nn.Module(), query, key, key, mask, segments=[(2,), (4,)])
 
 
 def test_each_packed_rows_mask_is_made_once_per_pass_not_per_layer(monkeypatch) -> None:
     model = tiny_model("llama", torch.bfloat16)  # 2 layers
     model.config._attn_implementation = CAUSAL_ROWS
     made, make = [], attention.causal_bias
-    monkeypatch.setattr(attention, "causal_bias", lambda n, *a: made.append(n) or make(n, *a))
-    attention.causal_biases.cache_clear()
+    monkeypatch.setattr(attention, "causal_bias", lambda s, *a: made.append(s) or make(s, *a))
+    attention.segment_masks.cache_clear()
     with torch.no_grad():
         model.base_model(**packed_inputs(ROWS))
-    assert sorted(made) == sorted(len(row) for row in ROWS)
+    assert sorted(made) == sorted((len(row),) for row in ROWS)
+
+
+@pytest.mark.parametrize(
+    ("architecture", "dtype", "tol"),
+    [("llama", torch.float32, 1e-5), ("gpt2", torch.float32, 1e-5), ("llama", torch.bfloat16, 0.02)],
+)
+def test_d25_a_shared_prompt_runs_once_and_each_branch_equals_its_row_alone(
+    architecture: str, dtype: torch.dtype, tol: float
+) -> None:
+    """A prompt followed by three continuations (one empty) in one segment: every continuation's hidden
+    states, and every weight's gradient, as if each prompt + continuation ran alone."""
+    model = tiny_model(architecture, dtype)
+    backbone = model.base_model
+    prompt, other = ROWS[1], ROWS[0]
+    continuations = [torch.tensor([3, 44, 21]), torch.tensor([60]), torch.tensor([], dtype=torch.long)]
+    alone = [backbone(input_ids=torch.cat([prompt, c])[None]).last_hidden_state[0] for c in continuations]
+    alone.append(backbone(input_ids=other[None]).last_hidden_state[0])
+    weights = torch.linspace(-1, 1, alone[0].shape[-1], dtype=dtype)
+    expected = [alone[0]] + [a[len(prompt) :] for a in alone[1:3]] + [alone[3]]  # the prompt counted once
+    (torch.cat(expected) * weights).sum().backward()
+    expected_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    model.config._attn_implementation = CAUSAL_ROWS
+    inputs = packed_inputs([prompt, other], [continuations, []])
+    assert inputs["segments"] == [(9, 3, 1, 0), (4,)]
+    assert inputs["position_ids"][0, 9:13].tolist() == [9, 10, 11, 9]  # each branch right after the prompt
+    packed = backbone(**inputs).last_hidden_state[0]  # (9 + 3 + 1 + 4, H)
+    (packed * weights).sum().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert close(packed, torch.cat(expected), tol)  # no branch sees another
+    assert all(close(g, e, tol) for g, e in zip(grads, expected_grads, strict=True))

@@ -47,16 +47,19 @@ def test_d13_teacher_forcing_inputs_for_both_model_kinds() -> None:
     assert right["input_ids"][2].tolist() == [12, 13, 0, 0, 0, 0, 0]
 
 
-def test_rows_are_the_teacher_forced_inputs_without_padding() -> None:
-    """Each row: its real prompt tokens, then its response but the last token (a padded batch also
-    feeds a short row's last token, which predicts only padding)."""
+def test_shared_prompts_are_the_teacher_forced_inputs_without_padding_each_prompt_once() -> None:
+    """[D25] Each distinct real prompt once with the rows that share it, and each row's response but its
+    last token (a padded batch also feeds a short row's last token, which predicts only padding)."""
     batch = make_batch(QUERIES, RESPONSES, 0, is_encoder_decoder=False)
-    rows, lengths = batch.rows()
+    prompts, rows_of, continuations = batch.shared_prompts()
     inputs = batch.teacher_forcing()
-    assert lengths == [2, 1, 3]
-    assert [r.tolist() for r in rows] == [[5, 10, 6, 27, 1], [4, 9, 50, 42, 17, 7, 39], [12, 13, 4, 5]]
-    for row, ids, mask in zip(rows, inputs["input_ids"], inputs["attention_mask"], strict=True):
+    assert [r.tolist() for r in continuations] == [[1], [], [4, 5]]
+    assert rows_of == [[0], [1], [2]]
+    for i, (ids, mask) in enumerate(zip(inputs["input_ids"], inputs["attention_mask"], strict=True)):
+        row = torch.cat([prompts[i], continuations[i]])
         assert row.tolist() == ids[mask.bool()].tolist()[: len(row)]
+    shared = make_batch([QUERIES[2], QUERIES[0], QUERIES[2]], RESPONSES, 0, False).shared_prompts()
+    assert [p.tolist() for p in shared[0]] == [[12, 13], [5, 10, 6, 27]] and shared[1] == [[0, 2], [1]]
 
 
 def test_trim_batch_drops_only_all_padding_columns() -> None:

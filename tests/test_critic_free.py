@@ -20,6 +20,18 @@ def test_d19_groups_are_consecutive_rows() -> None:
         critic_free.grouped(x, 4)
 
 
+def test_d25_group_order_keeps_groups_whole_and_ppo_draws_as_before() -> None:
+    torch.manual_seed(5)
+    order = critic_free.group_order(12, 4)
+    groups = order.view(3, 4)
+    assert sorted(order.tolist()) == list(range(12))
+    assert (groups - groups[:, :1] == torch.arange(4)).all() and (groups[:, 0] % 4 == 0).all()
+    torch.manual_seed(5)
+    plain = torch.randperm(7)
+    torch.manual_seed(5)
+    assert torch.equal(critic_free.group_order(7, 1), plain)
+
+
 def test_d20_rloo_reward_subtracts_the_sequence_kl_from_the_score() -> None:
     logprobs = torch.tensor([[-1.0, -1.0, -1.0, 9.0], [-2.0, 7.0, 7.0, 7.0]])
     ref = torch.tensor([[-1.5, -0.5, -1.2, 0.0], [-3.0, 0.0, 0.0, 0.0]])

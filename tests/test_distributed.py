@@ -26,6 +26,10 @@ from detoxrl.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5  # float32 sums in another order (8 rows per process instead of 16)
+# The weights: rows whose prompts tokenize alike share one pass of the prompt [D25] where they meet in a
+# pass, which differs between one and two processes; the gradients then agree to float32 rounding, which
+# Adam's normalisation magnifies on near-zero entries (1.9e-5 here; 8.5e-7 with every prompt run apart).
+WEIGHTS_TOLERANCE = 1e-4
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -100,7 +104,7 @@ def compare_with_one_process(
                                       work / f"{name}/checkpoint-000001/policy")  # fmt: skip
     final = weights_difference(tmp_path / "one/final", work / f"{name}/final")
     run = max_difference(metrics(tmp_path / "one"), metrics(work / name))
-    assert max(gaps.values()) < TOLERANCE and max(first_update, final) < TOLERANCE and run < 1e-4
+    assert max(gaps.values()) < TOLERANCE and max(first_update, final) < WEIGHTS_TOLERANCE and run < 1e-4
     assert not torch.equal(one["advantages"], torch.zeros_like(one["advantages"]))
     return f"max differences {gaps}, weights after the first update {first_update:.2e}, metrics {run:.2e}"
 
@@ -147,7 +151,7 @@ def test_a_two_process_run_resumes_on_two_or_one_process_as_if_never_stopped(
         gaps[name] = (max_difference(straight, metrics(run_dir)),
                       weights_difference(tmp_path / "straight/final", run_dir / "final"))  # fmt: skip
     print(f"resumed runs against a straight one-process run (metrics, final weights): {gaps}")
-    assert all(m < 1e-4 and w < TOLERANCE for m, w in gaps.values())
+    assert all(m < 1e-4 and w < WEIGHTS_TOLERANCE for m, w in gaps.values())
 
 
 def test_sharded_evaluation_equals_one_process_evaluation(two_processes: Path, tiny_causal_dir: Path) -> None:

@@ -111,6 +111,32 @@ def test_cpu_engine_passes_equal_the_reference_engine(
     assert (a.logprobs[mask] != fast.reference_logprobs(batch, 0.7)[mask]).any()  # the adapter matters
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_d25_rows_sharing_a_prompt_equal_the_reference_engine_with_their_gradients(
+    dtype: str, kernels: str, tiny_causal_dir: Path
+) -> None:
+    """The k samples of a prompt (RLOO, GRPO), in any row order, each prompt run once: the padded pass's
+    log-probs, values and LoRA gradients."""
+    queries = [QUERIES[1], QUERIES[0], QUERIES[1], QUERIES[1], QUERIES[0]]
+    responses = [*RESPONSES, torch.tensor([50, 51]), torch.tensor([20, 22, 24, 26])]
+    tol = 1e-5 if dtype == "float32" else 0.05
+    outs = []
+    for engine in (CpuEngine(), ReferenceEngine()):
+        ac = actor_critic(tiny_causal_dir, engine, dtype)
+        batch = make_batch(queries, responses, 0, False)
+        mask = batch.response_mask.bool()
+        out = ac(batch, temperature=0.7)
+        (out.logprobs[mask].sum() + out.values[mask].sum()).backward()
+        grads = [p.grad for p in ac.trainable_parameters()]
+        outs.append((out.logprobs[mask], out.values[mask], ac.reference_logprobs(batch)[mask], grads))
+    for a, b in zip(outs[0][:3], outs[1][:3], strict=True):
+        assert (a - b).abs().max() < tol
+    assert all(
+        (g - h).abs().max() < tol * max(1.0, float(h.abs().max()))
+        for g, h in zip(outs[0][3], outs[1][3], strict=True)
+    )
+
+
 @pytest.mark.parametrize("kind", ["causal", "seq2seq"])
 def test_cpu_engine_samples_what_the_reference_engine_samples(
     kind: str, kernels: str, tiny_causal_dir: Path, tiny_seq2seq_dir: Path

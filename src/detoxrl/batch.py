@@ -67,15 +67,29 @@ class ResponseBatch:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
 
-    def rows(self) -> tuple[list[torch.Tensor], list[int]]:
-        """[D13] The same inputs without padding: each row's real prompt + response[:-1] tokens (N_i,),
-        and its response length. Its last ``length`` positions predict the response."""
+    def shared_prompts(self) -> tuple[list[torch.Tensor], list[list[int]], list[torch.Tensor]]:
+        """[D13][D25] The same inputs without padding, each prompt once: the distinct real prompts (P_j,),
+        the rows that share each (ascending), and each row's response[:-1] (length_i - 1,). The prompt's
+        last position and then the row's response[:-1] predict the row's response."""
+        prompts, rows_of = distinct(
+            [q[m.bool()] for q, m in zip(self.query_ids, self.query_mask, strict=True)]
+        )
         lengths = self.response_mask.sum(1).tolist()
-        rows = [
-            torch.cat([q[m.bool()], r[: n - 1]])
-            for q, m, r, n in zip(self.query_ids, self.query_mask, self.response_ids, lengths, strict=True)
-        ]
-        return rows, lengths
+        return prompts, rows_of, [r[: n - 1] for r, n in zip(self.response_ids, lengths, strict=True)]
+
+
+def distinct(seqs: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[list[int]]]:
+    """1-D tensors -> the distinct ones in order of first appearance, and the indices of each's copies."""
+    index: dict[tuple[int, ...], int] = {}
+    firsts: list[torch.Tensor] = []
+    copies: list[list[int]] = []
+    for i, seq in enumerate(seqs):
+        j = index.setdefault(tuple(seq.tolist()), len(firsts))
+        if j == len(firsts):
+            firsts.append(seq)
+            copies.append([])
+        copies[j].append(i)
+    return firsts, copies
 
 
 def make_batch(

@@ -186,7 +186,7 @@ ALGORITHM_OPTIONS: dict[str, tuple[Algorithm, Any]] = {
 @dataclass(frozen=True)
 class PPOConfig:
     """The RL step's hyper-parameters; names and defaults follow classic trl (the lab's) and CleanRL for
-    PPO, trl's RLOOTrainer / GRPOTrainer for the critic-free algorithms (docs/ppo-details.md, D19-D24).
+    PPO, trl's RLOOTrainer / GRPOTrainer for the critic-free algorithms (docs/ppo-details.md, D19-D25).
 
     ``algorithm``: ``ppo`` (value head, GAE, the KL in the per-token reward), ``rloo`` (k samples per
     prompt, each one's baseline the mean reward of the other k - 1, the sequence's KL in its reward) or

@@ -34,6 +34,13 @@ def grouped(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.view(-1, k)
 
 
+def group_order(n: int, k: int) -> torch.Tensor:
+    """[D25] A random order of n = G * k rows that keeps each group's k consecutive rows together and in
+    order, so that a mini-batch of whole groups runs each prompt once -> (n,). k = 1: ``torch.randperm(n)``
+    itself (the same draw), as PPO shuffles."""
+    return (torch.randperm(n // k)[:, None] * k + torch.arange(k)).flatten()
+
+
 def rloo_rewards(scores: torch.Tensor, kl: torch.Tensor, kl_coef: float) -> torch.Tensor:
     """[D20] RLOO's reward: the score (B,) minus ``kl_coef`` times the sequence's KL, the sum of its
     per-token estimates ``kl`` (B, T), 0 on padding (Ahmadian et al. 2024; trl RLOOTrainer).

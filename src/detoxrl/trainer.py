@@ -221,7 +221,7 @@ class PPOTrainer:
         batch, old, ref = self._global_rows(responses, queries, batch, old, ref)
         exp = make_experience(ac, batch, old, scores, self.kl_coef, c, temperature, ref)
         t1 = time.perf_counter()
-        # 3. ppo_epochs passes over shuffled mini-batches [D7][D8][D14][D15] ([D22]-[D24]); an optimizer
+        # 3. ppo_epochs passes over shuffled mini-batches [D7][D8][D14][D15] ([D22]-[D25]); an optimizer
         #    step whose loss or gradient is not finite is skipped.
         losses, skipped = self._update(exp)
         t2 = time.perf_counter()
@@ -308,17 +308,19 @@ class PPOTrainer:
     # ---- the pieces of a step -------------------------------------------------------------------
 
     def _update(self, exp: Experience | GroupExperience) -> tuple[list[Loss], int]:
-        """[D14] Epochs over shuffled mini-batches; one optimizer step per ``mini_batch_size *
-        gradient_accumulation_steps`` rows, its loss the token mean over those rows; each process takes
-        its share of every mini-batch (the same shuffle everywhere: the RNGs agree). An optimizer step
-        whose loss or gradient norm is not finite is skipped (weights and Adam's state untouched).
+        """[D14] Epochs over shuffled mini-batches (of whole groups where they fit [D25]); one optimizer
+        step per ``mini_batch_size * gradient_accumulation_steps`` rows, its loss the token mean over
+        those rows; each process takes its share of every mini-batch (the same shuffle everywhere: the
+        RNGs agree). An optimizer step whose loss or gradient norm is not finite is skipped (weights and
+        Adam's state untouched).
         Returns the losses of the steps taken and the number skipped."""
         c, params, top = self.config, self.actor_critic.trainable_parameters(), self.topology
         n, step_rows = len(exp.scores), c.mini_batch_size * c.gradient_accumulation_steps
+        whole = c.group_size if c.mini_batch_size % c.group_size == 0 else 1  # [D25] groups kept together
         losses: list[Loss] = []
         skipped = 0
         for _ in range(c.ppo_epochs):
-            order = torch.randperm(n)
+            order = critic_free.group_order(n, whole)
             for start in range(0, n, step_rows):
                 rows = order[start : start + step_rows]
                 n_tokens = exp.batch.response_mask[rows].sum().float()

@@ -4,7 +4,8 @@ Each change below is measured in bench/README.md and tested against the referenc
 log-probs, same sampled tokens for the same seed, within the dtype's rounding):
   * plain decoder-only models run their rows packed end to end, without padding, in teacher-forced
     passes and in the prefill [D17]; ``attention.causal_attention`` keeps each row to itself;
-  * identical prompts (the k samples of a prompt of RLOO and GRPO) are prefilled once [D19];
+  * identical prompts (the k samples of a prompt of RLOO and GRPO) are prefilled once [D19], and run
+    once in teacher-forced passes, their rows' responses after them [D25];
   * decoding writes into a preallocated KV cache, Llama-style models through ``decoding.LlamaStep``
     (~30 operations per layer instead of transformers' and PEFT's ~2,000 per token);
   * few-row matmuls (decoding, the sampling head) use oneDNN's prepacked weights where
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detoxrl.batch import ResponseBatch
+from detoxrl.batch import ResponseBatch, distinct
 from detoxrl.engine import probes
 from detoxrl.engine.attention import CAUSAL_ROWS, packed_inputs
 from detoxrl.engine.decoding import FusedCache, Linear, LlamaStep, TransformersStep, prepacked
@@ -129,18 +130,31 @@ class CpuEngine(ReferenceEngine):
         return kept[rows]
 
     def forward(self, model: Any, batch: ResponseBatch) -> Forward:
-        """[D13][D17] The rows' real prompt + response[:-1] tokens packed into one sequence, no padding
-        (position ids restart at each row; attention keeps each row to itself) -> logits and hidden
-        states at each row's response positions, zero-padded to (B, T, ...)."""
+        """[D13][D17][D25] The rows' real tokens packed into one sequence, no padding, each distinct prompt
+        once followed by the response[:-1] of every row that shares it (position ids restart at each
+        prompt; attention keeps each response to its prompt and itself) -> logits and hidden states at
+        each row's response positions (the prompt's last, then its response[:-1]), zero-padded to
+        (B, T, ...)."""
         parts = self.packs(model)
         if parts is None:
             return super().forward(model, batch)
-        rows, lengths = batch.rows()
-        t = batch.response_ids.shape[1]
+        prompts, rows_of, continuations = batch.shared_prompts()
+        branches = [[continuations[i] for i in rows] for rows in rows_of]
         with self.autocast(model):  # no cache: transformers then also tells packed rows apart by position ids
-            packed = parts[0](**packed_inputs(rows), use_cache=False).last_hidden_state[0]  # (N, H)
-        per_row = packed.split([len(r) for r in rows])
-        hidden = torch.stack([F.pad(h[-n:], (0, 0, 0, t - n)) for h, n in zip(per_row, lengths, strict=True)])
+            packed = parts[0](**packed_inputs(prompts, branches), use_cache=False).last_hidden_state[
+                0
+            ]  # (N, H)
+        n = len(packed)  # index n: a zero row, for the padding
+        index = torch.full(batch.response_ids.shape, n, dtype=torch.long)  # (B, T): row i's positions
+        end = 0  # where the next prompt or branch starts
+        for prompt, rows in zip(prompts, rows_of, strict=True):
+            end += len(prompt)
+            last = end - 1  # the prompt's last position predicts each row's first token
+            for i in rows:
+                span = len(continuations[i])
+                index[i, 0], index[i, 1 : span + 1] = last, torch.arange(end, end + span)
+                end += span
+        hidden = torch.cat([packed, packed.new_zeros(1, packed.shape[1])])[index.to(packed.device)]
         return Forward(self.head(parts[1])(hidden), hidden)
 
     def decoder(self, model: Any, prompts: list[torch.Tensor], max_new_tokens: int) -> Decoder:
@@ -167,10 +181,12 @@ class BufferDecoder:
     def _prefill_kv(self) -> tuple[torch.Tensor, list[tuple[Any, Any]]]:
         """-> each prompt's last hidden state (B, H) and, per layer, its keys and values (G, P_i, D).
         Identical prompts (the k samples of a prompt of RLOO and GRPO [D19]) are prefilled once."""
-        index: dict[tuple[int, ...], int] = {}
-        rows = [index.setdefault(tuple(q.tolist()), len(index)) for q in self.prompts]  # (B,) -> distinct
-        distinct = [self.prompts[rows.index(i)] for i in range(len(index))]
-        hidden, kv = self._prefill_distinct(distinct)
+        firsts, copies = distinct(self.prompts)
+        rows = [0] * len(self.prompts)  # (B,) -> its distinct prompt
+        for j, copied in enumerate(copies):
+            for i in copied:
+                rows[i] = j
+        hidden, kv = self._prefill_distinct(firsts)
         return hidden[rows], [([k[i] for i in rows], [v[i] for i in rows]) for k, v in kv]
 
     def _prefill_distinct(self, prompts: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[Any, Any]]]:
