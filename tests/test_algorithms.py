@@ -4,6 +4,7 @@ without a KL coefficient, and the classic generate / step API with groups."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,24 @@ def test_d25_grpo_mini_batches_are_whole_groups_and_run_each_prompt_once(
     config = run_config(tiny_causal_dir, 2, algorithm="grpo", batch_size=8, mini_batch_size=4, ppo_epochs=2)
     train(config, PROMPTS, words_reward({"kind", "movie"}), tmp_path, progress=False)
     assert len(seen) == 8 and all(rows in ([0, 1, 2, 3], [4, 5, 6, 7]) for rows in seen)
+
+
+def test_d26_an_entropy_bonus_alone_widens_the_policy(sharp_causal_dir: Path, tmp_path: Path) -> None:
+    """GRPO with a constant reward (advantages 0) and no KL term: the loss is the entropy bonus alone,
+    and the entropy of a peaked policy rises step after step; the metric appears only with the bonus."""
+
+    def constant(prompts: list[str], responses: list[str]) -> torch.Tensor:
+        return torch.full((len(responses),), 0.5)
+
+    options = {"init_kl_coef": 0.0, "adaptive_kl": False, "learning_rate": 3e-2}
+    config = run_config(sharp_causal_dir, 4, algorithm="grpo", batch_size=8, mini_batch_size=4, **options)
+    flat = train(config, PROMPTS, constant, tmp_path / "flat", progress=False)
+    assert all("ppo/policy/entropy" not in r for r in flat.metrics)
+    config = RunConfig(**{**vars(config), "ppo": PPOConfig(**{**vars(config.ppo), "entropy_coef": 1.0})})
+    records = train(config, PROMPTS, constant, tmp_path / "wide", progress=False).metrics
+    entropy = [r["ppo/policy/entropy"] for r in records]
+    assert entropy[-1] > entropy[0] + 0.05 and all(b > a for a, b in itertools.pairwise(entropy))
+    assert all(r["ppo/loss/total"] == pytest.approx(-r["ppo/policy/entropy"], abs=1e-5) for r in records)
 
 
 def test_classic_step_takes_each_querys_samples_as_consecutive_rows(tiny_seq2seq_dir: Path) -> None:

@@ -98,6 +98,15 @@ def test_d6_whitening_uses_real_tokens_only() -> None:
     assert torch.allclose(kept[MASK.bool()], (real - real.mean()) / real.std() + real.mean(), atol=1e-4)
 
 
+def test_d26_entropy_of_uniform_peaked_and_tempered_logits() -> None:
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [50.0, 0.0, 0.0, 0.0], [math.log(3.0), 0.0, 0.0, -1e9]]])
+    entropy = ppo.entropy_from_logits(logits)  # (1, 3)
+    # uniform over 4: log 4; one token certain: 0; probabilities 3/5, 1/5, 1/5, 0
+    expected = [math.log(4.0), 0.0, -(0.6 * math.log(0.6) + 2 * 0.2 * math.log(0.2))]
+    assert torch.allclose(entropy[0], torch.tensor(expected), atol=1e-6)
+    assert ppo.entropy_from_logits(logits[:, 2:], temperature=1e3)[0, 0] > entropy[0, 2]  # hotter: wider
+
+
 def test_d7_d8_ppo_loss_hand_computed() -> None:
     logprobs = torch.log(torch.tensor([[0.5, 0.3]]))
     old = torch.log(torch.tensor([[0.25, 0.3]]))  # ratios 2.0 and 1.0

@@ -214,6 +214,7 @@ class PPOConfig:
     cliprange: float = 0.2
     cliprange_value: float = 0.2
     vf_coef: float = 0.1
+    entropy_coef: float = 0.0  # [D26] minus this x the policy's entropy in the loss (CleanRL's ent_coef)
     max_grad_norm: float | None = 1.0
     target_kl: float | None = None  # [D15] stop the step's updates when approx KL exceeds this
     kl_estimator: Literal["k1", "k3"] = "k1"
@@ -240,7 +241,8 @@ class PPOConfig:
             "learning_rate": POSITIVE, "batch_size": count(1), "mini_batch_size": count(1),
             "gradient_accumulation_steps": count(1), "ppo_epochs": count(1), "gamma": UNIT, "lam": UNIT,
             "cliprange": POSITIVE, "cliprange_value": POSITIVE, "vf_coef": NON_NEGATIVE,
-            "max_grad_norm": optional(POSITIVE), "target_kl": optional(early_stop),
+            "entropy_coef": NON_NEGATIVE, "max_grad_norm": optional(POSITIVE),
+            "target_kl": optional(early_stop),
             "init_kl_coef": NON_NEGATIVE, "adaptive_kl_target": POSITIVE, "kl_horizon": count(1),
             "score_scale": POSITIVE, "score_clip": optional(POSITIVE), "value_head_init_std": NON_NEGATIVE,
             "max_nonfinite_steps": count(1), "num_generations": optional(count(1)),

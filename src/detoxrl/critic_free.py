@@ -15,7 +15,7 @@ real response tokens. Sequence-level quantities (rewards, advantages) are (B,).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -112,6 +112,7 @@ class PolicyLoss:
     clipfrac: torch.Tensor  # the share of clipped units: sequences (RLOO), tokens (GRPO)
     approxkl: torch.Tensor  # 0.5 E[(log r)^2] per token, as PPO's [D7] (the early stop reads it [D15])
     policykl: torch.Tensor
+    entropy: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # [D26], with entropy_coef > 0
 
 
 def rloo_loss(

@@ -26,7 +26,7 @@ from detoxrl.batch import ResponseBatch
 from detoxrl.config import PolicyConfig, SamplingConfig
 from detoxrl.engine import Engine, select_engine
 from detoxrl.models import Policy, attach_adapter, count_parameters
-from detoxrl.ppo import logprobs_from_logits
+from detoxrl.ppo import entropy_from_logits, logprobs_from_logits
 from detoxrl.sampling import Sampled, sample
 
 ReferenceKind = Literal["disabled_adapter", "frozen_adapter", "frozen_copy"]
@@ -35,10 +35,11 @@ REFERENCE_ADAPTER = "reference"
 
 @dataclass(frozen=True)
 class PolicyOutput:
-    """Per-token log-probs of the given responses and the critic's values, both (B, T)."""
+    """Per-token log-probs of the given responses, the critic's values and the policy's entropy, (B, T)."""
 
     logprobs: torch.Tensor
     values: torch.Tensor | None  # None: an actor-critic without a value head (rloo, grpo)
+    entropy: torch.Tensor | None = None  # [D26] only when asked for
 
 
 class ValueHead(nn.Module):
@@ -130,11 +131,13 @@ class ActorCritic(nn.Module):
         trainable, total = count_parameters(self)
         return f"trainable params: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
 
-    def forward(self, batch: ResponseBatch, temperature: float = 1.0) -> PolicyOutput:
-        """Log-probs of ``batch.response_ids`` under the policy and the values, from one pass."""
+    def forward(self, batch: ResponseBatch, temperature: float = 1.0, entropy: bool = False) -> PolicyOutput:
+        """Log-probs of ``batch.response_ids`` under the policy and the values (and with ``entropy`` the
+        policy's entropy at each position), from one pass."""
         out = self.engine.forward(self.model, batch)
         return PolicyOutput(logprobs_from_logits(out.logits, batch.response_ids, temperature),
-                            self.values(out.hidden))  # fmt: skip
+                            self.values(out.hidden),
+                            entropy_from_logits(out.logits, temperature) if entropy else None)  # fmt: skip
 
     def values(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """[D5] The critic's values of LM-head inputs (B, T, H) -> (B, T); None without a value head."""

@@ -10,7 +10,7 @@ response tokens and 0 on padding; real tokens always form a prefix of each row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -56,6 +56,16 @@ def logprobs_from_logits(
     logits = logits.float() if temperature == 1.0 else logits.float() / temperature  # no (B, T, V) copy at 1
     # log_softmax then gather: one fused pass each way, half the time of gather - logsumexp with autograd
     return logits.log_softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # (B, T)
+
+
+def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """[D26] Entropy in nats of the sampling distribution at each position: logits (B, T, V) -> (B, T).
+
+    The loss subtracts ``entropy_coef`` x its token mean over the optimizer step (D14), as CleanRL's
+    ``ent_coef``: a bonus for keeping the distribution wide, against a collapse onto a few safe phrases.
+    """
+    logp = (logits.float() / temperature).log_softmax(-1)
+    return -(logp.exp() * logp).sum(-1)
 
 
 def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KLEstimator) -> torch.Tensor:
@@ -146,6 +156,7 @@ class PPOLoss:
     value_clipfrac: torch.Tensor
     approxkl: torch.Tensor
     policykl: torch.Tensor
+    entropy: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # [D26], with entropy_coef > 0
 
 
 def ppo_loss(

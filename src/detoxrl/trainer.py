@@ -43,7 +43,7 @@ Loss = ppo.PPOLoss | critic_free.PolicyLoss
 LOSS_KEYS = {  # a loss's parts -> their metric keys (trl's names); the value parts are PPO's only
     "loss": "ppo/loss/total", "policy_loss": "ppo/loss/policy", "value_loss": "ppo/loss/value",
     "kl_loss": "ppo/loss/kl", "clipfrac": "ppo/policy/clipfrac", "value_clipfrac": "ppo/val/clipfrac",
-    "approxkl": "ppo/policy/approxkl", "policykl": "ppo/policy/policykl",
+    "approxkl": "ppo/policy/approxkl", "policykl": "ppo/policy/policykl", "entropy": "ppo/policy/entropy",
 }  # fmt: skip
 
 
@@ -350,8 +350,13 @@ class PPOTrainer:
         tokens (over every process), by which the loss is normalised (a non-finite loss gives non-finite
         gradients, and the step is skipped on every process)."""
         batch = trim_batch(exp.batch.select(rows), self.actor_critic.is_encoder_decoder)
-        out = self.train_module(batch, self.generation.temperature)
+        coef = self.config.entropy_coef
+        out = self.train_module(batch, self.generation.temperature, coef > 0)
         loss = self._loss(exp, rows, batch.response_mask, out, n_rows, n_tokens)
+        if coef > 0:  # [D26] an entropy bonus, a token mean over the optimizer step
+            assert out.entropy is not None
+            entropy = ppo.masked_sum(out.entropy, batch.response_mask) / n_tokens
+            loss = dataclasses.replace(loss, loss=loss.loss - coef * entropy, entropy=entropy.detach())
         self.topology.backward(loss.loss)
         return loss
 
@@ -394,7 +399,7 @@ class PPOTrainer:
             "objective/entropy": float((-exp.logprobs * mask).sum(1).mean()),
             **exp.stats(),
             **{LOSS_KEYS[f.name]: float(torch.stack([getattr(part, f.name) for part in losses]).mean())
-               for f in dataclasses.fields(losses[0])},
+               for f in dataclasses.fields(losses[0]) if f.name != "entropy" or self.config.entropy_coef > 0},
             "ppo/learning_rate": float(self.optimizer.param_groups[0]["lr"]),
             "ppo/updates": float(len(losses)),
             "env/reward_mean": float(raw_scores.mean()),
