@@ -50,6 +50,11 @@ def test_sample_tokens_draws_from_the_tempered_distribution_and_filters() -> Non
     freq = torch.bincount(tokens, minlength=4).float() / len(tokens)
     assert torch.allclose(freq, probs, atol=0.012), freq
     assert torch.allclose(logprobs, probs.log()[tokens], atol=1e-6)  # unfiltered, tempered log-probs
+    tokens, logprobs = sample_tokens(probs.log().expand(20_000, 4) + 7.0, temperature=1.0)  # any offset
+    freq = torch.bincount(tokens, minlength=4).float() / len(tokens)
+    assert torch.allclose(freq, probs, atol=0.012) and torch.allclose(
+        logprobs, probs.log()[tokens], atol=1e-6
+    )
     tokens, logprobs = sample_tokens(logits, temperature=2.0, top_k=2)
     freq = torch.bincount(tokens, minlength=4).float() / len(tokens)
     assert freq[2:].sum() == 0 and abs(freq[0] - 0.625) < 0.012, freq  # 0.5 / (0.5 + 0.3)

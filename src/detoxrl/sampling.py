@@ -103,15 +103,19 @@ def sample_tokens(
     ``inverse_cdf`` with ``uniform`` (B, 1) in [0, 1) or torch's RNG (seeded runs repeat), an order of
     magnitude cheaper than ``torch.multinomial`` over a large vocabulary on the CPU.
     """
-    scaled = logits / temperature if temperature > 0 else logits
+    scaled = logits / temperature if temperature > 0 and temperature != 1 else logits
+    if temperature > 0 and banned is None and not top_k and top_p >= 1:  # plain sampling: one exp pass
+        top = scaled.amax(-1, keepdim=True)  # (B, 1)
+        weights = (scaled - top).exp_()  # (B, V) probabilities times the row's sum
+        tokens = inverse_cdf(weights, uniform=uniform)
+        logprobs = scaled.gather(-1, tokens[:, None]) - top - weights.sum(-1, keepdim=True).log()
+        return tokens, logprobs.squeeze(1)  # = log_softmax(scaled) at the token
     logprobs = scaled.log_softmax(-1)
     filtered = scaled if banned is None else scaled.masked_fill(banned, float("-inf"))
     if temperature <= 0:
         tokens = filtered.argmax(-1)
     else:
-        plain = banned is None and not top_k and top_p >= 1
-        weights = logprobs.exp() if plain else filter_logits(filtered, top_k, top_p).softmax(-1)
-        tokens = inverse_cdf(weights, uniform=uniform)
+        tokens = inverse_cdf(filter_logits(filtered, top_k, top_p).softmax(-1), uniform=uniform)
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(1)
 
 
@@ -122,7 +126,7 @@ def inverse_cdf(weights: torch.Tensor, block: int = 256, uniform: torch.Tensor |
     weights, both in float64: exact to float32's rounding of each block's sum, without a float64 cumsum
     over the whole vocabulary (which cost 16 ms a token for 16 rows of SmolLM2's 49152)."""
     b, v = weights.shape
-    blocks = F.pad(weights, (0, -v % block)).view(b, -1, block)  # (B, N, block)
+    blocks = (F.pad(weights, (0, -v % block)) if v % block else weights).view(b, -1, block)  # (B, N, block)
     sums = blocks.sum(-1).double()  # (B, N)
     cdf = sums.cumsum(-1)
     if uniform is None:
