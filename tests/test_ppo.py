@@ -105,6 +105,8 @@ def test_d26_entropy_of_uniform_peaked_and_tempered_logits() -> None:
     expected = [math.log(4.0), 0.0, -(0.6 * math.log(0.6) + 2 * 0.2 * math.log(0.2))]
     assert torch.allclose(entropy[0], torch.tensor(expected), atol=1e-6)
     assert ppo.entropy_from_logits(logits[:, 2:], temperature=1e3)[0, 0] > entropy[0, 2]  # hotter: wider
+    masked = torch.tensor([[[0.0, 0.0, float("-inf")]]])  # a token ruled out: no NaN
+    assert torch.allclose(ppo.entropy_from_logits(masked), torch.tensor([[math.log(2.0)]]))
 
 
 def test_d7_d8_ppo_loss_hand_computed() -> None:

@@ -65,7 +65,7 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
     ``ent_coef``: a bonus for keeping the distribution wide, against a collapse onto a few safe phrases.
     """
     logp = (logits.float() / temperature).log_softmax(-1)
-    return -(logp.exp() * logp).sum(-1)
+    return -(logp.exp() * logp.clamp_min(torch.finfo(logp.dtype).min)).sum(-1)  # a -inf logit adds 0
 
 
 def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KLEstimator) -> torch.Tensor:

@@ -140,10 +140,9 @@ class CpuEngine(ReferenceEngine):
             return super().forward(model, batch)
         prompts, rows_of, continuations = batch.shared_prompts()
         branches = [[continuations[i] for i in rows] for rows in rows_of]
-        with self.autocast(model):  # no cache: transformers then also tells packed rows apart by position ids
-            packed = parts[0](**packed_inputs(prompts, branches), use_cache=False).last_hidden_state[
-                0
-            ]  # (N, H)
+        inputs = packed_inputs(prompts, branches)  # causal_attention reads their segments
+        with self.autocast(model):
+            packed = parts[0](**inputs, use_cache=False).last_hidden_state[0]  # (N, H)
         n = len(packed)  # index n: a zero row, for the padding
         index = torch.full(batch.response_ids.shape, n, dtype=torch.long)  # (B, T): row i's positions
         end = 0  # where the next prompt or branch starts
