@@ -75,15 +75,16 @@ def tiny_model(architecture: str, dtype: torch.dtype) -> torch.nn.Module:
     return tf.AutoModelForCausalLM.from_config(config).to(dtype).eval()  # eval: no dropout
 
 
+# (architecture, dtype, tolerance) of the packed-attention equivalence tests
+MODELS = [("llama", torch.float32, 1e-5), ("gpt2", torch.float32, 1e-5), ("llama", torch.bfloat16, 0.02)]
+
+
 def close(a: torch.Tensor, b: torch.Tensor, tol: float) -> bool:
     """Equal to ``tol`` relative to the larger of 1 and b's largest entry."""
     return float((a.float() - b.float()).abs().max()) <= tol * max(1.0, float(b.float().abs().max()))
 
 
-@pytest.mark.parametrize(
-    ("architecture", "dtype", "tol"),
-    [("llama", torch.float32, 1e-5), ("gpt2", torch.float32, 1e-5), ("llama", torch.bfloat16, 0.02)],
-)
+@pytest.mark.parametrize(("architecture", "dtype", "tol"), MODELS)
 def test_rows_packed_end_to_end_equal_each_row_alone(
     architecture: str, dtype: torch.dtype, tol: float
 ) -> None:
@@ -123,10 +124,7 @@ def test_each_packed_rows_mask_is_made_once_per_pass_not_per_layer(monkeypatch) 
     assert sorted(made) == sorted((len(row),) for row in ROWS)
 
 
-@pytest.mark.parametrize(
-    ("architecture", "dtype", "tol"),
-    [("llama", torch.float32, 1e-5), ("gpt2", torch.float32, 1e-5), ("llama", torch.bfloat16, 0.02)],
-)
+@pytest.mark.parametrize(("architecture", "dtype", "tol"), MODELS)
 def test_d25_a_shared_prompt_runs_once_and_each_branch_equals_its_row_alone(
     architecture: str, dtype: torch.dtype, tol: float
 ) -> None:
