@@ -14,7 +14,7 @@ import torch
 from detoxrl.config import LoraSettings, PolicyConfig, SamplingConfig
 from detoxrl.engine import decoding, probes
 from detoxrl.engine.cpu import CpuEngine, CpuOptions
-from detoxrl.engine.decoding import LlamaStep, TransformersStep, llama_style
+from detoxrl.engine.decoding import LlamaStep, PromptCache, TransformersStep, llama_style
 from detoxrl.engine.reference import cache_name, plain_causal_lm
 from detoxrl.models import load_policy
 from detoxrl.policy import build_actor_critic
@@ -23,30 +23,22 @@ from test_sampling import QUERIES, perturbed
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def left_padded_cache(backbone, prompts: list[torch.Tensor], slots: int) -> tuple[list, list, torch.Tensor]:
-    """Each prompt prefilled alone by transformers, right-aligned in per-layer (B, G, slots, D) buffers."""
-    sizes = [len(q) for q in prompts]
-    p = max(sizes)
+def prompt_cache(backbone, prompts: list[torch.Tensor], rows: list[list[int]] | None = None) -> PromptCache:
+    """Each distinct prompt prefilled alone by transformers; ``rows`` the batch rows of each (one each)."""
     outs = [backbone(input_ids=q[None], use_cache=True) for q in prompts]
-    name = cache_name(backbone)
-    keys, values = [], []
-    for layer in range(len(outs[0][name].layers)):
-        g, d = outs[0][name].layers[layer].keys.shape[1], outs[0][name].layers[layer].keys.shape[-1]
-        k = outs[0][name].layers[layer].keys.new_zeros(len(prompts), g, slots, d)
-        v = torch.zeros_like(k)
-        for row, out in enumerate(outs):
-            k[row, :, p - sizes[row] : p] = out[name].layers[layer].keys[0]
-            v[row, :, p - sizes[row] : p] = out[name].layers[layer].values[0]
-        keys.append(k), values.append(v)
-    return keys, values, torch.tensor(sizes)
+    layers = zip(*(o[cache_name(backbone)].layers for o in outs), strict=True)
+    kv = [([x.keys[0] for x in layer], [x.values[0] for x in layer]) for layer in layers]
+    return PromptCache.right_aligned(kv, rows or [[i] for i in range(len(prompts))])
 
 
-def decode_both(backbone, prompts: list[torch.Tensor], steps: int) -> tuple[list, list]:
+def decode_both(
+    backbone, prompts: list[torch.Tensor], steps: int, rows: list[list[int]] | None = None
+) -> tuple[list, list]:
     """The hidden states of ``steps`` decoding steps (the same tokens fed to both) from each step kind."""
-    keys, values, lengths = left_padded_cache(backbone, prompts, max(len(q) for q in prompts) + steps)
-    lean = LlamaStep(backbone, keys, values, lengths, decoding.prepacked, {})  # type: ignore[arg-type]
-    plain = TransformersStep(backbone, [k.clone() for k in keys], [v.clone() for v in values], lengths)
-    tokens = torch.randint(4, 60, (steps, len(prompts)))
+    cache = prompt_cache(backbone, prompts, rows)
+    lean = LlamaStep(backbone, cache, steps, decoding.prepacked, {})  # type: ignore[arg-type]
+    plain = TransformersStep(backbone, cache, steps)
+    tokens = torch.randint(4, 60, (steps, len(cache.prompt_of_rows())))
     return [lean(tokens[t], t) for t in range(steps)], [plain(tokens[t], t) for t in range(steps)]
 
 
@@ -67,6 +59,39 @@ def test_llama_step_equals_transformers_forward_with_lora_on_any_layer(tiny_caus
     with ac.model.disable_adapter():  # the reference: the base weights alone
         lean, plain = decode_both(backbone, QUERIES, 2)
     assert torch.allclose(lean[-1], plain[-1], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [[[0, 3], [1, 4], [2, 5]], [[5, 0, 2], [1, 3, 4]], [[0], [1, 2, 4], [3, 5]]],
+    ids=["k=2 interleaved", "k=3", "unequal copies"],
+)
+@torch.no_grad()
+def test_d27_rows_sharing_a_prompt_read_it_once_and_decode_as_with_their_own_copies(
+    tiny_causal_dir: Path, rows: list[list[int]]
+) -> None:
+    """[D27] k rows of one prompt (in any batch order, or unequal numbers of rows, which take a copy per
+    row) give what transformers' forward gives over a copy of the prompt per row; rows of one prompt fed
+    the same tokens stay equal and rows fed different tokens differ."""
+    config = PolicyConfig(model=str(tiny_causal_dir))
+    ac = build_actor_critic(load_policy(config), config)
+    for name, p in ac.model.named_parameters():
+        if "lora_B" in name:
+            p.normal_(0, 0.3)
+    backbone, _ = plain_causal_lm(ac.model)
+    prompts = QUERIES[: len(rows)]
+    torch.manual_seed(1)
+    lean, plain = decode_both(backbone, prompts, 4, rows)
+    for a, b in zip(lean, plain, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    step = LlamaStep(backbone, prompt_cache(backbone, prompts, rows), 2, decoding.prepacked, {})  # type: ignore[arg-type]
+    same = step(torch.full((6,), 7), 0)
+    first, second = next(group for group in rows if len(group) > 1)[:2]
+    assert torch.allclose(same[first], same[second], atol=1e-6)
+    tokens = torch.full((6,), 7)
+    tokens[second] = 9
+    apart = step(tokens, 1)
+    assert not torch.allclose(apart[first], apart[second], atol=1e-3)
 
 
 @torch.no_grad()
@@ -102,7 +127,7 @@ def test_sampling_through_either_step_gives_the_same_rollout(kernels: str, tiny_
 
 
 @pytest.mark.parametrize("use_lora", [True, False])
-def test_frozen_base_weights_are_fused_once_trained_ones_at_every_build(
+def test_frozen_weights_are_fused_once_adapted_or_trained_ones_at_every_build(
     tiny_causal_dir: Path, use_lora: bool
 ) -> None:
     config = PolicyConfig(model=str(tiny_causal_dir), use_lora=use_lora)
@@ -116,8 +141,10 @@ def test_frozen_base_weights_are_fused_once_trained_ones_at_every_build(
 
     with torch.no_grad():
         for _ in range(2):
-            LlamaStep(backbone, *left_padded_cache(backbone, QUERIES, 12), linear, kept)
-    assert len(fused) == 4 * len(backbone.layers) * (1 if use_lora else 2)  # qkv, o, gate_up, down
+            LlamaStep(backbone, prompt_cache(backbone, QUERIES), 12, linear, kept)
+    # qkv, o, gate_up, down at the first build; at the second, those that carry an adapter (LoRA on q, k, v
+    # and o: merged afresh) or train (full fine-tuning: all four)
+    assert len(fused) == len(backbone.layers) * (4 + (2 if use_lora else 4))
     if not use_lora:  # a trained weight that changed between builds is read again
         with torch.no_grad():
             backbone.layers[0].mlp.down_proj.weight.add_(1.0)
@@ -137,4 +164,7 @@ def test_other_models_take_transformers_forward(tiny_causal_dir: Path) -> None:
     )  # fmt: skip
     assert not llama_style(gpt2)
     assert not llama_style(biased)  # q, k, v and o carry biases the lean step does not add
-    assert LlamaStep.build(biased, [], [], torch.tensor([1]), decoding.prepacked, {}) is None  # type: ignore[arg-type]
+    assert (
+        LlamaStep.build(biased, PromptCache([], [], torch.tensor([1]), [[0]]), 1, decoding.prepacked, {})
+        is None
+    )  # type: ignore[arg-type]

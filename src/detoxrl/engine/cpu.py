@@ -7,7 +7,8 @@ log-probs, same sampled tokens for the same seed, within the dtype's rounding):
   * identical prompts (the k samples of a prompt of RLOO and GRPO) are prefilled once [D19], and run
     once in teacher-forced passes, their rows' responses after them [D25];
   * decoding writes into a preallocated KV cache, Llama-style models through ``decoding.LlamaStep``
-    (~30 operations per layer instead of transformers' and PEFT's ~2,000 per token);
+    (~30 operations per layer instead of transformers' and PEFT's ~2,000 per token), which reads a
+    shared prompt's keys and values once for all its rows [D27];
   * few-row matmuls (decoding, the sampling head) use oneDNN's prepacked weights where
     ``probes.onednn_prepack`` says they work on this CPU;
   * the float32 LM head runs in vocabulary slices that stay in cache;
@@ -31,7 +32,7 @@ from torch import nn
 from detoxrl.batch import ResponseBatch, distinct
 from detoxrl.engine import probes
 from detoxrl.engine.attention import CAUSAL_ROWS, packed_inputs
-from detoxrl.engine.decoding import FusedCache, Linear, LlamaStep, TransformersStep, prepacked
+from detoxrl.engine.decoding import FusedCache, Linear, LlamaStep, PromptCache, TransformersStep, prepacked
 from detoxrl.engine.reference import Decoder, Forward, Head, ReferenceEngine, cache_name, plain_causal_lm
 
 HEAD_SLICE = 2048  # vocabulary rows per slice of the float32 LM head: 13 instead of 18 ms for 16 rows
@@ -167,8 +168,9 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 class BufferDecoder:
     """Plain decoder-only models on the CPU: the distinct prompts prefilled packed end to end in one pass (or
-    each alone), their keys and values right-aligned in one preallocated cache (B, G, P + T, D) per layer,
-    then a ``LlamaStep`` (or ``TransformersStep``) per token and the prepacked sampling head."""
+    each alone) [D19], their keys and values right-aligned in a ``PromptCache``, then a ``LlamaStep`` (which
+    reads a prompt once for all its rows [D27]) or a ``TransformersStep`` per token, and the prepacked
+    sampling head."""
 
     def __init__(self, engine: CpuEngine, model: Any, prompts: list[torch.Tensor], max_new: int) -> None:
         self.engine, self.model, self.prompts, self.max_new = engine, model, prompts, max_new
@@ -177,18 +179,8 @@ class BufferDecoder:
         self.head = engine.sampling_head(lm, len(prompts))
         self.step_fn: Any = None
 
-    def _prefill_kv(self) -> tuple[torch.Tensor, list[tuple[Any, Any]]]:
-        """-> each prompt's last hidden state (B, H) and, per layer, its keys and values (G, P_i, D).
-        Identical prompts (the k samples of a prompt of RLOO and GRPO [D19]) are prefilled once."""
-        firsts, copies = distinct(self.prompts)
-        rows = [0] * len(self.prompts)  # (B,) -> its distinct prompt
-        for j, copied in enumerate(copies):
-            for i in copied:
-                rows[i] = j
-        hidden, kv = self._prefill_distinct(firsts)
-        return hidden[rows], [([k[i] for i in rows], [v[i] for i in rows]) for k, v in kv]
-
     def _prefill_distinct(self, prompts: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[Any, Any]]]:
+        """-> each prompt's last hidden state (U, H) and, per layer, its keys and values (G, P_u, D)."""
         sizes, name = [len(q) for q in prompts], cache_name(self.backbone)
         if self.packed:
             out = self.backbone(**packed_inputs(prompts), use_cache=True)
@@ -201,23 +193,15 @@ class BufferDecoder:
         return torch.cat([o.last_hidden_state[:, -1] for o in outs]), kv
 
     def prefill(self) -> tuple[torch.Tensor, torch.Tensor]:
-        sizes = [len(q) for q in self.prompts]
-        b, p = len(sizes), max(sizes)
+        firsts, copies = distinct(self.prompts)
         with self.engine.autocast(self.model):
-            hidden, kv = self._prefill_kv()
-        keys, values = [], []
-        for row_keys, row_values in kv:
-            g, d = row_keys[0].shape[0], row_keys[0].shape[-1]
-            keys.append(row_keys[0].new_zeros(b, g, p + self.max_new, d))
-            values.append(torch.zeros_like(keys[-1]))
-            for row, (k, v) in enumerate(zip(row_keys, row_values, strict=True)):
-                keys[-1][row, :, p - sizes[row] : p] = k
-                values[-1][row, :, p - sizes[row] : p] = v
-        lengths = torch.tensor(sizes)
+            hidden, kv = self._prefill_distinct(firsts)
+        cache = PromptCache.right_aligned(kv, copies)
+        hidden = hidden[cache.prompt_of_rows()]  # (B, H)
         lean = self.engine.options.lean_decoding and LlamaStep.build(
-            self.backbone, keys, values, lengths, self.engine.linear, self.engine._fused
+            self.backbone, cache, self.max_new, self.engine.linear, self.engine._fused
         )
-        self.step_fn = lean or TransformersStep(self.backbone, keys, values, lengths)
+        self.step_fn = lean or TransformersStep(self.backbone, cache, self.max_new)
         return self.head(hidden), hidden
 
     def step(self, tokens: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
