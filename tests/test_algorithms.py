@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from detoxrl.checkpoint import VALUE_HEAD_FILE, latest_checkpoint
 from detoxrl.config import PolicyConfig, PPOConfig, RunConfig, SamplingConfig
@@ -151,6 +152,28 @@ def test_d26_an_entropy_bonus_alone_widens_the_policy(sharp_causal_dir: Path, tm
     entropy = [r["ppo/policy/entropy"] for r in records]
     assert entropy[-1] > entropy[0] + 0.05 and all(b > a for a, b in itertools.pairwise(entropy))
     assert all(r["ppo/loss/total"] == pytest.approx(-r["ppo/policy/entropy"], abs=1e-5) for r in records)
+
+
+def test_d28_an_entropy_floor_leaves_a_policy_at_the_references_entropy_alone(
+    sharp_causal_dir: Path, tmp_path: Path
+) -> None:
+    """The D26 setting (constant reward, no KL term) with the floor on: the policy starts as the reference
+    (fresh LoRA), no position falls short, so the loss and its gradient are 0 and the adapter stays
+    zero, where the plain bonus widened the policy (test above); the reference pass runs for the floor
+    though the KL coefficient is 0."""
+
+    def constant(prompts: list[str], responses: list[str]) -> torch.Tensor:
+        return torch.full((len(responses),), 0.5)
+
+    options = {"init_kl_coef": 0.0, "adaptive_kl": False, "learning_rate": 3e-2, "entropy_coef": 1.0}
+    config = run_config(
+        sharp_causal_dir, 3, algorithm="grpo", batch_size=8, mini_batch_size=4, entropy_floor=True, **options
+    )
+    result = train(config, PROMPTS, constant, tmp_path / "floor", progress=False)
+    assert all(r["ppo/loss/total"] == pytest.approx(0.0, abs=1e-6) for r in result.metrics)
+    assert all(r["ppo/policy/entropy"] > 1.0 for r in result.metrics)  # measured, not skipped
+    adapter = load_file(result.final_dir / "adapter_model.safetensors")
+    assert all(not w.any() for name, w in adapter.items() if "lora_B" in name)  # no update moved it
 
 
 def test_classic_step_takes_each_querys_samples_as_consecutive_rows(tiny_seq2seq_dir: Path) -> None:

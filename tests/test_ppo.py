@@ -109,6 +109,20 @@ def test_d26_entropy_of_uniform_peaked_and_tempered_logits() -> None:
     assert torch.allclose(ppo.entropy_from_logits(masked), torch.tensor([[math.log(2.0)]]))
 
 
+def test_d28_entropy_bonus_plain_and_with_the_references_entropy_as_a_floor() -> None:
+    entropy = torch.tensor([[1.0, 2.0, 0.5], [3.0, 0.0, 0.0]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    n_tokens = torch.tensor(8.0)  # the optimizer step's tokens, over every micro-batch
+    assert ppo.entropy_bonus(entropy, mask, n_tokens).item() == pytest.approx((1 + 2 + 0.5 + 3) / 8)
+    floor = torch.tensor([[1.5, 1.0, 0.5], [2.0, 9.0, 9.0]])
+    # shortfalls relu(floor - entropy): 0.5, 0 (above), 0 (equal), 0 (above); padding ignored
+    bonus = ppo.entropy_bonus(entropy, mask, n_tokens, floor)
+    assert bonus.item() == pytest.approx(-0.5 / 8)
+    bonus.backward()
+    assert entropy.grad is not None  # lifted where below the floor only, no gradient at or above it
+    assert torch.equal(entropy.grad, torch.tensor([[1 / 8, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+
+
 def test_d7_d8_ppo_loss_hand_computed() -> None:
     logprobs = torch.log(torch.tensor([[0.5, 0.3]]))
     old = torch.log(torch.tensor([[0.25, 0.3]]))  # ratios 2.0 and 1.0

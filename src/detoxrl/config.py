@@ -215,6 +215,7 @@ class PPOConfig:
     cliprange_value: float = 0.2
     vf_coef: float = 0.1
     entropy_coef: float = 0.0  # [D26] minus this x the policy's entropy in the loss (CleanRL's ent_coef)
+    entropy_floor: bool = False  # [D28] the bonus lifts the entropy only where below the reference's
     max_grad_norm: float | None = 1.0
     target_kl: float | None = None  # [D15] stop the step's updates when approx KL exceeds this
     kl_estimator: Literal["k1", "k3"] = "k1"

@@ -146,9 +146,18 @@ class ActorCritic(nn.Module):
     @torch.no_grad()
     def reference_logprobs(self, batch: ResponseBatch, temperature: float = 1.0) -> torch.Tensor:
         """(B, T) log-probs of the responses under the reference."""
+        return self.reference_pass(batch, temperature).logprobs
+
+    @torch.no_grad()
+    def reference_pass(
+        self, batch: ResponseBatch, temperature: float = 1.0, entropy: bool = False
+    ) -> PolicyOutput:
+        """The reference's log-probs of the responses (and with ``entropy`` its entropy at each position
+        [D28]), (B, T) each; no values."""
         with self.reference(self.model) as model:
             logits = self.engine.forward(model, batch).logits
-        return logprobs_from_logits(logits, batch.response_ids, temperature)
+        return PolicyOutput(logprobs_from_logits(logits, batch.response_ids, temperature), None,
+                            entropy_from_logits(logits, temperature) if entropy else None)  # fmt: skip
 
     @torch.no_grad()
     def sample(

@@ -68,6 +68,22 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
     return -(logp.exp() * logp.clamp_min(torch.finfo(logp.dtype).min)).sum(-1)  # a -inf logit adds 0
 
 
+def entropy_bonus(
+    entropy: torch.Tensor, mask: torch.Tensor, n_tokens: torch.Tensor, floor: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[D26][D28] What the loss subtracts ``entropy_coef`` times: entropy (B, T) -> a scalar, a token sum over
+    ``mask`` divided by the optimizer step's ``n_tokens`` (D14).
+
+    1. Without ``floor``: the entropy itself (CleanRL's ``ent_coef`` bonus), which pushes the policy wider
+       everywhere, also past the reference, at a cost in perplexity.
+    2. With ``floor`` (B, T), the reference's entropy at the same positions: minus the shortfall
+       relu(floor - entropy), which lifts the entropy only where it fell below the reference's and is 0
+       (with no gradient) where it did not: a floor against collapse, not a push.
+    """
+    per_token = entropy if floor is None else -torch.relu(floor - entropy)
+    return masked_sum(per_token, mask) / n_tokens
+
+
 def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KLEstimator) -> torch.Tensor:
     """[D2] Per-token estimate of KL(policy || reference) at the sampled tokens: (B, T) -> (B, T).
 

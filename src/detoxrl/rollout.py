@@ -50,6 +50,7 @@ class Experience:
     kl: torch.Tensor  # (B, T) the per-token KL estimate to the reference [D2]
     advantages: torch.Tensor  # (B, T) GAE [D4], whitened [D6]
     returns: torch.Tensor  # (B, T) advantages + values, the critic's targets
+    ref_entropy: torch.Tensor | None = None  # (B, T) the reference's entropy, with ppo.entropy_floor [D28]
 
     def stats(self) -> dict[str, float]:
         """What it says, in trl's names: the rewards besides the score, returns, advantages, values."""
@@ -77,6 +78,7 @@ class GroupExperience:
     rewards: torch.Tensor  # (B,) what the advantages compare: rloo: score - kl_coef * KL [D20]; grpo: score
     kl: torch.Tensor | None  # (B, T) the per-token KL estimate to the reference [D2], 0 on padding
     advantages: torch.Tensor  # (B,) leave-one-out [D20] or group-normalised [D21]
+    ref_entropy: torch.Tensor | None = None  # (B, T) the reference's entropy, with ppo.entropy_floor [D28]
 
     def stats(self) -> dict[str, float]:
         """What it says, in trl's names (no returns, no values): rloo's KL penalty, the advantages' mean."""

@@ -216,10 +216,13 @@ class PPOTrainer:
         batch = make_batch(queries, responses, self.pad_id, ac.is_encoder_decoder).to(ac.device)
         with self.topology.gathered(self.train_module):  # sharded models: whole for these passes
             old = old_policy(ac, batch, temperature, sampled)
-            reference = c.algorithm == "ppo" or self.kl_coef > 0
-            ref = ac.reference_logprobs(batch, temperature) if reference else None
+            floor = c.entropy_floor and c.entropy_coef > 0  # [D28] the reference's entropy too
+            reference = c.algorithm == "ppo" or self.kl_coef > 0 or floor
+            ref = ac.reference_pass(batch, temperature, floor) if reference else None
         batch, old, ref = self._global_rows(responses, queries, batch, old, ref)
-        exp = make_experience(ac, batch, old, scores, self.kl_coef, c, temperature, ref)
+        ref_logprobs, ref_entropy = (None, None) if ref is None else (ref.logprobs, ref.entropy)
+        exp = make_experience(ac, batch, old, scores, self.kl_coef, c, temperature, ref_logprobs)
+        exp = dataclasses.replace(exp, ref_entropy=ref_entropy)
         t1 = time.perf_counter()
         # 3. ppo_epochs passes over shuffled mini-batches [D7][D8][D14][D15] ([D22]-[D25]); an optimizer
         #    step whose loss or gradient is not finite is skipped.
@@ -241,18 +244,20 @@ class PPOTrainer:
 
     def _global_rows(
         self, responses: list[torch.Tensor], queries: list[torch.Tensor], batch: ResponseBatch,
-        old: PolicyOutput, ref: torch.Tensor | None,
-    ) -> tuple[ResponseBatch, PolicyOutput, torch.Tensor | None]:  # fmt: skip
-        """Every process's rows in the global batch's order (one process: its own, untouched); the values
-        and reference log-probs where there are some."""
+        old: PolicyOutput, ref: PolicyOutput | None,
+    ) -> tuple[ResponseBatch, PolicyOutput, PolicyOutput | None]:  # fmt: skip
+        """Every process's rows in the global batch's order (one process: its own, untouched); the values,
+        reference log-probs and reference entropy where there are some."""
         top, device = self.topology, batch.response_ids.device
         if not top.distributed:
             return batch, old, ref
-        present = [x for x in (old.logprobs, old.values, ref) if x is not None]
+        parts = (old.logprobs, old.values) + (() if ref is None else (ref.logprobs, ref.entropy))
+        present = [x for x in parts if x is not None]
         gathered = iter(x.to(device) for x in top.gather_rows(present, [len(r) for r in responses]))
         logprobs = next(gathered)
         values = None if old.values is None else next(gathered)
-        ref = None if ref is None else next(gathered)
+        if ref is not None:
+            ref = PolicyOutput(next(gathered), None, None if ref.entropy is None else next(gathered))
         queries, responses = top.gather([q.cpu() for q in queries]), top.gather([r.cpu() for r in responses])
         batch = make_batch(queries, responses, self.pad_id, self.actor_critic.is_encoder_decoder).to(device)
         return batch, PolicyOutput(logprobs, values), ref
@@ -353,10 +358,13 @@ class PPOTrainer:
         coef = self.config.entropy_coef
         out = self.train_module(batch, self.generation.temperature, coef > 0)
         loss = self._loss(exp, rows, batch.response_mask, out, n_rows, n_tokens)
-        if coef > 0:  # [D26] an entropy bonus, a token mean over the optimizer step
+        if coef > 0:  # [D26] an entropy bonus, a token mean over the optimizer step ([D28] or a floor)
             assert out.entropy is not None
-            entropy = ppo.masked_sum(out.entropy, batch.response_mask) / n_tokens
-            loss = dataclasses.replace(loss, loss=loss.loss - coef * entropy, entropy=entropy.detach())
+            mask, t = batch.response_mask, batch.response_mask.shape[1]
+            floor = None if exp.ref_entropy is None else exp.ref_entropy[rows, :t]
+            bonus = ppo.entropy_bonus(out.entropy, mask, n_tokens, floor)
+            entropy = ppo.entropy_bonus(out.entropy.detach(), mask, n_tokens)
+            loss = dataclasses.replace(loss, loss=loss.loss - coef * bonus, entropy=entropy)
         self.topology.backward(loss.loss)
         return loss
 
