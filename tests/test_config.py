@@ -128,6 +128,7 @@ def test_overrides_win_over_file_over_preset(tmp_path):
         ("steps=1.5", r"'steps' must be int"),
         ("policy.use_lora=maybe", r"must be true or false"),
         ("data=builtin:heated", r"'data' must be a mapping"),
+        ("ppo.entropy_floor=true", r"'ppo.entropy_floor' is true with ppo.entropy_coef 0.*entropy_coef=0.02"),
     ],
 )
 def test_bad_values_are_rejected(override, pattern):

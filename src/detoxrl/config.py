@@ -248,6 +248,11 @@ class PPOConfig:
             "score_scale": POSITIVE, "score_clip": optional(POSITIVE), "value_head_init_std": NON_NEGATIVE,
             "max_nonfinite_steps": count(1), "num_generations": optional(count(1)),
         })  # fmt: skip
+        if self.entropy_floor and self.entropy_coef == 0:
+            raise ConfigError(
+                "Config key 'ppo.entropy_floor' is true with ppo.entropy_coef 0, so it would do nothing: the "
+                "floor shapes the entropy bonus; set e.g. ppo.entropy_coef=0.02, or drop ppo.entropy_floor."
+            )
         self._check_algorithm()
         step_rows = self.mini_batch_size * self.gradient_accumulation_steps
         if self.batch_size % step_rows:

@@ -216,7 +216,7 @@ class PPOTrainer:
         batch = make_batch(queries, responses, self.pad_id, ac.is_encoder_decoder).to(ac.device)
         with self.topology.gathered(self.train_module):  # sharded models: whole for these passes
             old = old_policy(ac, batch, temperature, sampled)
-            floor = c.entropy_floor and c.entropy_coef > 0  # [D28] the reference's entropy too
+            floor = c.entropy_floor  # [D28] the reference's entropy too
             reference = c.algorithm == "ppo" or self.kl_coef > 0 or floor
             ref = ac.reference_pass(batch, temperature, floor) if reference else None
         batch, old, ref = self._global_rows(responses, queries, batch, old, ref)
