@@ -76,7 +76,9 @@ class PromptCache:
     rows: list[list[int]]
 
     @classmethod
-    def right_aligned(cls, kv: list[tuple[list[torch.Tensor], list[torch.Tensor]]], rows: list[list[int]]):
+    def right_aligned(
+        cls, kv: list[tuple[list[torch.Tensor], list[torch.Tensor]]], rows: list[list[int]]
+    ) -> PromptCache:
         """Per layer, each distinct prompt's keys and values (G, P_u, D) -> a ``PromptCache``."""
         sizes = [k.shape[1] for k in kv[0][0]]
         p = max(sizes)
