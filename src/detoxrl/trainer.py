@@ -363,7 +363,10 @@ class PPOTrainer:
             mask, t = batch.response_mask, batch.response_mask.shape[1]
             floor = None if exp.ref_entropy is None else exp.ref_entropy[rows, :t]
             bonus = ppo.entropy_bonus(out.entropy, mask, n_tokens, floor)
-            entropy = ppo.entropy_bonus(out.entropy.detach(), mask, n_tokens)
+            # the logged entropy: the plain token mean (the bonus itself without a floor)
+            entropy = (
+                bonus.detach() if floor is None else ppo.entropy_bonus(out.entropy.detach(), mask, n_tokens)
+            )
             loss = dataclasses.replace(loss, loss=loss.loss - coef * bonus, entropy=entropy)
         self.topology.backward(loss.loss)
         return loss

@@ -169,10 +169,8 @@ class LlamaStep:
         self.order = torch.tensor([i for rows in cache.rows for i in rows])  # group order -> batch row
         self.restore = torch.argsort(self.order)
         b = len(self.order)
-        self.backbone, self.lengths = (
-            backbone,
-            cache.lengths.repeat_interleave(self.share),
-        )  # (B,) in group order
+        self.backbone = backbone
+        self.lengths = cache.lengths.repeat_interleave(self.share)  # (B,) in group order
         self.layers = [_llama_layer(layer, b, linear, fused) for layer in backbone.layers]
         self.prompt_keys = [k.view(u * self.groups, prompt_end, d) for k in cache.keys]  # (U * G, P, D)
         self.prompt_values = [v.view(u * self.groups, prompt_end, d) for v in cache.values]
