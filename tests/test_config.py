@@ -212,6 +212,8 @@ def test_cross_field_checks():
         DataConfig(min_score=0.5)
     with pytest.raises(ConfigError, match=r"'reward.model' is not used by reward.kind: profanity"):
         RewardConfig(model="some/classifier")
+    with pytest.raises(ConfigError, match=r"'reward.model' is not used by reward.kind: novelty"):
+        RewardConfig(kind="novelty", model="some/classifier")
     with pytest.raises(ConfigError, match=r"'reward.model' must name the function .* got None"):
         RewardConfig(kind="callable")
     with pytest.raises(ConfigError, match=r"'ppo.init_kl_coef' must be > 0 with ppo.adaptive_kl: true"):

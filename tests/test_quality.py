@@ -16,6 +16,7 @@ from detoxrl.quality import (
     per_response,
     relevance,
     repetition,
+    shared_ngrams,
 )
 
 ISSUE_EVASIONS = [  # what the demo's trained SmolLM2 said (issue 16)
@@ -56,6 +57,20 @@ def test_repetition_is_the_share_of_repeated_word_trigrams() -> None:
     assert repetition("a b c a b c") == pytest.approx(1 - 3 / 4)  # abc, bca, cab, abc
     assert repetition("a b") == 0.0  # no trigram
     assert repetition("a b a b a", n=2) == pytest.approx(1 - 2 / 4)
+
+
+def test_shared_ngrams_counts_the_2grams_responses_to_other_prompts_also_hold() -> None:
+    prompts = ["p", "q", "q", "r", "s"]
+    responses = ["I want to go home", "I want it", "I want it too", "nothing here at all", "x"]
+    # "I want" is held by the responses to p and q: 1 of 4 2-grams for p, 1 of 2 and 1 of 3 for q's
+    # two rows; "want it" is held by q's rows only, one prompt, so it is not shared
+    np.testing.assert_allclose(shared_ngrams(prompts, responses), [1 / 4, 1 / 2, 1 / 3, 0.0, 0.0])
+    assert shared_ngrams(["p", "q"], ["the same words", "the same words"]).tolist() == [1.0, 1.0]
+    assert shared_ngrams(["p", "p"], ["the same words", "the same words"]).tolist() == [0.0, 0.0]
+    assert shared_ngrams(["p", "q"], ["a b c", "c b a"], n=1).tolist() == [1.0, 1.0]
+    assert shared_ngrams([], []).shape == (0,)
+    with pytest.raises(ValueError, match="2 prompts but 1 responses"):
+        shared_ngrams(["p", "q"], ["a b"])
 
 
 def test_short_responses_count_words_and_include_empty_ones() -> None:

@@ -155,6 +155,18 @@ def test_evasion_and_degeneration_penalties_compose_with_toxicity_by_weighted_su
     torch.testing.assert_close(total, profanity + 2.0 * evasion + 0.5 * degeneration)
 
 
+def test_novelty_penalises_the_phrases_responses_to_other_prompts_share() -> None:
+    prompts = ["You idiot,", "Shut up,", "Shut up,"]
+    responses = ["I want to talk", "I want to leave now", "please stop shouting"]
+    novelty = build_reward(RewardConfig(kind="novelty"))(prompts, responses)
+    # "I want" and "want to" are shared by the first two (other prompts): 2 of 3 and 2 of 4 2-grams
+    torch.testing.assert_close(novelty, torch.tensor([-2 / 3, -1 / 2, 0.0]))
+    parts = (RewardConfig(kind="profanity"), RewardConfig(kind="novelty", weight=4.0))
+    total = build_reward(RewardConfig(kind="sum", components=parts))(prompts, responses)
+    profanity = build_reward(RewardConfig(kind="profanity"))(prompts, responses)
+    torch.testing.assert_close(total, profanity + 4.0 * novelty)
+
+
 def test_relevance_reward_prefers_the_on_topic_response() -> None:
     from detoxrl.embeddings import minilm_dir
 

@@ -92,9 +92,9 @@ class RewardConfig:
     """What scores a response. ``kind`` picks the scorer; see rewards.py for each."""
 
     SECTION: ClassVar[str] = "reward"
-    kind: Literal["profanity", "classifier", "callable", "sum", "relevance", "evasion", "degeneration"] = (
-        "profanity"
-    )
+    kind: Literal[
+        "profanity", "classifier", "callable", "sum", "relevance", "evasion", "degeneration", "novelty"
+    ] = "profanity"
     model: str | None = None  # classifier: hub id or folder; callable: "module:function"; relevance: embedder
     label: str = "nothate"  # classifier: the label whose logit/probability is the reward, by name
     output: Literal["logit", "probability"] = "logit"
@@ -116,7 +116,7 @@ class RewardConfig:
                 f"Config key 'reward.model' must name the function of reward.kind: callable as "
                 f"'module:function', got {model!r}: e.g. reward.model=mymodule:my_reward."
             )
-        if kind in ("profanity", "sum", "degeneration") and model is not None:
+        if kind in ("profanity", "sum", "degeneration", "novelty") and model is not None:
             raise ConfigError(
                 f"Config key 'reward.model' is not used by reward.kind: {kind}, got {model!r}: set "
                 "reward.kind=classifier (a classifier folder or hub id) or callable (module:function), "

@@ -100,7 +100,7 @@ def reward_lines(reward: RewardConfig, name: str = "reward") -> list[str]:
         return [f"{name}: callable {reward.model}{weight}"]
     if reward.kind == "profanity":
         return [f"{name}: profanity-check{weight}"]
-    if reward.kind != "sum":  # quality terms (rewards.py): relevance, evasion, degeneration
+    if reward.kind != "sum":  # quality terms (rewards.py): relevance, evasion, degeneration, novelty
         embedder = f", embedder {reward.model}" if reward.model else ""
         return [f"{name}: {reward.kind}{embedder}{weight}"]
     parts = [reward_lines(c, f"{name}.components[{i}]") for i, c in enumerate(reward.components)]

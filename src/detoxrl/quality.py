@@ -11,6 +11,10 @@ answering beside the prompt. Each response gets (all floats, so that they averag
   ``relevance``   cosine similarity of the prompt's and the response's sentence embeddings (only
                   with an embedder; 0 for an empty response)
 
+and, as a batch-level reward term (``shared_ngrams``), the share of a response's word 2-grams that a
+response to another prompt in the same batch also holds: a policy that answers every prompt with
+the same phrases loses corpus-level variety (distinct-n) before any one response looks degenerate.
+
 The embedder and the classifier are plain callables handed in (``embeddings.py`` loads them), so
 this module stays pure. Shapes: N responses, D embedding dimensions.
 """
@@ -30,6 +34,7 @@ from detoxrl.stats import ngrams
 Embedder = Callable[[list[str]], np.ndarray]  # texts -> (N, D)
 TextProbability = Callable[[list[str]], np.ndarray]  # texts -> (N,) P(evasive)
 REPETITION_N = 3  # word 3-grams: a loop shows within the 20-30 word responses evaluated here
+SHARED_N = 2  # word 2-grams, as distinct-2
 EVASION_THRESHOLD = 0.5  # the optional classifier marks a response evasive at P >= 0.5
 QUALITY_KEYS = ("evasive", "repetition", "short", "relevance")
 
@@ -91,6 +96,30 @@ def repetition(text: str, n: int = REPETITION_N) -> float:
     """1 - unique / all word n-grams of one text; 0 where it has no n-gram."""
     grams = ngrams(text, n)
     return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def shared_ngrams(prompts: Sequence[str], responses: Sequence[str], n: int = SHARED_N) -> np.ndarray:
+    """(N,) share of each response's word n-grams that a response to another prompt in the batch also
+    holds; 0 for a response without n-grams.
+
+    1. Rows with the same prompt text (RLOO/GRPO's k samples of one prompt) are not compared with
+       each other: continuations of one prompt share words by nature.
+    2. Why it keeps variety: in expectation over batches, a response pays for each of its n-grams
+       about (B - k) x the policy's own frequency of that n-gram, so the reward ``-shared`` lowers the
+       collision probability sum_g f(g)^2 of the policy's n-grams across prompts. That is the
+       corpus-level repetition distinct-n measures, which a per-token KL or entropy bonus does not see.
+    3. It needs no state: a resumed run scores its batches exactly as an uninterrupted one.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"Got {len(prompts)} prompts but {len(responses)} responses.")
+    grams = [ngrams(r, n) for r in responses]
+    owners: dict[tuple[str, ...], set[str]] = {}  # n-gram -> the prompts whose responses hold it
+    for prompt, response_grams in zip(prompts, grams, strict=True):
+        for g in response_grams:
+            owners.setdefault(g, set()).add(prompt)
+    return np.array(
+        [sum(len(owners[g]) > 1 for g in gs) / len(gs) if gs else 0.0 for gs in grams], dtype=np.float64
+    )
 
 
 def is_short(text: str, short_words: int = SHORT_WORDS) -> bool:

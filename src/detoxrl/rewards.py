@@ -24,7 +24,7 @@ import torch
 from detoxrl.config import RewardConfig
 from detoxrl.errors import ConfigError, ModelLoadError
 from detoxrl.models import Classifier, load_classifier
-from detoxrl.quality import DEFAULT_EVASION_PHRASES, QualityScorer
+from detoxrl.quality import DEFAULT_EVASION_PHRASES, QualityScorer, shared_ngrams
 
 DEFAULT_CLASSIFIER = "facebook/roberta-hate-speech-dynabench-r4-target"
 PROFANITY = "profanity"
@@ -159,6 +159,15 @@ class QualityReward:
         return torch.as_tensor(self.sign * total, dtype=torch.float32)
 
 
+@dataclass(frozen=True)
+class NoveltyReward:
+    """Minus the share of a response's word 2-grams that a response to another prompt in the same
+    batch also holds (quality.shared_ngrams): 0 for a response in words of its own, down to -1."""
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        return torch.as_tensor(-shared_ngrams(prompts, responses), dtype=torch.float32)
+
+
 def _quality_reward(config: RewardConfig, device: torch.device | str) -> QualityReward:
     """kind relevance / evasion / degeneration (``model``: the embedder folder, or an evasion classifier)."""
     from detoxrl.embeddings import MINILM_INSTALL, default_embedder
@@ -203,6 +212,8 @@ def _build_one(config: RewardConfig, device: torch.device | str) -> Reward:
         return CallableReward(import_callable(config.model), config.model)  # type: ignore[arg-type]
     if config.kind in ("relevance", "evasion", "degeneration"):
         return _quality_reward(config, device)
+    if config.kind == "novelty":
+        return NoveltyReward()
     return WeightedSum(tuple((c.weight, _build_one(c, device)) for c in config.components))
 
 
