@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,18 @@ import torch
 
 from detoxrl import loop
 from detoxrl.checkpoint import latest_checkpoint
-from detoxrl.config import GuardConfig, PolicyConfig, PPOConfig, QualityConfig, RunConfig, SamplingConfig
+from detoxrl.config import (
+    GuardConfig,
+    PolicyConfig,
+    PPOConfig,
+    QualityConfig,
+    RewardConfig,
+    RunConfig,
+    SamplingConfig,
+)
 from detoxrl.errors import DataError, TrainingError
-from detoxrl.loop import train
+from detoxrl.loop import Reward, train
+from detoxrl.rewards import build_reward
 
 PROMPTS = ["you are a kind", "the movie was", "what a lovely day", "i hate waiting"] * 4
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -157,11 +167,30 @@ def stop_after(process: subprocess.Popen[str], run_dir: Path, steps: int, signum
     return process.returncode, err
 
 
+def novelty() -> Reward:
+    return build_reward(RewardConfig(kind="novelty", window=8))
+
+
 def same_steps(a: list[dict[str, float]], b: list[dict[str, float]]) -> float:
     """The largest difference of rewards and KL between two runs' records (each step once, in order)."""
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, len(a) + 1))
     keys = ("env/reward_mean", "objective/kl", "objective/kl_coef", "ppo/loss/total")
     return max(abs(x[k] - y[k]) for x, y in zip(a, b, strict=True) for k in keys)
+
+
+def test_the_novelty_memory_is_checkpointed_so_a_resumed_run_scores_as_an_uninterrupted_one(
+    sharp_causal_dir: Path, tmp_path: Path
+) -> None:
+    config = replace(tiny(sharp_causal_dir, 4), generation=SamplingConfig(max_new_tokens=24))
+    straight = train(config, PROMPTS, novelty(), tmp_path / "straight", progress=False).metrics
+    third = straight[2]["samples"]  # step 3's global batch: without the memory it would score otherwise
+    forgetful = novelty()([x["query"] for x in third], [x["response"] for x in third]).mean().item()
+    assert forgetful != pytest.approx(straight[2]["env/reward_mean"])
+    train(replace(config, steps=2), PROMPTS, novelty(), tmp_path / "resumed", progress=False)
+    state = torch.load(tmp_path / "resumed" / "checkpoint-000002" / "state.pt", weights_only=False)
+    assert len(state["trainer"]["reward_memory"][0]["recent"]) == 8  # steps 1-2: 8 responses
+    train(config, PROMPTS, novelty(), tmp_path / "resumed", resume=True, progress=False)
+    assert same_steps(metrics(tmp_path / "resumed"), straight) <= 1e-6
 
 
 @pytest.mark.slow

@@ -69,6 +69,9 @@ def test_shared_ngrams_counts_the_2grams_responses_to_other_prompts_also_hold() 
     assert shared_ngrams(["p", "p"], ["the same words", "the same words"]).tolist() == [0.0, 0.0]
     assert shared_ngrams(["p", "q"], ["a b c", "c b a"], n=1).tolist() == [1.0, 1.0]
     assert shared_ngrams([], []).shape == (0,)
+    seen = {("nothing", "here"), ("x", "y")}  # 2-grams of recent batches
+    np.testing.assert_allclose(shared_ngrams(prompts, responses, seen), [1 / 4, 1 / 2, 1 / 3, 1 / 3, 0.0])
+    assert shared_ngrams(["p"], ["the same words"], {("same", "words")}).tolist() == [0.5]
     with pytest.raises(ValueError, match="2 prompts but 1 responses"):
         shared_ngrams(["p", "q"], ["a b"])
 

@@ -16,9 +16,11 @@ from detoxrl.errors import ConfigError, ModelLoadError
 from detoxrl.models import load_classifier
 from detoxrl.rewards import (
     ClassifierReward,
+    NoveltyReward,
     build_evaluator,
     build_reward,
     profanity_probabilities,
+    remembering,
     scored_texts,
     split_spec,
 )
@@ -165,6 +167,23 @@ def test_novelty_penalises_the_phrases_responses_to_other_prompts_share() -> Non
     total = build_reward(RewardConfig(kind="sum", components=parts))(prompts, responses)
     profanity = build_reward(RewardConfig(kind="profanity"))(prompts, responses)
     torch.testing.assert_close(total, profanity + 4.0 * novelty)
+
+
+def test_novelty_remembers_the_last_window_rollout_responses_and_round_trips_them() -> None:
+    total = build_reward(RewardConfig(kind="sum", components=(
+        RewardConfig(kind="profanity"), RewardConfig(kind="novelty", window=2))))  # fmt: skip
+    (novelty,) = remembering(total)
+    assert remembering(build_reward(RewardConfig(kind="profanity"))) == []
+    assert novelty(["p"], ["to go home now"]).tolist() == [0.0]  # nothing remembered yet
+    novelty.remember(["I want to go home", "I want it"])
+    torch.testing.assert_close(novelty(["p"], ["to go home now"]), torch.tensor([-2 / 3]))  # to go, go home
+    state = novelty.state_dict()
+    novelty.remember(["x y", "z w"])  # the window holds 2 responses: the first two are forgotten
+    assert novelty(["p"], ["to go home now"]).tolist() == [0.0]
+    assert novelty(["p"], ["x y z w"]).tolist() == pytest.approx([-2 / 3])
+    fresh = NoveltyReward(window=2)
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh(["p"], ["to go home now"]), torch.tensor([-2 / 3]))
 
 
 def test_relevance_reward_prefers_the_on_topic_response() -> None:

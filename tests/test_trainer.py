@@ -162,8 +162,10 @@ def test_checkpoints_are_complete_and_the_final_adapter_loads_with_plain_peft(
     state = torch.load(ckpt / "state.pt", weights_only=False)
     assert set(state) == {"trainer", "rng"}
     assert set(state["trainer"]) == {
-        "optimizer", "lr_scheduler", "kl_coef", "score_moments", "step_count", "nonfinite_steps"
+        "optimizer", "lr_scheduler", "kl_coef", "score_moments", "step_count", "nonfinite_steps",
+        "reward_memory",
     }  # fmt: skip
+    assert state["trainer"]["reward_memory"] == []  # no novelty term, nothing remembered
     base = load_policy(PolicyConfig(model=str(tiny_causal_dir))).model
     loaded = PeftModel.from_pretrained(base, tmp_path / "final")
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in loaded.named_parameters())

@@ -58,7 +58,8 @@ def _reward_line(reward: dict[str, Any], indent: str = "") -> list[str]:
         "relevance": "cosine similarity of prompt and response sentence embeddings (all-MiniLM-L6-v2)",
         "evasion": "-1 for an evasive response (refusal and deflection phrases)",
         "degeneration": f"-1 below {reward.get('min_words')} words, minus the share of repeated 3-grams",
-        "novelty": "minus the share of the response's word 2-grams that responses to other prompts share",
+        "novelty": f"minus the share of the response's word 2-grams that the last {reward.get('window')} "
+        "rollout responses or responses to other prompts hold",
         "sum": "the weighted sum of:",
     }.get(str(kind), str(kind))
     lines = [f"{indent}- {weight}{kind}: {what}"]

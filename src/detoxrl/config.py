@@ -105,11 +105,12 @@ class RewardConfig:
     components: tuple[RewardConfig, ...] = ()  # kind == "sum": the weighted parts
     evasion_phrases: tuple[str, ...] | None = None  # evasion: None = quality.DEFAULT_EVASION_PHRASES
     min_words: int = SHORT_WORDS  # degeneration: responses with fewer words get -1
+    window: int = 256  # novelty: the rollout responses whose 2-grams are remembered
 
     def __post_init__(self) -> None:
         check(self, {"model": optional(TEXT), "label": TEXT, "batch_size": count(1),
-                     "max_length": optional(count(1)), "weight": FINITE,
-                     "evasion_phrases": optional(TEXTS), "min_words": count(0)})  # fmt: skip
+                     "max_length": optional(count(1)), "weight": FINITE, "evasion_phrases": optional(TEXTS),
+                     "min_words": count(0), "window": count(0)})  # fmt: skip
         kind, model = self.kind, self.model
         if kind == "callable" and not re.fullmatch(r"[\w.]+:\w+", model or ""):
             raise ConfigError(

@@ -42,6 +42,7 @@ from detoxrl.engine import Engine
 from detoxrl.errors import Interrupted
 from detoxrl.generate import decode
 from detoxrl.quality import QualityScorer
+from detoxrl.rewards import remembering
 from detoxrl.rollout import batch_indices, sample_seeds
 from detoxrl.sampling import response_limits
 from detoxrl.trainer import PPOTrainer
@@ -106,6 +107,8 @@ def _train_step(
     t2 = time.perf_counter()
     stats: dict[str, Any] = trainer.learn(batch_queries, sampled, scores)
     batch_prompts, texts = [prompts[i] for i in idx], trainer.topology.gather(texts)  # the global batch
+    for part in remembering(reward):  # novelty: every process remembers the same global batch
+        part.remember(texts)
     stats.update(guards.rollout_metrics(batch_prompts, texts, quality))
     verdict = guards.check([*history, stats], config.quality.guard)
     stats.update(verdict.metrics())
@@ -146,8 +149,8 @@ def train(
 
 
 def _build(
-    config: RunConfig, prompts: list[str], run_dir: Path, engine: Engine | None, top: Topology,
-    checkpoint: Path | None,
+    config: RunConfig, prompts: list[str], reward: Reward, run_dir: Path, engine: Engine | None,
+    top: Topology, checkpoint: Path | None,
 ) -> tuple[PPOTrainer, list[torch.Tensor], QualityScorer]:  # fmt: skip
     """Steps 1-3 of ``_train``: the trainer (on this process's engine, resumed from ``checkpoint``), the
     prompts' tokens, the quality scorer."""
@@ -171,8 +174,8 @@ def _build(
     actor_critic = build_actor_critic(policy, config.policy, config.ppo.value_head_init_std, engine, critic)
     if top.is_main:
         print(actor_critic.describe())
-    # 3. Resume: weights (before any wrapping shards them), optimizer, scheduler, KL controller, RNG states
-    #    and step from the last checkpoint.
+    # 3. Resume: weights (before any wrapping shards them), optimizer, scheduler, KL controller, RNG states,
+    #    step and the reward's memory of recent rollouts (novelty) from the last checkpoint.
     state = load_checkpoint(actor_critic, checkpoint) if checkpoint else None
     main = top.is_main  # the others log nothing
     trainer = PPOTrainer(config.ppo, actor_critic, policy.tokenizer, config.generation, config.steps,
@@ -180,17 +183,19 @@ def _build(
                          run_dir / "tensorboard" if main else None, top)  # fmt: skip
     if state is not None:
         trainer.load_state_dict(state)
+        for part, memory in zip(remembering(reward), state.get("reward_memory", []), strict=False):
+            part.load_state_dict(memory)
     queries = tokenize_prompts(
         policy.tokenizer, format_prompts(policy.tokenizer, prompts, config.policy.chat_template)
     )
     return trainer, queries, build_quality(config.quality, engine.device)
 
 
-def _save(trainer: PPOTrainer, config: RunConfig, run_dir: Path, final: bool = False) -> None:
+def _save(trainer: PPOTrainer, config: RunConfig, run_dir: Path, reward: Reward, final: bool = False) -> None:
     """A checkpoint (or the final weights) by the main process, the others waiting till it is there."""
     top, ac = trainer.topology, trainer.actor_critic
     weights = top.full_state_dict(trainer.train_module)  # sharded: gathered by every process; else None
-    state = trainer.state_dict()
+    state = {**trainer.state_dict(), "reward_memory": [part.state_dict() for part in remembering(reward)]}
     if top.is_main and final:
         save_weights(ac, run_dir / "final", weights)
     elif top.is_main:
@@ -210,7 +215,7 @@ def _train(
     #      main process's choice); the prompts and the quality scorer.
     top = distributed.setup(config.device)
     checkpoint = top.broadcast(latest_checkpoint(run_dir) if resume else None)
-    trainer, queries, quality = _build(config, prompts, run_dir, engine, top, checkpoint)
+    trainer, queries, quality = _build(config, prompts, reward, run_dir, engine, top, checkpoint)
     if top.is_main:
         truncate_metrics(run_dir / "metrics.jsonl", trainer.step_count)
     # 4. The loop: one step, a checkpoint every save_every steps and before any stop (signal, guard), which
@@ -228,7 +233,7 @@ def _train(
                 bar.write(verdict.message())
             stopped_early, signalled = verdict.stop, top.any(stop.signal is not None)
             if trainer.step_count % config.save_every == 0 or signalled or stopped_early:
-                _save(trainer, config, run_dir)
+                _save(trainer, config, run_dir, reward)
             if signalled or stopped_early:
                 break
     if signalled:
@@ -240,6 +245,6 @@ def _train(
         raise Interrupted(f"{message} ({where} holds it)", 128 + signum, str(run_dir))
     # 5. The final adapter (+ PPO's value head): ``PeftModel.from_pretrained(base, final_dir)`` loads it.
     if trainer.step_count % config.save_every and not stopped_early:
-        _save(trainer, config, run_dir)
-    _save(trainer, config, run_dir, final=True)
+        _save(trainer, config, run_dir, reward)
+    _save(trainer, config, run_dir, reward, final=True)
     return TrainResult(run_dir, run_dir / "final", records, stopped_early)

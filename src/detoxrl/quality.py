@@ -11,9 +11,9 @@ answering beside the prompt. Each response gets (all floats, so that they averag
   ``relevance``   cosine similarity of the prompt's and the response's sentence embeddings (only
                   with an embedder; 0 for an empty response)
 
-and, as a batch-level reward term (``shared_ngrams``), the share of a response's word 2-grams that a
-response to another prompt in the same batch also holds: a policy that answers every prompt with
-the same phrases loses corpus-level variety (distinct-n) before any one response looks degenerate.
+and, for the novelty reward term (``shared_ngrams``), the share of a response's word 2-grams that recent
+responses or responses to other prompts in its batch also hold: a policy that answers every prompt
+with the same phrases loses corpus-level variety (distinct-n) before any one response looks degenerate.
 
 The embedder and the classifier are plain callables handed in (``embeddings.py`` loads them), so
 this module stays pure. Shapes: N responses, D embedding dimensions.
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,17 +98,21 @@ def repetition(text: str, n: int = REPETITION_N) -> float:
     return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
 
 
-def shared_ngrams(prompts: Sequence[str], responses: Sequence[str], n: int = SHARED_N) -> np.ndarray:
-    """(N,) share of each response's word n-grams that a response to another prompt in the batch also
-    holds; 0 for a response without n-grams.
+def shared_ngrams(
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    seen: Container[tuple[str, ...]] = frozenset(),
+    n: int = SHARED_N,
+) -> np.ndarray:
+    """(N,) share of each response's word n-grams that ``seen`` holds (the n-grams of recent batches) or
+    that a response to another prompt in the batch also holds; 0 for a response without n-grams.
 
     1. Rows with the same prompt text (RLOO/GRPO's k samples of one prompt) are not compared with
        each other: continuations of one prompt share words by nature.
-    2. Why it keeps variety: in expectation over batches, a response pays for each of its n-grams
-       about (B - k) x the policy's own frequency of that n-gram, so the reward ``-shared`` lowers the
-       collision probability sum_g f(g)^2 of the policy's n-grams across prompts. That is the
-       corpus-level repetition distinct-n measures, which a per-token KL or entropy bonus does not see.
-    3. It needs no state: a resumed run scores its batches exactly as an uninterrupted one.
+    2. Why it keeps variety: in expectation a response pays for each of its n-grams in proportion to
+       how often the policy itself has lately used it, across prompts, so the reward ``-shared`` lowers
+       the policy's repetition of its own phrases: the corpus-level repetition distinct-n measures (a
+       held-out evaluation of 760 responses), which a per-token KL or entropy bonus does not see.
     """
     if len(prompts) != len(responses):
         raise ValueError(f"Got {len(prompts)} prompts but {len(responses)} responses.")
@@ -118,7 +122,8 @@ def shared_ngrams(prompts: Sequence[str], responses: Sequence[str], n: int = SHA
         for g in response_grams:
             owners.setdefault(g, set()).add(prompt)
     return np.array(
-        [sum(len(owners[g]) > 1 for g in gs) / len(gs) if gs else 0.0 for gs in grams], dtype=np.float64
+        [sum(g in seen or len(owners[g]) > 1 for g in gs) / len(gs) if gs else 0.0 for gs in grams],
+        dtype=np.float64,
     )
 
 

@@ -13,10 +13,11 @@ which is the *hate* logit whenever hate wins, and so rewarded toxic outputs.
 from __future__ import annotations
 
 import importlib
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -24,7 +25,8 @@ import torch
 from detoxrl.config import RewardConfig
 from detoxrl.errors import ConfigError, ModelLoadError
 from detoxrl.models import Classifier, load_classifier
-from detoxrl.quality import DEFAULT_EVASION_PHRASES, QualityScorer, shared_ngrams
+from detoxrl.quality import DEFAULT_EVASION_PHRASES, SHARED_N, QualityScorer, shared_ngrams
+from detoxrl.stats import ngrams
 
 DEFAULT_CLASSIFIER = "facebook/roberta-hate-speech-dynabench-r4-target"
 PROFANITY = "profanity"
@@ -159,13 +161,48 @@ class QualityReward:
         return torch.as_tensor(self.sign * total, dtype=torch.float32)
 
 
-@dataclass(frozen=True)
 class NoveltyReward:
-    """Minus the share of a response's word 2-grams that a response to another prompt in the same
-    batch also holds (quality.shared_ngrams): 0 for a response in words of its own, down to -1."""
+    """Minus the share of a response's word 2-grams that the last ``window`` rollout responses, or the
+    batch's responses to other prompts, also hold (quality.shared_ngrams): 0 for a response in words of
+    its own, down to -1.
+
+    Stateful: the loop calls ``remember`` with each rollout batch after scoring it (evaluations score
+    against the memory without adding to it), and checkpoints ``state_dict``, so a resumed run scores
+    exactly as an uninterrupted one.
+    """
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.recent: deque[frozenset[tuple[str, ...]]] = deque()  # each remembered response's 2-grams
+        self.counts: Counter[tuple[str, ...]] = Counter()  # 2-gram -> remembered responses holding it
 
     def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        return torch.as_tensor(-shared_ngrams(prompts, responses), dtype=torch.float32)
+        return torch.as_tensor(-shared_ngrams(prompts, responses, self.counts), dtype=torch.float32)
+
+    def remember(self, responses: list[str]) -> None:
+        for response in responses:
+            grams = frozenset(ngrams(response, SHARED_N))
+            self.recent.append(grams)
+            self.counts.update(grams)
+            if len(self.recent) > self.window:
+                self.counts.subtract(self.recent.popleft())
+                self.counts = +self.counts  # drop the 2-grams no remembered response holds
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"recent": [sorted(grams) for grams in self.recent]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.recent = deque(frozenset(map(tuple, grams)) for grams in state["recent"])
+        self.counts = Counter(g for grams in self.recent for g in grams)
+
+
+def remembering(reward: object) -> list[NoveltyReward]:
+    """The parts of ``reward`` that remember rollouts (the loop feeds and checkpoints them), in order."""
+    if isinstance(reward, NoveltyReward):
+        return [reward]
+    if isinstance(reward, WeightedSum):
+        return [part for _, r in reward.parts for part in remembering(r)]
+    return []
 
 
 def _quality_reward(config: RewardConfig, device: torch.device | str) -> QualityReward:
@@ -213,7 +250,7 @@ def _build_one(config: RewardConfig, device: torch.device | str) -> Reward:
     if config.kind in ("relevance", "evasion", "degeneration"):
         return _quality_reward(config, device)
     if config.kind == "novelty":
-        return NoveltyReward()
+        return NoveltyReward(config.window)
     return WeightedSum(tuple((c.weight, _build_one(c, device)) for c in config.components))
 
 
