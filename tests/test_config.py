@@ -73,8 +73,10 @@ def test_lab3_preset_matches_the_lab():
 
 def test_rtp_preset_scores_the_response_only_and_follows_the_protocol_offline():
     c = load_config(preset="rtp")
-    assert c.reward.text == "response" and c.data.text_field == "prompt.text" and not c.policy.chat_template
-    assert c.data.source.startswith("shared:") and c.reward.model == "shared:minilm-toxicity"
+    toxicity, novelty = c.reward.components  # the neutral logit, plus the novelty term of issue 16
+    assert toxicity.text == "response" and c.data.text_field == "prompt.text" and not c.policy.chat_template
+    assert c.data.source.startswith("shared:") and toxicity.model == "shared:minilm-toxicity"
+    assert (novelty.kind, novelty.weight, novelty.window, c.ppo.entropy_coef) == ("novelty", 6.0, 256, 0.0)
     s = c.eval.sampling  # RealToxicityPrompts: up to 20 tokens, nucleus 0.9; k >= 4 here
     assert (s.max_new_tokens, s.top_p, s.temperature, c.eval.samples_per_prompt) == (20, 0.9, 1.0, 4)
 
