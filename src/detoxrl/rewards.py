@@ -185,8 +185,10 @@ class NoveltyReward:
             self.recent.append(grams)
             self.counts.update(grams)
             if len(self.recent) > self.window:
-                self.counts.subtract(self.recent.popleft())
-                self.counts = +self.counts  # drop the 2-grams no remembered response holds
+                for g in self.recent.popleft():  # forget the oldest; drop 2-grams no response holds
+                    self.counts[g] -= 1
+                    if not self.counts[g]:
+                        del self.counts[g]
 
     def state_dict(self) -> dict[str, Any]:
         return {"recent": [sorted(grams) for grams in self.recent]}
