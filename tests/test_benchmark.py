@@ -54,6 +54,7 @@ def test_benchmark_base_vs_adapter_end_to_end(
             "--no-relevance", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     stdout = capsys.readouterr().out
+    assert "[1/2]" in stdout and "[2/2]" in stdout and "6 prompts x 3 samples" in stdout  # what runs
     data = json.loads((out / "benchmark.json").read_text())
     protocol = data["protocol"]
     assert (protocol["samples_per_prompt"], protocol["num_prompts"], protocol["top_p"]) == (3, 6, 0.9)

@@ -134,9 +134,12 @@ def measure_models(
                         seed=spec.seed, chat_template=spec.protocol.chat_template, label=label,
                         quality=quality, engine=engine)  # fmt: skip
 
+    size, passes = f"{len(prompts)} prompts x {config.samples_per_prompt} samples", 2 if spec.adapter else 1
+    print(f"[1/{passes}] {spec.model}: {size}", flush=True)  # minutes each on a CPU: say what runs
     before = run(policy.model, spec.model, disable_adapter=False)
     if not spec.adapter:
         return before, None, None
+    print(f"[2/2] {spec.model} + {spec.adapter}: {size}", flush=True)
     model = attach_adapter(policy, PolicyConfig(model=spec.model, adapter=spec.adapter))
     after = run(model, f"{spec.model} + {spec.adapter}", disable_adapter=True)
     return before, after, compare(before, after, config)
