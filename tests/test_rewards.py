@@ -65,6 +65,19 @@ def test_probability_output_is_the_softmax_of_the_named_label(hate_wins) -> None
     assert torch.all(scores < 0.5)
 
 
+def test_log_probability_output_is_log_p_of_the_named_label_and_saturates_at_0_when_clean(hate_wins) -> None:
+    logits = hate_wins.logits(TEXTS)
+    scores = ClassifierReward(hate_wins, "nothate", output="log_probability")(["p"] * 4, TEXTS)
+    margin = logits[:, 1] - logits[:, 0]  # two labels: log P(nothate) = -log(1 + exp(-margin))
+    torch.testing.assert_close(scores, -torch.log1p(torch.exp(-margin)))
+    # by hand: a clean margin of +10 earns -4.5e-5 (no more to gain), a toxic one of -10 about -10
+    two = torch.tensor([[-5.0, 5.0], [5.0, -5.0]])
+    out = torch.log_softmax(two, -1)[:, 1]
+    assert out[0].item() == pytest.approx(-4.54e-5, rel=1e-2) and out[1].item() == pytest.approx(
+        -10.0, abs=1e-4
+    )
+
+
 def test_build_reward_reads_the_label_by_name(tiny_classifier_dir: Path) -> None:
     clf = load_classifier(str(tiny_classifier_dir))
     reward = build_reward(RewardConfig(kind="classifier", model=str(tiny_classifier_dir), label="nothate"))
@@ -106,8 +119,10 @@ def test_profanity_reward_is_the_log_odds_of_clean() -> None:
     p = np.clip(profanity_probabilities(texts), 1e-4, 1 - 1e-4)
     logit = build_reward(RewardConfig(kind="profanity"))(["x"] * 6, texts)
     prob = build_reward(RewardConfig(kind="profanity", output="probability"))(["x"] * 6, texts)
+    log_prob = build_reward(RewardConfig(kind="profanity", output="log_probability"))(["x"] * 6, texts)
     np.testing.assert_allclose(logit.numpy(), np.log((1 - p) / p), rtol=1e-5)
     np.testing.assert_allclose(prob.numpy(), 1 - p, rtol=1e-6)
+    np.testing.assert_allclose(log_prob.numpy(), np.log(1 - p), rtol=1e-5, atol=1e-7)
     assert logit[:3].max() < 0 < logit[3:].min()  # toxic texts negative, clean positive
 
 

@@ -97,7 +97,8 @@ class RewardConfig:
     ] = "profanity"
     model: str | None = None  # classifier: hub id or folder; callable: "module:function"; relevance: embedder
     label: str = "nothate"  # classifier: the label whose logit/probability is the reward, by name
-    output: Literal["logit", "probability"] = "logit"
+    # logit: unbounded (the lab's); probability; log_probability: <= 0, aimed at the toxic tail (rewards.py)
+    output: Literal["logit", "probability", "log_probability"] = "logit"
     text: Literal["response", "prompt+response"] = "response"
     batch_size: int = 16
     max_length: int | None = None  # None: the classifier's own maximum
@@ -328,6 +329,8 @@ class DataConfig:
     score_field: str | None = None  # a numeric field to filter on, e.g. "prompt.toxicity" (RTP)
     min_score: float | None = None  # keep rows whose score_field >= min_score (null scores dropped)
     max_examples: int | None = None  # cap on prompts kept from source, after filters and shuffle
+    # more training prompts (same fields and filters), never a held-out text: a larger pool to train on
+    extra_sources: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         template = Check(lambda v: isinstance(v, str) and "{text}" in v, "a text holding '{text}'",
@@ -336,7 +339,7 @@ class DataConfig:
             "source": TEXT, "split": TEXT, "text_field": TEXT, "reference_field": optional(TEXT),
             "template": template, "min_chars": count(0), "max_chars": optional(count(max(1, self.min_chars))),
             "eval_fraction": FRACTION, "eval_source": optional(TEXT), "score_field": optional(TEXT),
-            "min_score": optional(FINITE), "max_examples": optional(count(1)),
+            "min_score": optional(FINITE), "max_examples": optional(count(1)), "extra_sources": TEXTS,
         })  # fmt: skip
         if self.min_score is not None and self.score_field is None:
             raise ConfigError(

@@ -35,7 +35,7 @@ TOXIC_LABEL_CANDIDATES = ("toxic", "hate", "offensive")
 PROFANITY_EPS = 1e-4
 
 TextMode = Literal["response", "prompt+response"]
-Output = Literal["logit", "probability"]
+Output = Literal["logit", "probability", "log_probability"]
 
 
 class Reward(Protocol):
@@ -63,14 +63,14 @@ def scored_texts(prompts: list[str], responses: list[str], text: TextMode) -> li
     return [p + r for p, r in zip(prompts, responses, strict=True)]
 
 
-def label_probabilities(classifier: Classifier, logits: torch.Tensor) -> torch.Tensor:
-    """(N, L) logits -> (N, L) probabilities the way the ``text-classification`` pipeline (and so the
-    ``evaluate`` toxicity measurement) turns them: sigmoid for multi-label or single-logit models,
-    softmax otherwise."""
+def label_probabilities(classifier: Classifier, logits: torch.Tensor, log: bool = False) -> torch.Tensor:
+    """(N, L) logits -> (N, L) probabilities (``log``: their logarithms, computed stably) the way the
+    ``text-classification`` pipeline (and so the ``evaluate`` toxicity measurement) turns them: sigmoid
+    for multi-label or single-logit models, softmax otherwise."""
     config = classifier.model.config
     if config.problem_type == "multi_label_classification" or logits.shape[-1] == 1:
-        return torch.sigmoid(logits)
-    return torch.softmax(logits, dim=-1)
+        return torch.nn.functional.logsigmoid(logits) if log else torch.sigmoid(logits)
+    return torch.log_softmax(logits, dim=-1) if log else torch.softmax(logits, dim=-1)
 
 
 # ---- rewards --------------------------------------------------------------------------------------
@@ -78,7 +78,10 @@ def label_probabilities(classifier: Classifier, logits: torch.Tensor) -> torch.T
 
 @dataclass(frozen=True)
 class ClassifierReward:
-    """The logit (default, as in the lab) or probability of one label of a sequence classifier."""
+    """The logit (default, as in the lab), probability or log-probability of one label of a sequence
+    classifier. The log-probability of a clean label is bounded above by 0: text already clean earns
+    about 0 whatever its margin, so the gradient goes to the toxic samples, and the KL-regularised optimum
+    pi_ref(y) P(clean | y)^(1 / kl_coef) keeps the reference where it is clean (Korbak et al. 2022)."""
 
     classifier: Classifier
     label: str
@@ -91,7 +94,10 @@ class ClassifierReward:
         index = self.classifier.label_index(self.label)  # by name: raises listing the labels
         texts = scored_texts(prompts, responses, self.text)
         logits = self.classifier.logits(texts, self.batch_size, self.max_length)  # (B, L), no_grad inside
-        values = logits if self.output == "logit" else label_probabilities(self.classifier, logits)
+        if self.output == "logit":
+            values = logits
+        else:
+            values = label_probabilities(self.classifier, logits, log=self.output == "log_probability")
         return values[:, index].float().cpu()
 
 
@@ -99,7 +105,8 @@ class ClassifierReward:
 class ProfanityReward:
     """profanity-check (a calibrated linear SVM, offline). With p = P(offensive):
     ``logit`` (default) -> log((1 - p) / p), the log-odds of clean, on the same scale as a classifier
-    logit and still informative near p = 0 or 1 where 1 - p saturates; ``probability`` -> 1 - p."""
+    logit and still informative near p = 0 or 1 where 1 - p saturates; ``probability`` -> 1 - p;
+    ``log_probability`` -> log(1 - p)."""
 
     output: Output = "logit"
     text: TextMode = "response"
@@ -110,8 +117,8 @@ class ProfanityReward:
             PROFANITY_EPS,
             1 - PROFANITY_EPS,
         )
-        values = np.log1p(-p) - np.log(p) if self.output == "logit" else 1.0 - p
-        return torch.as_tensor(values, dtype=torch.float32)
+        values = {"logit": np.log1p(-p) - np.log(p), "probability": 1.0 - p, "log_probability": np.log1p(-p)}
+        return torch.as_tensor(values[self.output], dtype=torch.float32)
 
 
 @dataclass(frozen=True)
