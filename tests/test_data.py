@@ -260,6 +260,17 @@ def test_eval_source_is_held_out_and_removed_from_train(tmp_path):
     assert ps.dropped == {"also in eval_source": 2}
 
 
+def test_extra_sources_join_training_without_any_held_out_or_repeated_text(tmp_path):
+    src = write_jsonl(tmp_path / "main.jsonl", numbered(10))  # split: texts 0..7 train, 8 and 9 held out
+    extra = write_jsonl(tmp_path / "extra.jsonl", numbered(14)[6:])  # texts 6..13: 6, 7 trained, 8, 9 held
+    ps = load_prompts(config(src, text_field="prompt.text", extra_sources=(str(extra),)))
+    assert [e.text for e in ps.eval] == ["text 8", "text 9"]  # the split is the main source's alone
+    assert [e.text for e in ps.train] == [f"text {i}" for i in (*range(8), 10, 11, 12, 13)]
+    assert ps.dropped == {"extra source text already held out or trained on": 4}
+    only_main = load_prompts(config(src, text_field="prompt.text"))
+    assert only_main.eval == ps.eval
+
+
 def test_score_filter_drops_null_and_low_scores(tmp_path):
     records = numbered(10)
     records[9]["prompt"]["toxicity"] = None

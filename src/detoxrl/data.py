@@ -11,7 +11,8 @@ package). ``load_prompts`` does, in this order:
 3. shuffle with ``shuffle_seed`` (None keeps the source's order), cap at ``max_examples``;
 4. split: the last ``ceil(eval_fraction * n)`` rows are held out, as ``datasets``'
    ``train_test_split(shuffle=False)`` does (the lab's 8,017 / 2,005), or all of ``eval_source``
-   is held out and its texts are removed from the training rows;
+   is held out and its texts are removed from the training rows; then the rows of ``extra_sources``
+   (read, filtered and shuffled alike) join the training rows, less any held-out or repeated text;
 5. apply ``template`` to each text.
 """
 
@@ -31,6 +32,7 @@ from detoxrl.config import DataConfig
 from detoxrl.errors import DataError
 
 BUILTIN_DIR = Path(__file__).parent / "prompts"
+REPEATED_EXTRA = "extra source text already held out or trained on"
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 
 
@@ -321,6 +323,23 @@ def _example(row: _Row, template: str) -> Example:
     return Example(template.replace("{text}", row.text), row.reference)
 
 
+def _extra_rows(config: DataConfig, taken: set[str], dropped: dict[str, int]) -> list[_Row]:
+    """Step 4b: the rows of ``extra_sources`` (read, filtered and shuffled as the main source) whose text is
+    neither held out nor already a training prompt, in source order."""
+    out: list[_Row] = []
+    for source in config.extra_sources:
+        rows, _, _ = _collect(source, config.split, config)
+        if config.shuffle_seed is not None:
+            random.Random(config.shuffle_seed).shuffle(rows)
+        for row in rows:
+            if row.text in taken:
+                dropped[REPEATED_EXTRA] = dropped.get(REPEATED_EXTRA, 0) + 1
+                continue
+            taken.add(row.text)
+            out.append(row)
+    return out
+
+
 def load_prompts(config: DataConfig) -> PromptSet:
     """Read, filter, dedupe, shuffle, split and template the prompts of ``config.source``."""
     rows, read, dropped = _collect(config.source, config.split, config)
@@ -339,6 +358,7 @@ def load_prompts(config: DataConfig) -> PromptSet:
     if config.eval_source is None:
         n_eval = split_count(len(rows), config.eval_fraction)
         rows, eval_rows = rows[: len(rows) - n_eval], rows[len(rows) - n_eval :]
+    rows += _extra_rows(config, {r.text for r in rows} | {r.text for r in eval_rows}, dropped)
     if not rows:
         raise DataError(f"No training prompts left from '{config.source}' after the held-out split.")
     train = [_example(r, config.template) for r in rows]
