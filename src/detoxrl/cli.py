@@ -172,6 +172,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         format_table,
         qualitative_rows,
         save_evaluation,
+        tail_of,
     )
     from detoxrl.models import attach_adapter, check_adapter, load_policy, resolve_source
     from detoxrl.rewards import build_evaluator, build_reward
@@ -211,6 +212,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print("\n\n".join(format_metrics(r, config.confidence) for r in (before, after) if r is not None))
     if comparison is not None:
         print("\n" + format_comparison(comparison))
+    tail = tail_of(before, after, comparison)
+    if tail is not None:
+        from detoxrl.report import md_table
+
+        print("\nthe tail over k samples per prompt:\n" + md_table(*tail))
     print("\n" + format_table(qualitative_rows(before, after), limit=args.show))
     print("\nwrote " + ", ".join(str(p) for p in paths))
     return 0

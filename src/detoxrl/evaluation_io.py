@@ -23,6 +23,7 @@ from detoxrl.evaluation import (
     MetricValue,
     SampleRecord,
 )
+from detoxrl.tail import tail_table
 
 
 def _num(x: float | None) -> float | None:
@@ -272,6 +273,8 @@ def format_metrics(result: EvalResult, confidence: float) -> str:
         f"(seed {result.seed}); {confidence:.0%} intervals over prompts"
     ]
     for name, m in result.metrics.items():
+        if "@" in name:  # the tail below K samples: tail.tail_table
+            continue
         lines.append(f"  {name:<58} {m.value:>9.4f}  {_interval(m.ci_low, m.ci_high)}")
     return "\n".join(lines)
 
@@ -281,7 +284,7 @@ def format_comparison(comparison: Comparison) -> str:
         f"{comparison.after_label} vs {comparison.before_label}: paired over {comparison.n_prompts} "
         f"prompts x {comparison.samples_per_prompt} samples, {comparison.confidence:.0%} intervals"
     ]
-    for d in comparison.deltas:
+    for d in (d for d in comparison.deltas if "@" not in d.name):
         rel = "" if d.relative is None else f" ({d.relative.value:+.1%})"
         lines.append(
             f"  {d.name:<52} {d.before:>8.4f} -> {d.after:>8.4f}  delta {d.delta.value:+.4f}{rel} "
@@ -308,3 +311,16 @@ def save_evaluation(
     paths.append(write_table_csv(rows, out / "table.csv"))
     (out / "table.md").write_text(table_markdown(rows))
     return [*paths, out / "table.md"]
+
+
+def tail_of(
+    before: EvalResult, after: EvalResult | None = None, comparison: Comparison | None = None
+) -> tuple[list[str], list[list[str]]] | None:
+    """The tail table (tail.tail_table) of an evaluation with k > 1 samples per prompt, else None."""
+    if before.samples_per_prompt == 1:
+        return None
+    return tail_table(
+        result_to_dict(before),
+        None if after is None else result_to_dict(after),
+        None if comparison is None else comparison_to_dict(comparison),
+    )

@@ -20,6 +20,7 @@ import numpy as np
 
 from detoxrl.config import GROUP_SIZE
 from detoxrl.errors import DetoxError
+from detoxrl.tail import has_tail, plot_tail, tail_table
 
 TOXIC = 0.5  # the threshold of the 'share toxic' and RealToxicityPrompts figures
 
@@ -73,7 +74,7 @@ def per_prompt_toxicity(result: dict[str, Any], evaluator: str) -> np.ndarray:
 # ---- plots ---------------------------------------------------------------------------------------
 
 
-def _figure_png(fig: Any) -> bytes:
+def figure_png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -103,7 +104,7 @@ def plot_training(metrics: list[dict[str, Any]]) -> bytes | None:
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 def plot_distributions(before: dict[str, Any], after: dict[str, Any]) -> bytes:
@@ -122,7 +123,7 @@ def plot_distributions(before: dict[str, Any], after: dict[str, Any]) -> bytes:
         ax.set_title(f"toxicity by {name}")
         ax.set_xlabel("P(toxic)")
         ax.legend()
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 def plot_per_prompt(before: dict[str, Any], after: dict[str, Any]) -> bytes:
@@ -140,7 +141,7 @@ def plot_per_prompt(before: dict[str, Any], after: dict[str, Any]) -> bytes:
         ax.set_title(f"{name}: {int((y < x).sum())} better, {int((y > x).sum())} worse")
         ax.set_xlabel("toxicity before")
         ax.set_ylabel("toxicity after")
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 QUALITY_SHARES = (
@@ -182,7 +183,7 @@ def plot_quality(before: dict[str, Any], after: dict[str, Any]) -> bytes | None:
     ax.set_ylim(0, 1.05)
     ax.set_title("evasion and degeneration (lower is better, but relevance and distinct-n: higher)")
     ax.legend()
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 def plot_training_quality(metrics: list[dict[str, Any]]) -> bytes | None:
@@ -203,7 +204,7 @@ def plot_training_quality(metrics: list[dict[str, Any]]) -> bytes | None:
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 # ---- report.md and report.html -------------------------------------------------------------------
@@ -214,9 +215,12 @@ def _ci(low: float | None, high: float | None) -> str:
 
 
 def comparison_rows(comparison: dict[str, Any]) -> list[list[str]]:
-    """figure | before | after | delta | CI | relative | verdict, one row per figure."""
+    """figure | before | after | delta | CI | relative | verdict, one row per figure (the tail's figures
+    below K samples are in the tail table)."""
     rows = []
     for d in comparison["deltas"]:
+        if "@" in d["name"]:
+            continue
         rel = "—" if d.get("relative") is None else f"{100 * d['relative']:+.1f}%"
         ci = _ci(d.get("ci_low"), d.get("ci_high"))
         rows.append(
@@ -252,11 +256,33 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([*lines, *("| " + " | ".join(cell(c) for c in r) + " |" for r in rows)])
 
 
-def _qualitative(files: RunFiles, limit: int = 12) -> tuple[list[str], list[list[str]]]:
+def _qualitative(files: RunFiles, limit: int = 12, drawn: bool = False) -> tuple[list[str], list[list[str]]]:
+    """The table's first ``limit`` rows (the largest reward gains), or ``drawn``: ``limit`` rows drawn at
+    random (a fixed seed), in table order, so a reader sees the typical answer, not only the best."""
     if not files.table:
         return [], []
     cols = [c for c in files.table[0] if c in TABLE_COLUMNS or c.startswith("toxicity")]
-    return cols, [[str(r.get(c, "")) for c in cols] for r in files.table[:limit]]
+    chosen = files.table[:limit]
+    if drawn:
+        picked = np.random.default_rng(0).choice(
+            len(files.table), min(limit, len(files.table)), replace=False
+        )
+        chosen = [files.table[i] for i in sorted(picked)]
+    return cols, [[str(r.get(c, "")) for c in cols] for r in chosen]
+
+
+def _tail_section(files: RunFiles) -> tuple[str, list[str], list[list[str]]] | None:
+    """The tail over k samples (evaluations with k > 1): its explanation, header and rows."""
+    if not has_tail(files.before):
+        return None
+    header, rows = tail_table(files.before, files.after, files.comparison)
+    k = files.before["samples_per_prompt"]
+    text = (
+        f"Toxicity probability (the share of prompts with at least one toxic sample) and expected maximum "
+        f"toxicity at k samples per prompt, read off all k-subsets of the same {k} samples; paired "
+        "intervals of the delta. A gain that shrinks as k grows left rare toxic samples behind."
+    )
+    return text, header, rows
 
 
 def _config_line(config: dict[str, Any]) -> str:
@@ -286,6 +312,7 @@ def plots(files: RunFiles) -> dict[str, bytes]:
         "toxicity_distributions": plot_distributions(files.before, files.after),
         "toxicity_per_prompt": plot_per_prompt(files.before, files.after),
         "quality": plot_quality(files.before, files.after),
+        "toxicity_tail": plot_tail(files.before, files.after) if has_tail(files.before) else None,
     }
     return {name: png for name, png in candidates.items() if png is not None}
 
@@ -299,19 +326,26 @@ def _method(files: RunFiles) -> str:
     )
 
 
+TOP, DRAWN = "Sorted by reward gain", "Drawn at random (seed 0), in prompt order"
+
+
 def build_markdown(files: RunFiles, images: dict[str, str]) -> str:
-    cols, rows = _qualitative(files)
+    (cols, rows), (_, drawn) = _qualitative(files), _qualitative(files, 6, drawn=True)
+    tail = _tail_section(files)
     parts = [
         "# detoxrl run report",
         f"**{files.summary.get('verdict', 'no verdict recorded')}**",
         _config_line(files.config) + ".",
         f"## Before vs after\n\n{_method(files)}",
         md_table(COMPARISON_HEADER, comparison_rows(files.comparison)),
+        *([] if tail is None else ["## The tail over k samples", tail[0], md_table(tail[1], tail[2])]),
         "## Plots",
         *(f"![{name}]({src})" for name, src in images.items()),
         "## Responses before and after",
-        f"Sorted by reward gain; all {len(files.table)} rows are in comparison.csv.",
+        f"{TOP}; all {len(files.table)} rows are in comparison.csv.",
         md_table(cols, rows) if rows else "(no table)",
+        f"{DRAWN}: the typical answer.",
+        md_table(cols, drawn) if drawn else "(no table)",
     ]
     return "\n\n".join(parts) + "\n"
 
@@ -341,8 +375,11 @@ def _img(name: str, png: bytes) -> str:
 
 
 def build_html(files: RunFiles, pngs: dict[str, bytes]) -> str:
-    cols, rows = _qualitative(files)
+    (cols, rows), (_, drawn) = _qualitative(files), _qualitative(files, 6, drawn=True)
     verdict = html.escape(str(files.summary.get("verdict", "no verdict recorded")))
+    tail = _tail_section(files)
+    tail_html = [] if tail is None else ["<h2>The tail over k samples</h2>", f"<p>{html.escape(tail[0])}</p>",
+                                         _html_table(tail[1], tail[2])]  # fmt: skip
     body = [
         "<h1>detoxrl run report</h1>",
         f"<p class='verdict'>{verdict}</p>",
@@ -350,11 +387,14 @@ def build_html(files: RunFiles, pngs: dict[str, bytes]) -> str:
         "<h2>Before vs after</h2>",
         f"<p>{html.escape(_method(files))}</p>",
         _html_table(COMPARISON_HEADER, comparison_rows(files.comparison)),
+        *tail_html,
         "<h2>Plots</h2>",
         *(_img(name, png) for name, png in pngs.items()),
         "<h2>Responses before and after</h2>",
-        f"<p>Sorted by reward gain; all {len(files.table)} rows are in comparison.csv.</p>",
+        f"<p>{TOP}; all {len(files.table)} rows are in comparison.csv.</p>",
         _html_table(cols, rows) if rows else "",
+        f"<p>{DRAWN}: the typical answer.</p>",
+        _html_table(cols, drawn) if drawn else "",
     ]
     head = f"<meta charset='utf-8'><title>detoxrl report</title><style>{CSS}</style>"
     return f"<!doctype html><html><head>{head}</head><body>{''.join(body)}</body></html>\n"

@@ -248,6 +248,11 @@ def verdict_line(comparison: dict[str, Any], metrics: list[dict[str, Any]], seco
 
     toxicity = [(name.split("/")[1], d) for name, d in deltas.items() if name.startswith("toxicity/")]
     parts = [fmt(d, f"toxicity[{evaluator}]") for evaluator, d in toxicity if d["name"].endswith("/mean")]
+    k = comparison.get("samples_per_prompt", 1)
+    if k > 1:  # the RealToxicityPrompts headline: a prompt is toxic when one of its k samples is
+        label = f"toxicity probability at k={k}"
+        ends = "/toxicity_probability"
+        parts += [fmt(d, f"{label}[{evaluator}]") for evaluator, d in toxicity if d["name"].endswith(ends)]
     if metrics and "objective/kl" in metrics[-1]:  # not measured: a critic-free run without a KL term
         parts.append(f"KL {metrics[-1]['objective/kl']:.2f} nats")
     figures = {
