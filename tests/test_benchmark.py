@@ -71,7 +71,8 @@ def test_benchmark_base_vs_adapter_end_to_end(
     )
     assert {"quality/perplexity", "quality/distinct_3", "quality/evasion_rate"} <= set(base)
     assert "quality/relevance" not in base  # --no-relevance
-    deltas = {d["name"]: d for d in data["deltas"]}
+    assert [c["label"] for c in data["comparisons"]] == [f"{tiny_causal_dir} + {adapter_dir}"]
+    deltas = {d["name"]: d for d in data["comparisons"][0]["deltas"]}
     assert set(deltas) == set(base) and all(d["ci_low"] <= d["value"] <= d["ci_high"] for d in deltas.values()
                                              if d["ci_low"] is not None)  # fmt: skip
     after = json.loads((out / "after.json").read_text())
@@ -86,6 +87,29 @@ def test_benchmark_base_vs_adapter_end_to_end(
     assert [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")][1:] == [
         "| 1", "| 2", "| 3", "| per sample"
     ]  # fmt: skip
+
+
+def test_best_of_n_is_a_baseline_row_of_the_base_behind_a_guard(
+    tiny_causal_dir: Path, prompt_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--model", str(tiny_causal_dir), "--prompts", str(prompt_file), "--n", "6",
+            "--k", "2", "--evaluator", "profanity", "--best-of", "3", "--guard", "profanity", "--resamples",
+            "200", "--no-relevance", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "[2/2]" in capsys.readouterr().out
+    data = json.loads((out / "benchmark.json").read_text())
+    label = f"{tiny_causal_dir}, best of 3 by profanity"
+    assert list(data["results"]) == [str(tiny_causal_dir), label] and data["best_of"] == 3
+    base = [
+        s["toxicity"]["profanity-check"] for s in json.loads((out / "before.json").read_text())["samples"]
+    ]
+    best = [
+        s["toxicity"]["profanity-check"] for s in json.loads((out / "best_of_3.json").read_text())["samples"]
+    ]
+    assert all(b <= a for a, b in zip(base, best, strict=True)) and sum(best) < sum(base)
+    assert "delta vs base [CI]: " + label in (out / "benchmark.md").read_text()
+    assert main([*argv[:-2], "--guard", "profanity", "--best-of", "1", "--out", str(out)]) == 2  # guard, no n
 
 
 def test_a_scorer_model_with_the_same_tokenizer_scores_perplexity(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from detoxrl.cli import main
@@ -31,6 +32,21 @@ def test_generate_on_local_folders_is_reproducible(
     second = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["prompt"] for r in first] == ["you are a", "what a lovely day"]
     assert first == second  # same seed, same responses
+
+
+def test_generate_best_of_n_answers_no_more_toxic_than_plain_sampling(
+    tiny_causal_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from detoxrl.rewards import profanity_probabilities
+
+    prompts = [f"you are a {w}" for w in ("kind", "dumb", "big", "real", "true", "bad")]
+    argv = ["generate", "--model", str(tiny_causal_dir), "--max-new-tokens", "6", "--json", *prompts]
+    assert main(argv) == 0
+    plain = [json.loads(line)["response"] for line in capsys.readouterr().out.splitlines()]
+    assert main([*argv, "--best-of", "4", "--guard", "profanity"]) == 0
+    guarded = [json.loads(line)["response"] for line in capsys.readouterr().out.splitlines()]
+    assert np.all(profanity_probabilities(guarded) <= profanity_probabilities(plain))  # candidate 0 is plain
+    assert guarded != plain
 
 
 def test_generate_reads_prompts_from_a_jsonl_field(

@@ -75,6 +75,35 @@ def test_sampling_is_seeded_and_records_are_prompt_major(causal) -> None:
     assert any(a.records[2 * p].response != a.records[2 * p + 1].response for p in range(5))  # k seeds differ
 
 
+def test_least_toxic_picks_each_prompts_cleanest_candidate_by_hand() -> None:
+    from detoxrl.generate import Responses, least_toxic
+
+    def responses(tag: str) -> Responses:
+        return Responses(
+            [torch.tensor([1])] * 3, [torch.tensor([i]) for i in range(3)], [f"{tag}{i}" for i in range(3)]
+        )
+
+    toxicity = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.5]])  # (n=2 candidates, B=3 prompts)
+    assert least_toxic([responses("a"), responses("b")], toxicity).texts == [
+        "b0",
+        "a1",
+        "a2",
+    ]  # ties: the first
+
+
+def test_best_of_n_keeps_each_samples_cleanest_candidate_and_candidate_0_is_plain_sampling(causal) -> None:
+    plain = run(causal, seed=3)
+    config = dataclasses.replace(CONFIG, best_of=4, guard="words")
+    with pytest.raises(ValueError, match="needs a guard"):
+        run(causal, seed=3, config=config)
+    guarded = run(causal, seed=3, config=config, guard=WordScorer())
+    before = np.array([r.toxicity["words"] for r in plain.records])
+    after = np.array([r.toxicity["words"] for r in guarded.records])
+    assert np.all(after <= before) and after.sum() < before.sum()  # never worse than its candidate 0
+    changed = [a.response != b.response for a, b in zip(plain.records, guarded.records, strict=True)]
+    assert any(changed) and not all(changed)
+
+
 def test_figures_match_the_records(causal) -> None:
     result = run(causal, reward=length_reward)
     tox = np.array([r.toxicity["words"] for r in result.records]).reshape(5, 2)

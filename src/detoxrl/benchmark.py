@@ -14,6 +14,7 @@ interval over prompts (the same prompts and sampling seeds before and after).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from detoxrl.engine import Engine
 from detoxrl.errors import DetoxError
 from detoxrl.evaluation import Comparison, EvalResult, NLLFn
 
-SCHEMA = "detoxrl.benchmark/1"
+SCHEMA = "detoxrl.benchmark/2"
 TOXICITY_FIGURES = ("expected_max_toxicity", "toxicity_probability")
 QUALITY_FIGURES = (
     "perplexity", "distinct_1", "distinct_2", "distinct_3", "evasion_rate", "relevance", "mean_length",
@@ -68,6 +69,8 @@ class BenchmarkSpec:
     batch_size: int = 64
     resamples: int = 2000
     dtype: Dtype = "float32"
+    best_of: int = 1  # > 1: also the base behind a best-of-n guard (a decoding-time baseline for RL)
+    guard: str | None = None  # the classifier that picks the least toxic of n candidates
 
 
 def eval_config(spec: BenchmarkSpec) -> EvalConfig:
@@ -106,15 +109,28 @@ def _scorer_nll(spec: BenchmarkSpec, policy: Any, engine: Engine) -> NLLFn | Non
     return reference_nll(engine, scorer.model, scorer.tokenizer, is_encoder_decoder=False)
 
 
-def measure_models(
-    spec: BenchmarkSpec, engine: Engine
-) -> tuple[EvalResult, EvalResult | None, Comparison | None]:
-    """The base model (and base + adapter) under the protocol, paired, run by ``engine``."""
+@dataclass(frozen=True)
+class Measured:
+    """The base model under the protocol, and each other policy (base + adapter, the base behind a
+    best-of-n guard) with its comparison to the base, paired over the same prompts and seeds."""
+
+    base: EvalResult
+    adapter: tuple[EvalResult, Comparison] | None = None
+    guarded: tuple[EvalResult, Comparison] | None = None  # the base, each sample the best of n
+
+    @property
+    def others(self) -> tuple[tuple[EvalResult, Comparison], ...]:
+        return tuple(x for x in (self.adapter, self.guarded) if x is not None)
+
+
+def measure_models(spec: BenchmarkSpec, engine: Engine) -> Measured:
+    """The base model, base + adapter and the base behind the best-of-n guard (as ``spec`` asks) under
+    the protocol, each paired with the base, run by ``engine``."""
     from detoxrl.data import read_texts
     from detoxrl.embeddings import build_quality
     from detoxrl.evaluation import compare, evaluate, reference_nll
     from detoxrl.models import attach_adapter, load_policy
-    from detoxrl.rewards import build_evaluator
+    from detoxrl.rewards import build_evaluator, resolve_evaluator_specs
 
     config = eval_config(spec)
     prompts, _ = read_texts(spec.prompts, spec.prompt_field, None, config.num_prompts)
@@ -123,26 +139,31 @@ def measure_models(
     device = engine.device
     policy = load_policy(PolicyConfig(model=spec.model, dtype=spec.dtype), device)
     evaluators = [build_evaluator(s, device) for s in config.evaluators]
+    guard = build_evaluator(resolve_evaluator_specs([spec.guard])[0], device) if spec.guard else None
     quality = build_quality(QualityConfig(relevance=spec.relevance), device)
     scorer = _scorer_nll(spec, policy, engine)
     tok, enc_dec = policy.tokenizer, policy.is_encoder_decoder
-
-    def run(model: Any, label: str, disable_adapter: bool) -> EvalResult:
-        nll = scorer or reference_nll(engine, model, tok, is_encoder_decoder=enc_dec,
-                                      disable_adapter=disable_adapter)  # fmt: skip
-        return evaluate(model, tok, prompts, config, evaluators, is_encoder_decoder=enc_dec, reference=nll,
-                        seed=spec.seed, chat_template=spec.protocol.chat_template, label=label,
-                        quality=quality, engine=engine)  # fmt: skip
-
-    size, passes = f"{len(prompts)} prompts x {config.samples_per_prompt} samples", 2 if spec.adapter else 1
-    print(f"[1/{passes}] {spec.model}: {size}", flush=True)  # minutes each on a CPU: say what runs
-    before = run(policy.model, spec.model, disable_adapter=False)
-    if not spec.adapter:
-        return before, None, None
-    print(f"[2/2] {spec.model} + {spec.adapter}: {size}", flush=True)
-    model = attach_adapter(policy, PolicyConfig(model=spec.model, adapter=spec.adapter))
-    after = run(model, f"{spec.model} + {spec.adapter}", disable_adapter=True)
-    return before, after, compare(before, after, config)
+    # (model, label, adapter, best of n); the adapter last: attaching it changes the base model in place
+    runs: list[tuple[Any, str, bool, int]] = [(policy.model, spec.model, False, 1)]
+    if spec.best_of > 1:
+        label = f"{spec.model}, best of {spec.best_of} by {spec.guard}"
+        runs.append((policy.model, label, False, spec.best_of))
+    if spec.adapter:
+        runs.append((None, f"{spec.model} + {spec.adapter}", True, 1))
+    size, results = f"{len(prompts)} prompts x {config.samples_per_prompt} samples", []
+    for i, (model, label, adapter, best_of) in enumerate(runs, start=1):
+        each = f", each the best of {best_of}" if best_of > 1 else ""
+        print(f"[{i}/{len(runs)}] {label}: {size}{each}", flush=True)  # minutes each on a CPU: say what runs
+        if adapter:  # attached after the base ran, so that the base is measured without it
+            model = attach_adapter(policy, PolicyConfig(model=spec.model, adapter=spec.adapter))
+        nll = scorer or reference_nll(engine, model, tok, is_encoder_decoder=enc_dec, disable_adapter=adapter)
+        run_config = dataclasses.replace(config, best_of=best_of, guard=spec.guard if best_of > 1 else None)
+        results.append(evaluate(model, tok, prompts, run_config, evaluators, is_encoder_decoder=enc_dec,
+                                reference=nll, seed=spec.seed, chat_template=spec.protocol.chat_template,
+                                label=label, quality=quality, engine=engine, guard=guard))  # fmt: skip
+    base, paired = results[0], [(r, compare(results[0], r, config)) for r in results[1:]]
+    guarded = paired.pop(0) if spec.best_of > 1 else None
+    return Measured(base, paired[0] if paired else None, guarded)
 
 
 def headline_names(result: EvalResult) -> list[str]:
@@ -158,35 +179,38 @@ def _figure(value: float, low: float | None, high: float | None) -> dict[str, fl
     return {"value": value, "ci_low": low, "ci_high": high}
 
 
-def summary(
-    spec: BenchmarkSpec, before: EvalResult, after: EvalResult | None, comp: Comparison | None
-) -> dict[str, Any]:
-    """benchmark.json: the protocol, the scorer model, and the headline figures with their intervals."""
-    names = headline_names(before)
+def summary(spec: BenchmarkSpec, measured: Measured) -> dict[str, Any]:
+    """benchmark.json: the protocol, the scorer model, the headline figures of each policy with their
+    intervals, and each policy's paired deltas against the base."""
+    names = headline_names(measured.base)
+    policies = [measured.base, *(r for r, _ in measured.others)]
     results = {
         r.label: {n: _figure(r.metrics[n].value, r.metrics[n].ci_low, r.metrics[n].ci_high) for n in names}
-        for r in (before, after)
-        if r is not None
+        for r in policies
     }
-    deltas = [
-        {"name": d.name, "before": d.before, "after": d.after, "assessment": d.assessment,
-         **_figure(d.delta.value, d.delta.ci_low, d.delta.ci_high)}
-        for d in (comp.deltas if comp else ())
-        if d.name in names
+    comparisons = [
+        {"label": r.label, "deltas": [
+            {"name": d.name, "before": d.before, "after": d.after, "assessment": d.assessment,
+             **_figure(d.delta.value, d.delta.ci_low, d.delta.ci_high)}
+            for d in comp.deltas if d.name in names
+        ]}
+        for r, comp in measured.others
     ]  # fmt: skip
-    protocol = {**dataclasses.asdict(spec.protocol), "n_prompts_read": len(before.prompts)}
+    protocol = {**dataclasses.asdict(spec.protocol), "n_prompts_read": len(measured.base.prompts)}
     return {
         "schema": SCHEMA,
         "protocol": {**protocol, "description": spec.protocol.describe()},
         "fluency": scorer_description(spec),
         "model": spec.model,
         "adapter": spec.adapter,
+        "best_of": spec.best_of,
+        "guard": spec.guard,
         "prompts": str(spec.prompts),
-        "evaluators": list(before.evaluators),
+        "evaluators": list(measured.base.evaluators),
         "seed": spec.seed,
-        "confidence": before.config.get("confidence"),
+        "confidence": measured.base.config.get("confidence"),
         "results": results,
-        "deltas": deltas,
+        "comparisons": comparisons,
     }
 
 
@@ -199,23 +223,25 @@ def _cell(figure: dict[str, float | None], signed: bool = False) -> str:
     return text if low is None or high is None else f"{text} [{low:.4f}, {high:.4f}]"
 
 
-def markdown(data: dict[str, Any], tail: tuple[list[str], list[list[str]]] | None = None) -> str:
-    """benchmark.md (and the terminal output): the protocol, then one row per figure, then the ``tail``
-    table (tail.tail_table) where there is one."""
+Table = tuple[list[str], list[list[str]]]
+
+
+def markdown(data: dict[str, Any], tails: Sequence[tuple[str, Table]] = ()) -> str:
+    """benchmark.md (and the terminal output): the protocol, then one row per figure (each policy's value,
+    then each comparison's delta with its interval and verdict), then each comparison's ``tails`` table
+    (tail.tail_table)."""
+    from detoxrl.report import md_table
+
     labels = list(data["results"])
-    deltas = {d["name"]: d for d in data["deltas"]}
-    header = ["figure", *labels] + (["delta [CI]", "verdict"] if deltas else [])
+    comparisons = [(c["label"], {d["name"]: d for d in c["deltas"]}) for c in data["comparisons"]]
+    header = ["figure", *labels, *(f"delta vs base [CI]: {label}" for label, _ in comparisons)]
     rows = []
     for name in (n for n in data["results"][labels[0]] if "@" not in n):
         cells = [name, *(_cell(data["results"][label][name]) for label in labels)]
-        d = deltas.get(name)
-        if d is not None:
-            cells += [_cell(d, signed=True), d["assessment"]]
-        elif deltas:
-            cells += ["—", "—"]
+        for _, deltas in comparisons:
+            d = deltas.get(name)
+            cells.append("—" if d is None else f"{_cell(d, signed=True)} {d['assessment']}")
         rows.append(cells)
-    from detoxrl.report import md_table
-
     lines = [
         "# RealToxicityPrompts benchmark",
         f"**Protocol.** {data['protocol']['description']}. Prompts: `{data['prompts']}` "
@@ -224,24 +250,29 @@ def markdown(data: dict[str, Any], tail: tuple[list[str], list[list[str]]] | Non
         "over prompts (paired for deltas).",
         md_table(header, rows),
     ]
-    if tail is not None:
-        lines += [
-            "## The tail over k samples per prompt (all k-subsets of the same samples)",
-            md_table(*tail),
-        ]
+    for label, tail in tails:
+        lines += [f"## The tail over k samples per prompt: {label} (all k-subsets of the same samples)",
+                  md_table(*tail)]  # fmt: skip
     return "\n\n".join(lines) + "\n"
 
 
 def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, engine: Engine) -> tuple[str, list[Path]]:
     """Measure, then write before.json (after.json, comparison.json), the tables, benchmark.json and
     benchmark.md into ``out_dir``. Returns the Markdown (for the terminal) and the paths written."""
-    from detoxrl.evaluation_io import json_ready, save_evaluation, tail_of, write_json
+    from detoxrl.evaluation_io import json_ready, result_to_dict, save_evaluation, tail_of, write_json
 
-    before, after, comparison = measure_models(spec, engine)
+    measured = measure_models(spec, engine)
     out = Path(out_dir)
-    paths = save_evaluation(out, before, after, comparison)
-    data = json_ready(summary(spec, before, after, comparison))
+    paths = save_evaluation(out, measured.base, *(measured.adapter or ()))
+    if measured.guarded is not None:  # the guarded base's samples beside the others
+        paths.append(write_json(result_to_dict(measured.guarded[0]), out / f"best_of_{spec.best_of}.json"))
+    data = json_ready(summary(spec, measured))
     paths.append(write_json(data, out / "benchmark.json"))
-    text = markdown(data, tail_of(before, after, comparison))
+    tails = [
+        (r.label, tail) for r, c in measured.others if (tail := tail_of(measured.base, r, c)) is not None
+    ]
+    if not measured.others and (tail := tail_of(measured.base)) is not None:
+        tails = [(measured.base.label, tail)]
+    text = markdown(data, tails)
     (out / "benchmark.md").write_text(text)
     return text, [*paths, out / "benchmark.md"]

@@ -68,12 +68,15 @@ def _engine(args: argparse.Namespace) -> Engine:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from detoxrl.config import PolicyConfig, SamplingConfig
-    from detoxrl.generate import format_prompts, generate
+    from detoxrl.generate import format_prompts, generate_best_of
     from detoxrl.models import check_adapter, load_policy, resolve_source
+    from detoxrl.rewards import build_evaluator, resolve_evaluator_specs
 
     texts = _read_texts(args)  # before loading anything: a bad input fails in milliseconds
     if args.adapter:
         check_adapter(args.adapter, resolve_source(args.model), "--adapter")
+    _check_best_of(args)
+    guard = build_evaluator(resolve_evaluator_specs([args.guard])[0]) if args.guard else _no_guard
     settings = _flags(
         lambda: SamplingConfig(
             max_new_tokens=args.max_new_tokens, length_sampling="fixed", min_tokens=args.min_tokens,
@@ -88,15 +91,34 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         model = PeftModel.from_pretrained(model, args.adapter)
     prompts = format_prompts(policy.tokenizer, texts, not args.no_chat_template)
-    out = generate(
-        engine, model, policy.tokenizer, prompts, settings, seed=args.seed, batch_size=args.batch_size
-    )
+    out = generate_best_of(engine, model, policy.tokenizer, prompts, settings, guard, args.best_of,
+                           seed=args.seed, batch_size=args.batch_size)  # fmt: skip
     for text, response in zip(texts, out.texts, strict=True):
         if args.json:
             print(json.dumps({"prompt": text, "response": response}))
         else:
             print(f">>> {text}\n{response}\n")
     return 0
+
+
+def _check_best_of(args: argparse.Namespace) -> None:
+    if args.best_of < 1 or (args.best_of > 1) != bool(args.guard):
+        raise DetoxError(
+            f"--best-of {args.best_of} with --guard {args.guard!r}: best-of-n needs n >= 2 and the "
+            "classifier that picks (e.g. --best-of 4 --guard shared:minilm-toxicity); --guard goes with it."
+        )
+
+
+def _no_guard(texts: list[str]) -> Any:
+    raise AssertionError("best-of-n without a guard (_check_best_of refuses it)")
+
+
+def _add_best_of_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--best-of", type=int, default=1, metavar="N",
+                   help=f"{what}: each sample the least toxic of N by --guard")  # fmt: skip
+    p.add_argument(
+        "--guard", metavar="SPEC", help="the classifier of --best-of: SPEC[:toxic_label], shared:NAME"
+    )
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -317,8 +339,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                                                 chat_template=args.chat_template),
         evaluators=tuple(args.evaluators or _default_evaluators()), scorer_model=args.scorer_model,
         relevance=not args.no_relevance, seed=args.seed, batch_size=args.batch_size,
-        resamples=args.resamples, dtype=args.dtype,
+        resamples=args.resamples, dtype=args.dtype, best_of=args.best_of, guard=args.guard,
     )  # fmt: skip
+    _check_best_of(args)
     if args.adapter and not Path(args.adapter).exists():
         raise DetoxError(f"Adapter path '{args.adapter}' does not exist.")
     text, paths = run_benchmark(spec, args.out, _engine(args))
@@ -385,6 +408,7 @@ def _generate_parser(sub: Any) -> None:
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--batch-size", type=int, default=16)
+    _add_best_of_args(g, "a decoding-time guard")
     g.add_argument("--no-chat-template", action="store_true", help="send prompts as raw text")
     g.add_argument("--json", action="store_true", help="one JSON object per line")
     g.set_defaults(func=cmd_generate)
@@ -438,6 +462,7 @@ def _benchmark_parser(sub: Any) -> None:
     b.add_argument("--scorer-model", help="perplexity under this causal LM (same tokenizer as the policy)")
     b.add_argument("--chat-template", action="store_true", help="wrap prompts in the chat template (RTP: no)")
     b.add_argument("--no-relevance", action="store_true", help="skip the prompt-response relevance figure")
+    _add_best_of_args(b, "also measure the base behind a decoding-time guard")
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     b.add_argument("--seed", type=int, default=0)

@@ -366,6 +366,10 @@ class EvalConfig:
     confidence: float = 0.95
     perplexity: bool = True
     text: Literal["response", "prompt+response"] = "response"  # what evaluators score (RTP: the response)
+    # A decoding-time guard (a baseline for RL): each sample is the least toxic of best_of candidates by
+    # the classifier ``guard`` ("path[:toxic_label]", "profanity" or "shared:NAME"); 1: plain sampling
+    best_of: int = 1
+    guard: str | None = None
 
     def __post_init__(self) -> None:
         evaluators = Check(
@@ -374,7 +378,13 @@ class EvalConfig:
         )
         check(self, {"num_prompts": count(1), "samples_per_prompt": count(1), "evaluators": evaluators,
                      "batch_size": count(1), "bootstrap_resamples": count(1),
-                     "confidence": OPEN_UNIT})  # fmt: skip
+                     "confidence": OPEN_UNIT, "best_of": count(1), "guard": optional(TEXT)})  # fmt: skip
+        if self.best_of > 1 and self.guard is None:
+            raise ConfigError(
+                f"Config key 'eval.best_of' is {self.best_of} but eval.guard is not set: name the classifier "
+                "that picks the least toxic candidate (e.g. eval.guard=shared:minilm-toxicity), or set "
+                "eval.best_of=1."
+            )
 
 
 @dataclass(frozen=True)

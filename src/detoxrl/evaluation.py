@@ -23,7 +23,7 @@ from detoxrl.batch import make_batch
 from detoxrl.config import EvalConfig, from_dict
 from detoxrl.distributed import SINGLE, Topology
 from detoxrl.engine import Engine, select_engine
-from detoxrl.generate import Responses, eval_mode, format_prompts, generate
+from detoxrl.generate import Responses, eval_mode, format_prompts, generate_best_of
 from detoxrl.ppo import logprobs_from_logits
 from detoxrl.quality import QualityScorer, per_response
 from detoxrl.rewards import Reward, ToxicityScorer, scored_texts
@@ -204,12 +204,19 @@ def sample_passes(
     seed: int,
     chat_template: bool,
     first_batch: int = 0,
+    guard: ToxicityScorer | None = None,
 ) -> list[Responses]:
     """k passes over the prompts through the sampler that trained; pass j is seeded by
-    ``sample_seed(seed, j)``, its batches counted from ``first_batch``."""
+    ``sample_seed(seed, j)``, its batches counted from ``first_batch``. With ``config.best_of`` n > 1, each
+    pass draws n candidates (``candidate_seed``) and keeps each prompt's least toxic by ``guard``."""
     formatted = format_prompts(tokenizer, list(prompts), chat_template)
-    return [generate(engine, model, tokenizer, formatted, config.sampling, seed=sample_seed(seed, j),
-                     batch_size=config.batch_size, first_batch=first_batch)
+
+    def toxicity(texts: list[str]) -> np.ndarray:
+        assert guard is not None, "evaluate() checks that best-of-n has its guard"
+        return guard(scored_texts(list(prompts), texts, config.text))
+
+    return [generate_best_of(engine, model, tokenizer, formatted, config.sampling, toxicity, config.best_of,
+                             seed=sample_seed(seed, j), batch_size=config.batch_size, first_batch=first_batch)
             for j in range(config.samples_per_prompt)]  # fmt: skip
 
 
@@ -272,6 +279,7 @@ def evaluate(
     engine: Engine | None = None,
     quality: QualityScorer | None = TEXT_QUALITY,
     topology: Topology = SINGLE,
+    guard: ToxicityScorer | None = None,
 ) -> EvalResult:
     """Sample ``config.samples_per_prompt`` responses per prompt with fixed seeds and measure them.
 
@@ -287,12 +295,14 @@ def evaluate(
         raise ValueError("evaluate() needs at least one prompt.")
     if references is not None and len(references) != len(prompts):
         raise ValueError(f"Got {len(references)} references for {len(prompts)} prompts.")
+    if config.best_of > 1 and guard is None:
+        raise ValueError(f"eval.best_of={config.best_of} needs a guard classifier (evaluate(guard=...)).")
     engine = engine or select_engine("auto", next(model.parameters()).device)
     first, mine = share(len(prompts), config.batch_size, topology)
     records: tuple[SampleRecord, ...] = ()
     if mine.stop > mine.start:
         passes = sample_passes(engine, model, tokenizer, prompts[mine], config, seed=seed,
-                               chat_template=chat_template, first_batch=first)  # fmt: skip
+                               chat_template=chat_template, first_batch=first, guard=guard)  # fmt: skip
         records = measure(prompts[mine], passes, config, evaluators,
                           references=None if references is None else references[mine], reward=reward,
                           reference=reference, quality=quality)  # fmt: skip

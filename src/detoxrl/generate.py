@@ -6,11 +6,12 @@ Shapes: B prompts, T response tokens.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -93,6 +94,47 @@ def generate(
             limits = response_limits(settings, len(chunk))
             responses += sample(engine, model, chunk, limits, settings, stops, pad_id).responses()
     return Responses(prompt_ids, responses, decode(tokenizer, responses))
+
+
+def candidate_seed(seed: int, candidate: int) -> int:
+    """The sampling seed of best-of-n candidate c: ``seed`` itself for c = 0 (so candidate 0 is what plain
+    sampling draws), then seeds of their own, at least 1e5 from every pass's seed in the low 32 bits that
+    torch's CPU generator keeps (for c < 256)."""
+    return seed + candidate * 1_000_000_007
+
+
+def generate_best_of(
+    engine: Engine,
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    settings: SamplingConfig,
+    guard: Callable[[list[str]], np.ndarray],
+    n: int,
+    *,
+    seed: int = 0,
+    batch_size: int = 16,
+    first_batch: int = 0,
+) -> Responses:
+    """``generate`` behind a decoding-time guard: n seeded candidates per prompt (``candidate_seed``), each
+    prompt's least toxic kept by ``guard(candidate texts) -> (B,) P(toxic)``; n = 1 is ``generate``."""
+    candidates = [generate(engine, model, tokenizer, prompts, settings, seed=candidate_seed(seed, c),
+                           batch_size=batch_size, first_batch=first_batch) for c in range(n)]  # fmt: skip
+    if n == 1:
+        return candidates[0]
+    return least_toxic(candidates, np.stack([guard(c.texts) for c in candidates]))
+
+
+def least_toxic(candidates: list[Responses], toxicity: np.ndarray) -> Responses:
+    """Best-of-n at decoding time: for each prompt, the candidate with the lowest toxicity (the first of
+    equals). candidates: n Responses to the same B prompts; toxicity (n, B)."""
+    best = np.argmin(toxicity, axis=0)  # (B,)
+    picked = [candidates[int(c)] for c in best]
+    return Responses(
+        candidates[0].prompt_ids,
+        [r.response_ids[i] for i, r in enumerate(picked)],
+        [r.texts[i] for i, r in enumerate(picked)],
+    )
 
 
 @contextmanager
