@@ -273,7 +273,7 @@ def format_table(runs: list[dict[str, Any]]) -> str:
 
 
 def default_model_dir(spec: str) -> str:
-    from detoxrl.models import local_folder
+    from detoxrl.models.loading import local_folder
 
     return local_folder(spec).path
 

@@ -23,8 +23,8 @@ PHASES = ("prefill", "decode", "policy_pass", "reference_pass", "update", "total
 
 def prompt_lengths(model: str, steps: int) -> tuple[list[list[int]], ModelShape]:
     """Token counts of the prompts of each step (16 a step, in the benchmark's order) and the shape."""
-    from detoxrl.generate import format_prompts, tokenize_prompts
-    from detoxrl.models import load_tokenizer, local_folder
+    from detoxrl.models.generation import format_prompts, tokenize_prompts
+    from detoxrl.models.loading import load_tokenizer, local_folder
 
     source = local_folder(model)
     tokenizer = load_tokenizer(source, is_encoder_decoder=False)

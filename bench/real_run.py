@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from profanity_check import predict_prob
 
-from detoxrl.config import PolicyConfig, PPOConfig, RunConfig, SamplingConfig
-from detoxrl.loop import train
+from detoxrl.config.schema import PolicyConfig, PPOConfig, RunConfig, SamplingConfig
+from detoxrl.recipes.train import train
 
 PROMPTS = Path(__file__).resolve().parents[2] / "shared/data/real-toxicity-prompts/challenging_toxic.jsonl"
 
@@ -52,11 +52,11 @@ def compare(run_dir: Path, n: int, samples: int = 2) -> None:
     """Mean P(offensive) of base vs trained policy on ``n`` prompts the run never trained on, same seed."""
     from peft import PeftModel
 
-    from detoxrl.config import load_config
+    from detoxrl.config.files import load_config
     from detoxrl.engine import select_engine
-    from detoxrl.generate import generate
-    from detoxrl.models import load_policy
-    from detoxrl.rollout import batch_indices
+    from detoxrl.models.generation import generate
+    from detoxrl.models.loading import load_policy
+    from detoxrl.training.rollout import batch_indices
 
     torch.set_num_threads(1)
     config = load_config(file=run_dir / "config.yaml")

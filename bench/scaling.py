@@ -71,7 +71,7 @@ def time_collectives(trainable: int, device: str, repeats: int = 5) -> None:
     JSON line of milliseconds per step (the median of ``repeats``)."""
     import torch
 
-    from detoxrl import distributed
+    from detoxrl.parallel import distributed
 
     top = distributed.setup(device)
     rows = ROWS // top.world_size
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.collectives:
         time_collectives(args.trainable, args.device)
         return
-    from detoxrl.launch import command
+    from detoxrl.parallel.launch import command
 
     with tempfile.TemporaryDirectory() as tmp:
         runs = [

@@ -96,15 +96,15 @@ def _add_minutes(path: Path, phase: str, minutes: float) -> None:
 
 def evaluate(args: argparse.Namespace, variant: str, seed: int, run_dir: Path) -> None:
     """The base (once per seed) and the adapter under the protocol, paired; eval_*.json, comparison.json."""
-    from detoxrl import distributed
-    from detoxrl.config import load_config
-    from detoxrl.data import load_prompts
-    from detoxrl.embeddings import build_quality
-    from detoxrl.evaluation import compare, evaluate
-    from detoxrl.evaluation_io import comparison_to_dict, load_result, result_to_dict, write_json
-    from detoxrl.loop import select_run_engine
-    from detoxrl.rewards import build_evaluator, resolve_evaluator_specs
-    from detoxrl.run import after_model, before_model
+    from detoxrl.config.files import load_config
+    from detoxrl.data.prompts import load_prompts
+    from detoxrl.evaluation.evaluate import compare, evaluate
+    from detoxrl.evaluation.io import comparison_to_dict, load_result, result_to_dict, write_json
+    from detoxrl.models.embeddings import build_quality
+    from detoxrl.parallel import distributed
+    from detoxrl.recipes.run import after_model, before_model
+    from detoxrl.recipes.train import select_run_engine
+    from detoxrl.rewards.base import build_evaluator, resolve_evaluator_specs
 
     if (run_dir / "comparison.json").is_file():
         return

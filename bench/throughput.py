@@ -145,11 +145,11 @@ def group_size(args: argparse.Namespace) -> int:
 def build(args: argparse.Namespace, engine: Any) -> tuple[Any, Any, list[Any], ModelShape]:
     """The trainer, its tokenizer, the tokenized prompts of every step (each repeated ``group_size``
     times in consecutive rows) and the model's shape."""
-    from detoxrl.config import PolicyConfig, PPOConfig, SamplingConfig
-    from detoxrl.generate import format_prompts, tokenize_prompts
-    from detoxrl.models import load_policy
-    from detoxrl.policy import build_actor_critic
-    from detoxrl.trainer import PPOTrainer
+    from detoxrl.config.schema import PolicyConfig, PPOConfig, SamplingConfig
+    from detoxrl.models.actor_critic import build_actor_critic
+    from detoxrl.models.generation import format_prompts, tokenize_prompts
+    from detoxrl.models.loading import load_policy
+    from detoxrl.training.trainer import PPOTrainer
 
     k = group_size(args)
     policy_config = PolicyConfig(model=args.model, dtype=args.dtype)  # LoRA r 32, alpha 32, q k v o

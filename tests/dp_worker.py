@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from detoxrl.config import EvalConfig, PolicyConfig, PPOConfig, RunConfig, SamplingConfig
-from detoxrl.distributed import Topology
+from detoxrl.config.schema import EvalConfig, PolicyConfig, PPOConfig, RunConfig, SamplingConfig
+from detoxrl.parallel.distributed import Topology
 
 PROMPTS = [f"{a} {b}" for a in ("you are a", "the movie was", "what a lovely", "i hate") for b in "abcd"]
 EVAL_PROMPTS = PROMPTS[:10]
@@ -81,7 +81,7 @@ EVAL = EvalConfig(
 @contextmanager
 def first_experience(path: Path) -> Iterator[None]:
     """Save the experience of the first PPO step (the global batch; the main process writes it)."""
-    from detoxrl.trainer import PPOTrainer
+    from detoxrl.training.trainer import PPOTrainer
 
     update = PPOTrainer._update
 
@@ -107,8 +107,8 @@ def evaluate_tiny(model_dir: str, topology: Any) -> list[dict[str, Any]]:
     import dataclasses
 
     from detoxrl.engine import select_engine
-    from detoxrl.evaluation import evaluate, reference_nll
-    from detoxrl.models import load_policy
+    from detoxrl.evaluation.evaluate import evaluate, reference_nll
+    from detoxrl.models.loading import load_policy
 
     policy = load_policy(PolicyConfig(model=model_dir))
     engine = select_engine("auto", "cpu")
@@ -135,8 +135,8 @@ class CpuFsdp(Topology):
 
 
 def main(work: Path, model: str) -> None:
-    from detoxrl import distributed
-    from detoxrl.loop import train
+    from detoxrl.parallel import distributed
+    from detoxrl.recipes.train import train
 
     top = distributed.setup("cpu")
     assert top.world_size == 2, top
@@ -157,8 +157,8 @@ def main(work: Path, model: str) -> None:
 
 
 def main_gpu(work: Path, model: str) -> None:
-    from detoxrl import distributed
-    from detoxrl.loop import train
+    from detoxrl.parallel import distributed
+    from detoxrl.recipes.train import train
 
     top = distributed.setup("cuda")
     print(top.describe(), top.sharding)

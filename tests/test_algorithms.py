@@ -12,13 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from detoxrl.checkpoint import VALUE_HEAD_FILE, latest_checkpoint
-from detoxrl.config import PolicyConfig, PPOConfig, RunConfig, SamplingConfig
+from detoxrl.config.schema import PolicyConfig, PPOConfig, RunConfig, SamplingConfig
 from detoxrl.errors import TrainingError
-from detoxrl.loop import train
-from detoxrl.models import load_policy
-from detoxrl.policy import ActorCritic, build_actor_critic
-from detoxrl.trainer import PPOTrainer
+from detoxrl.models.actor_critic import ActorCritic, build_actor_critic
+from detoxrl.models.loading import load_policy
+from detoxrl.recipes.train import train
+from detoxrl.training.checkpoint import VALUE_HEAD_FILE, latest_checkpoint
+from detoxrl.training.trainer import PPOTrainer
 from test_trainer import (
     PROMPTS,
     assert_learns,

@@ -239,7 +239,7 @@ def files(
 
 def _earlier_run(run_dir: Path, config: Path) -> Path:
     """A run directory as an interrupted run leaves it: its config, metrics, a checkpoint, a final adapter."""
-    from detoxrl.config import load_config, save_config
+    from detoxrl.config.files import load_config, save_config
 
     (run_dir / "checkpoint-000002").mkdir(parents=True)
     (run_dir / "final").mkdir()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from detoxrl.batch import make_batch, pad_left, pad_right, trim_batch
+from detoxrl.core.batch import make_batch, pad_left, pad_right, trim_batch
 
 QUERIES = [torch.tensor(q) for q in ([5, 10, 6, 27], [4, 9, 50, 42, 17, 7, 39], [12, 13])]
 RESPONSES = [torch.tensor([1, 2]), torch.tensor([3]), torch.tensor([4, 5, 6])]

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from detoxrl.benchmark import BenchmarkSpec, Protocol, eval_config
 from detoxrl.cli import main
+from detoxrl.recipes.benchmark import BenchmarkSpec, Protocol, eval_config
 
 
 @pytest.fixture
 def adapter_dir(tiny_causal_dir: Path, tmp_path: Path) -> Path:
     """A LoRA adapter with random B matrices, so that base + adapter samples differently."""
-    from detoxrl.config import PolicyConfig
-    from detoxrl.models import attach_adapter, load_policy
+    from detoxrl.config.schema import PolicyConfig
+    from detoxrl.models.loading import attach_adapter, load_policy
 
     model = attach_adapter(load_policy(PolicyConfig(model=str(tiny_causal_dir))), PolicyConfig())
     torch.manual_seed(1)

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from detoxrl.card import _settings, front_matter, hub_id
 from detoxrl.cli import main
+from detoxrl.reports.card import _settings, front_matter, hub_id
 
 
 @pytest.fixture

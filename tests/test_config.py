@@ -6,17 +6,8 @@ import math
 
 import pytest
 
-from detoxrl.config import (
-    DataConfig,
-    PolicyConfig,
-    PPOConfig,
-    RewardConfig,
-    RunConfig,
-    list_presets,
-    load_config,
-    preset_path,
-    save_config,
-)
+from detoxrl.config.files import list_presets, load_config, preset_path, save_config
+from detoxrl.config.schema import DataConfig, PolicyConfig, PPOConfig, RewardConfig, RunConfig
 from detoxrl.errors import ConfigError
 
 PRESETS = ["default", "lab3", "rtp"]
@@ -34,8 +25,8 @@ def test_presets_listed():
 
 
 def test_default_preset_is_offline_and_sized():
-    from detoxrl.data import load_prompts
-    from detoxrl.models import BUILTIN_MODELS
+    from detoxrl.data.prompts import load_prompts
+    from detoxrl.models.loading import BUILTIN_MODELS
 
     c = load_config(preset="default")
     assert c.policy.model in BUILTIN_MODELS and c.reward.kind == "sum"

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from detoxrl import critic_free, ppo
+from detoxrl.core import critic_free, ppo
 
 NAN = float("nan")
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from detoxrl.config import DataConfig, load_config
-from detoxrl.data import BUILTIN_DIR, Example, get_field, load_prompts, split_count
+from detoxrl.config.files import load_config
+from detoxrl.config.schema import DataConfig
+from detoxrl.data.prompts import BUILTIN_DIR, Example, get_field, load_prompts, split_count
 from detoxrl.errors import ConfigError, DataError
 
 LAB_TEMPLATE = "\nSummarize the following conversation.\n\n{text}\n\nSummary:\n"
@@ -170,11 +170,8 @@ def make_heated_asks() -> set[str]:
 
 
 def test_builtin_heated_is_exactly_what_the_generator_writes():
-    sys.path.insert(0, str(BUILTIN_DIR))
-    try:
-        import make_heated
-    finally:
-        sys.path.remove(str(BUILTIN_DIR))
+    from detoxrl.data import make_heated
+
     expected = "".join(json.dumps(r) + "\n" for r in make_heated.build())
     assert (BUILTIN_DIR / "heated.jsonl").read_text() == expected
 
@@ -366,9 +363,9 @@ def test_dialogsum_gives_the_labs_counts(shared_dir):
 
 def test_shared_sources_resolve_in_the_shared_folder_or_say_where_to_find_it(tmp_path, monkeypatch):
     """Presets name offline data and models ``shared:...``: in the shared/ folder, wherever it is."""
-    from detoxrl.data import read_records
+    from detoxrl.data.prompts import read_records
     from detoxrl.errors import ModelLoadError
-    from detoxrl.models import resolve_source
+    from detoxrl.models.loading import resolve_source
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "p.jsonl").write_text('{"prompt": {"text": "hello"}}\n')
@@ -378,7 +375,7 @@ def test_shared_sources_resolve_in_the_shared_folder_or_say_where_to_find_it(tmp
     assert [r["prompt"]["text"] for _, r in read_records("shared:data/p.jsonl")] == ["hello"]
     assert resolve_source("shared:clf").path == str(tmp_path / "models" / "clf")
     monkeypatch.setenv("DETOXRL_SHARED", str(tmp_path / "nowhere"))
-    monkeypatch.setattr("detoxrl.data.shared_dir", lambda: None)
+    monkeypatch.setattr("detoxrl.data.prompts.shared_dir", lambda: None)
     with pytest.raises(
         DataError, match=r"data.source 'shared:data/p.jsonl' is a file of the project's shared/"
     ):

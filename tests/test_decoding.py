@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from detoxrl.config import LoraSettings, PolicyConfig, SamplingConfig
+from detoxrl.config.schema import LoraSettings, PolicyConfig, SamplingConfig
 from detoxrl.engine import decoding, probes
 from detoxrl.engine.cpu import CpuEngine, CpuOptions
 from detoxrl.engine.decoding import LlamaStep, PromptCache, TransformersStep, llama_style
 from detoxrl.engine.reference import cache_name, plain_causal_lm
-from detoxrl.models import load_policy
-from detoxrl.policy import build_actor_critic
+from detoxrl.models.actor_critic import build_actor_critic
+from detoxrl.models.loading import load_policy
 from test_sampling import QUERIES, perturbed
 
 pytestmark = pytest.mark.usefixtures("one_thread")

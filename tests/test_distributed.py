@@ -20,9 +20,9 @@ import torch
 from safetensors.torch import load_file
 
 import dp_worker
-from detoxrl.distributed import SINGLE, Topology
-from detoxrl.launch import command, without_flag
-from detoxrl.loop import train
+from detoxrl.parallel.distributed import SINGLE, Topology
+from detoxrl.parallel.launch import command, without_flag
+from detoxrl.recipes.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5  # float32 sums in another order (8 rows per process instead of 16)

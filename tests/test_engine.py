@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from detoxrl.batch import make_batch
-from detoxrl.config import LoraSettings, PolicyConfig, SamplingConfig
+from detoxrl.config.schema import LoraSettings, PolicyConfig, SamplingConfig
+from detoxrl.core.batch import make_batch
 from detoxrl.engine import ReferenceEngine, probes, select_engine
 from detoxrl.engine.cpu import CpuEngine
 from detoxrl.errors import ConfigError
-from detoxrl.generate import stop_ids
-from detoxrl.models import load_policy
-from detoxrl.policy import ActorCritic, build_actor_critic
+from detoxrl.models.actor_critic import ActorCritic, build_actor_critic
+from detoxrl.models.generation import stop_ids
+from detoxrl.models.loading import load_policy
 
 QUERIES = [torch.tensor(q) for q in ([5, 10, 6, 27], [4, 9, 50, 42, 17, 7, 39], [12, 13])]
 RESPONSES = [torch.tensor(r) for r in ([20, 21, 22], [30, 31, 32, 33, 34, 35], [40])]

@@ -12,22 +12,29 @@ import numpy as np
 import pytest
 import torch
 
-from detoxrl import stats
 from detoxrl.cli import main
-from detoxrl.config import EvalConfig, PolicyConfig, SamplingConfig
+from detoxrl.config.schema import EvalConfig, PolicyConfig, SamplingConfig
 from detoxrl.engine import ReferenceEngine, select_engine
 from detoxrl.engine.cpu import CpuEngine
-from detoxrl.evaluation import EvalResult, SampleRecord, compare, compute_metrics, evaluate, reference_nll
-from detoxrl.evaluation_io import (
+from detoxrl.evaluation.evaluate import (
+    EvalResult,
+    SampleRecord,
+    compare,
+    compute_metrics,
+    evaluate,
+    reference_nll,
+)
+from detoxrl.evaluation.io import (
     format_table,
     load_result,
     qualitative_rows,
     save_evaluation,
     table_markdown,
 )
-from detoxrl.generate import format_prompts, generate
-from detoxrl.models import attach_adapter, load_policy
-from detoxrl.quality import QualityScorer, evasive, repetition
+from detoxrl.metrics import stats
+from detoxrl.metrics.quality import QualityScorer, evasive, repetition
+from detoxrl.models.generation import format_prompts, generate
+from detoxrl.models.loading import attach_adapter, load_policy
 
 PROMPTS = ["you are a kind", "the movie was", "shut up you", "thank you for", "what a lovely day"]
 CONFIG = EvalConfig(samples_per_prompt=2, sampling=SamplingConfig(max_new_tokens=6, length_sampling="fixed"),
@@ -76,7 +83,7 @@ def test_sampling_is_seeded_and_records_are_prompt_major(causal) -> None:
 
 
 def test_least_toxic_picks_each_prompts_cleanest_candidate_by_hand() -> None:
-    from detoxrl.generate import Responses, least_toxic
+    from detoxrl.models.generation import Responses, least_toxic
 
     def responses(tag: str) -> Responses:
         return Responses(

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from detoxrl.batch import make_batch
-from detoxrl.config import PolicyConfig, PPOConfig, RunConfig, SamplingConfig
+from detoxrl.config.schema import PolicyConfig, PPOConfig, RunConfig, SamplingConfig
+from detoxrl.core.batch import make_batch
 from detoxrl.engine import ReferenceEngine, select_engine
-from detoxrl.loop import train
-from detoxrl.models import load_policy, torch_dtype
-from detoxrl.policy import ActorCritic, build_actor_critic
+from detoxrl.models.actor_critic import ActorCritic, build_actor_critic
+from detoxrl.models.loading import load_policy, torch_dtype
+from detoxrl.recipes.train import train
 
 DEVICE = os.environ.get("DETOXRL_GPU_TEST_DEVICE", "cuda")  # "cpu" tries these tests without a GPU
 pytestmark = [

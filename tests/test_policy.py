@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from detoxrl.batch import ResponseBatch, make_batch
-from detoxrl.checkpoint import VALUE_HEAD_FILE, load_weights, save_weights
-from detoxrl.config import PolicyConfig
+from detoxrl.config.schema import PolicyConfig
+from detoxrl.core.batch import ResponseBatch, make_batch
 from detoxrl.engine import select_engine
-from detoxrl.models import load_policy
-from detoxrl.policy import ActorCritic, Reference, build_actor_critic
+from detoxrl.models.actor_critic import ActorCritic, Reference, build_actor_critic
+from detoxrl.models.loading import load_policy
+from detoxrl.training.checkpoint import VALUE_HEAD_FILE, load_weights, save_weights
 
 QUERIES = [[5, 10, 6, 27], [4, 9, 50, 42, 17, 7, 39], [12]]
 RESPONSES = [[20, 21, 22], [30, 31, 32, 33, 34, 35], [40]]

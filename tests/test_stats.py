@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from detoxrl import stats
-from detoxrl.evaluation import classify
+from detoxrl.evaluation.evaluate import classify
+from detoxrl.metrics import stats
 
 # 3 prompts x 3 samples of P(toxic)
 SCORES = np.array([[0.1, 0.6, 0.2], [0.3, 0.2, 0.1], [0.5, 0.0, 0.0]])

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import torch
 
-from detoxrl.checkpoint import VALUE_HEAD_FILE, latest_checkpoint
-from detoxrl.config import PolicyConfig, PPOConfig, RunConfig, SamplingConfig
+from detoxrl.config.schema import PolicyConfig, PPOConfig, RunConfig, SamplingConfig
 from detoxrl.errors import TrainingError
-from detoxrl.loop import train
-from detoxrl.models import load_policy
-from detoxrl.policy import build_actor_critic
-from detoxrl.trainer import LengthSampler, PPOTrainer
+from detoxrl.models.actor_critic import build_actor_critic
+from detoxrl.models.loading import load_policy
+from detoxrl.recipes.train import train
+from detoxrl.training.checkpoint import VALUE_HEAD_FILE, latest_checkpoint
+from detoxrl.training.trainer import LengthSampler, PPOTrainer
 
 PROMPTS = ["you are a kind", "the movie was", "what a lovely day", "i hate waiting"] * 4
 REQUIRED_STATS = [

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from detoxrl.errors import ConfigError, DetoxError, Interrupted
 
 if TYPE_CHECKING:
-    from detoxrl.config import EvalConfig, RunConfig
+    from detoxrl.config.schema import EvalConfig, RunConfig
     from detoxrl.engine import Engine
 
 Command = Callable[[argparse.Namespace], int]
@@ -38,7 +38,7 @@ T = TypeVar("T")
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
     """Texts from positional arguments, ``--file`` (.txt: one per line; .jsonl/.csv/...: --field) or stdin."""
-    from detoxrl.data import read_texts
+    from detoxrl.data.prompts import read_texts
 
     texts = list(args.texts or [])
     if args.file:
@@ -59,7 +59,7 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
 def _engine(args: argparse.Namespace) -> Engine:
     """The engine of ``--engine`` on ``--device``, with ``--threads`` set."""
     from detoxrl.engine import select_engine
-    from detoxrl.models import resolve_device
+    from detoxrl.models.loading import resolve_device
 
     engine = select_engine(args.engine, resolve_device(args.device))
     engine.configure(args.threads)
@@ -67,10 +67,10 @@ def _engine(args: argparse.Namespace) -> Engine:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from detoxrl.config import PolicyConfig, SamplingConfig
-    from detoxrl.generate import format_prompts, generate_best_of
-    from detoxrl.models import check_adapter, load_policy, resolve_source
-    from detoxrl.rewards import build_evaluator, resolve_evaluator_specs
+    from detoxrl.config.schema import PolicyConfig, SamplingConfig
+    from detoxrl.models.generation import format_prompts, generate_best_of
+    from detoxrl.models.loading import check_adapter, load_policy, resolve_source
+    from detoxrl.rewards.base import build_evaluator, resolve_evaluator_specs
 
     texts = _read_texts(args)  # before loading anything: a bad input fails in milliseconds
     if args.adapter:
@@ -122,7 +122,7 @@ def _add_best_of_args(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from detoxrl.rewards import build_evaluator
+    from detoxrl.rewards.base import build_evaluator
 
     texts = _read_texts(args)
     scorers = [build_evaluator(spec) for spec in args.evaluator]
@@ -135,13 +135,13 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def _default_evaluators() -> list[str]:
     """profanity-check, plus the offline MiniLM classifier when shared/ has it: a second, independent view."""
-    from detoxrl.rewards import resolve_evaluator_specs
+    from detoxrl.rewards.base import resolve_evaluator_specs
 
     return resolve_evaluator_specs(("profanity", "shared:minilm-toxicity"))
 
 
 def _default_prompt_file() -> Path:
-    from detoxrl.data import shared_dir
+    from detoxrl.data.prompts import shared_dir
 
     root = shared_dir()
     if root is None:
@@ -151,7 +151,7 @@ def _default_prompt_file() -> Path:
 
 def _eval_config(args: argparse.Namespace) -> EvalConfig:
     """EvalConfig's defaults, overridden by the flags given; a bad value's error names its flag."""
-    from detoxrl.config import EvalConfig
+    from detoxrl.config.schema import EvalConfig
 
     def given(names: tuple[str, ...]) -> dict[str, Any]:
         return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
@@ -184,11 +184,10 @@ def _flags(build: Callable[[], T]) -> T:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from detoxrl.config import PolicyConfig, QualityConfig, RewardConfig
-    from detoxrl.data import read_texts
-    from detoxrl.embeddings import build_quality
-    from detoxrl.evaluation import EvalResult, compare, evaluate, reference_nll
-    from detoxrl.evaluation_io import (
+    from detoxrl.config.schema import PolicyConfig, QualityConfig, RewardConfig
+    from detoxrl.data.prompts import read_texts
+    from detoxrl.evaluation.evaluate import EvalResult, compare, evaluate, reference_nll
+    from detoxrl.evaluation.io import (
         format_comparison,
         format_metrics,
         format_table,
@@ -196,8 +195,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         save_evaluation,
         tail_of,
     )
-    from detoxrl.models import attach_adapter, check_adapter, load_policy, resolve_source
-    from detoxrl.rewards import build_evaluator, build_reward
+    from detoxrl.models.embeddings import build_quality
+    from detoxrl.models.loading import attach_adapter, check_adapter, load_policy, resolve_source
+    from detoxrl.rewards.base import build_evaluator, build_reward
 
     config = _eval_config(args)
     if args.adapter:  # before the minutes spent evaluating the base model
@@ -236,7 +236,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print("\n" + format_comparison(comparison))
     tail = tail_of(before, after, comparison)
     if tail is not None:
-        from detoxrl.report import md_table
+        from detoxrl.reports.report import md_table
 
         print("\nthe tail over k samples per prompt:\n" + md_table(*tail))
     print("\n" + format_table(qualitative_rows(before, after), limit=args.show))
@@ -246,12 +246,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """PPO on the config's prompts against its reward; checkpoints and metrics in output_dir."""
-    from detoxrl import distributed
-    from detoxrl.data import load_prompts
-    from detoxrl.loop import train
-    from detoxrl.models import resolve_device
-    from detoxrl.rewards import build_reward
-    from detoxrl.run import validate
+    from detoxrl.data.prompts import load_prompts
+    from detoxrl.models.loading import resolve_device
+    from detoxrl.parallel import distributed
+    from detoxrl.recipes.run import validate
+    from detoxrl.recipes.train import train
+    from detoxrl.rewards.base import build_reward
 
     config = _run_config(args)
     if args.dry_run:
@@ -271,9 +271,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _launch(args: argparse.Namespace, config: RunConfig) -> int | None:
     """``--num-processes N`` (N > 1) outside a launcher: the same command as N processes (launch.py), whose
     exit code this returns; else None (run here)."""
-    from detoxrl import distributed
-    from detoxrl.launch import relaunch
-    from detoxrl.models import resolve_device
+    from detoxrl.models.loading import resolve_device
+    from detoxrl.parallel import distributed
+    from detoxrl.parallel.launch import relaunch
 
     n = args.num_processes
     if n is not None and n < 1:
@@ -286,8 +286,8 @@ def _launch(args: argparse.Namespace, config: RunConfig) -> int | None:
 def _run_config(args: argparse.Namespace) -> RunConfig:
     """Preset <- file <- overrides; ``--resume RUN_DIR`` reads RUN_DIR/config.yaml instead, and takes
     only the overrides that cannot change the run (run.RESUME_OVERRIDES)."""
-    from detoxrl.config import load_config
-    from detoxrl.run import resume_config
+    from detoxrl.config.files import load_config
+    from detoxrl.recipes.run import resume_config
 
     if args.resume:
         if args.preset or args.config:
@@ -309,7 +309,7 @@ def _dry_run(lines: list[str]) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The whole lab: evaluate before -> PPO -> evaluate after -> report, in one run directory."""
-    from detoxrl.run import run, validate
+    from detoxrl.recipes.run import run, validate
 
     config = _run_config(args)
     if args.dry_run:
@@ -322,7 +322,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from detoxrl.report import build_report
+    from detoxrl.reports.report import build_report
 
     md, page = build_report(args.run_dir)
     print(f"wrote {md} and {page}")
@@ -331,7 +331,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     """The RealToxicityPrompts protocol (k=25, 20 tokens, p=0.9): a model, or base vs --adapter, paired."""
-    from detoxrl.benchmark import BenchmarkSpec, Protocol, run_benchmark
+    from detoxrl.recipes.benchmark import BenchmarkSpec, Protocol, run_benchmark
 
     spec = BenchmarkSpec(
         model=args.model, prompts=Path(args.prompts or _default_prompt_file()), prompt_field=args.field,
@@ -350,14 +350,14 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from detoxrl.hub import push
+    from detoxrl.reports.hub import push
 
     print(f"pushed {args.run_dir}/final to {push(args.run_dir, args.repo_id, private=args.private)}")
     return 0
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from detoxrl.config import list_presets
+    from detoxrl.config.files import list_presets
 
     for name, line in list_presets().items():
         print(f"{name:<10} {line}")

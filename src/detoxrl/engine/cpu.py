@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detoxrl.batch import ResponseBatch, distinct
+from detoxrl.core.batch import ResponseBatch, distinct
 from detoxrl.engine import probes
 from detoxrl.engine.attention import CAUSAL_ROWS, packed_inputs
 from detoxrl.engine.decoding import FusedCache, Linear, LlamaStep, PromptCache, TransformersStep, prepacked

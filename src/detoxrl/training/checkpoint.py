@@ -1,0 +1,197 @@
+"""The files of a run: the trained weights of an actor-critic, atomic and resumable checkpoints, and when
+a folder holds a run. Knows the files, not the algorithm: the trainer hands over its state as a dict.
+
+``save_weights`` writes the ``default`` adapter in PEFT format (or the full model) + the value head (PPO's
+actor-critic has one), so that plain ``PeftModel.from_pretrained(base, folder)`` loads it. A checkpoint is
+a folder ``checkpoint-NNNNNN`` holding ``policy/`` (those weights) and ``state.pt`` (the trainer's state and
+the RNG states). On several processes the main process writes them (``distributed.Topology.is_main``);
+where the parameters are sharded, the caller hands over the gathered state dict (``weights``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from detoxrl.errors import DetoxError, Interrupted, TrainingError
+from detoxrl.models.actor_critic import ActorCritic
+
+CHECKPOINT_PREFIX = "checkpoint-"
+_ACTIVE: set[Path] = set()  # run folders inside a run_directory block now
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+
+def save_weights(
+    actor_critic: ActorCritic, path: str | Path, weights: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Trained weights: the ``default`` adapter in PEFT format (or the full model) + any value head, read
+    from ``actor_critic`` or from ``weights``, its whole state dict (sharded models: gathered)."""
+    path, model = Path(path), actor_critic.model
+    path.mkdir(parents=True, exist_ok=True)
+    own = _part(weights, "model.")
+    if actor_critic.is_peft:
+        model.save_pretrained(
+            path, selected_adapters=["default"], **({} if own is None else {"state_dict": own})
+        )
+    elif own is None:
+        save_model(model, str(path / "model.safetensors"))  # shared (tied) tensors kept once
+    else:
+        save_file({k: v.contiguous() for k, v in own.items()}, str(path / "model.safetensors"))
+    if not actor_critic.is_peft:
+        model.config.save_pretrained(path)  # so that from_pretrained(path) loads it too
+    if actor_critic.value_head is not None:
+        head = _part(weights, "value_head.") or actor_critic.value_head.state_dict()
+        save_file({k: v.contiguous() for k, v in head.items()}, str(path / VALUE_HEAD_FILE))
+
+
+def _part(weights: dict[str, torch.Tensor] | None, prefix: str) -> dict[str, torch.Tensor] | None:
+    """The entries of a submodule (``prefix``) in a whole state dict, without the prefix."""
+    if weights is None:
+        return None
+    return {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
+
+
+def load_weights(actor_critic: ActorCritic, path: str | Path) -> None:
+    """Restore weights written by ``save_weights`` into ``actor_critic`` (the reference is untouched)."""
+    from peft import set_peft_model_state_dict
+
+    path, device = Path(path), str(actor_critic.device)
+    if actor_critic.is_peft:
+        state = load_file(str(path / "adapter_model.safetensors"), device=device)
+        result: Any = set_peft_model_state_dict(actor_critic.model, state, adapter_name="default")
+        assert not result.unexpected_keys, result.unexpected_keys
+    else:
+        load_model(actor_critic.model, str(path / "model.safetensors"), device=device)
+    if actor_critic.value_head is not None:
+        actor_critic.value_head.load_state_dict(load_file(str(path / VALUE_HEAD_FILE), device=device))
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    actor_critic: ActorCritic, state: dict[str, Any], step: int, run_dir: str | Path, keep: int = 2,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> Path:  # fmt: skip
+    """Weights (``save_weights``), the trainer's ``state``, the RNG states and the step, written to a
+    temporary folder renamed at the end: a crash never leaves a half checkpoint. The ``keep`` newest are
+    kept."""
+    run_dir = Path(run_dir)
+    final = run_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
+    tmp = run_dir / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_weights(actor_critic, tmp / "policy", weights)
+    torch.save({"trainer": state, "rng": _rng_state()}, tmp / "state.pt")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(run_dir.glob(f"{CHECKPOINT_PREFIX}*"))[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = sorted(p for p in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*") if (p / "state.pt").is_file())
+    return found[-1] if found else None
+
+
+def load_checkpoint(actor_critic: ActorCritic, checkpoint: str | Path) -> dict[str, Any]:
+    """Restore the weights and RNG states ``save_checkpoint`` wrote; returns the trainer's state."""
+    checkpoint = Path(checkpoint)
+    try:
+        load_weights(actor_critic, checkpoint / "policy")
+        state = torch.load(checkpoint / "state.pt", weights_only=False)
+    except (OSError, KeyError, RuntimeError, ValueError) as e:
+        raise TrainingError(
+            f"Checkpoint '{checkpoint}' cannot be loaded ({e}); delete it to use an older one."
+        ) from None
+    _set_rng_state(state["rng"])
+    return dict(state["trainer"])
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep the metrics of steps up to the checkpoint; later ones will be recomputed identically."""
+    if path.exists():
+        keep = [
+            ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= last_step
+        ]
+        path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def holds_run(run_dir: Path, evaluation: bool = True) -> bool:
+    """A folder is a run once it holds a checkpoint or a metrics line (or, for ``detoxrl run`` with
+    ``evaluation``, the evaluation before training): a config file alone is a start that failed."""
+    metrics = run_dir / "metrics.jsonl"
+    done = latest_checkpoint(run_dir) is not None or (metrics.is_file() and metrics.stat().st_size > 0)
+    return done or (evaluation and (run_dir / "eval_before.json").is_file())
+
+
+@contextmanager
+def run_directory(
+    run_dir: Path, resume: bool, evaluation: bool, command: str, owner: bool = True
+) -> Iterator[None]:
+    """The block that starts (or resumes) the run in ``run_dir``. Refuses a folder that already holds a
+    run unless resuming. If the block fails before the folder holds a run, what it wrote is removed and
+    the error says nothing was kept; after, the error says how to resume. Inside another such block for
+    the same folder (``detoxrl run``'s training) it adds nothing. Of several processes, the main one (the
+    ``owner``) cleans up."""
+    key = run_dir.resolve()
+    if key in _ACTIVE:
+        yield
+        return
+    if not resume and holds_run(run_dir, evaluation):
+        raise TrainingError(
+            f"'{run_dir}' already holds a run: continue it with detoxrl {command} --resume {run_dir}, or set "
+            "output_dir=another/folder."
+        )
+    existed = run_dir.exists()
+    before = set(run_dir.iterdir()) if existed else set()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _ACTIVE.add(key)
+    try:
+        yield
+    except Interrupted:
+        raise
+    except DetoxError as e:
+        if holds_run(run_dir, evaluation):
+            raise type(e)(
+                f"{e} (the run so far is kept: continue with detoxrl {command} --resume {run_dir})"
+            ) from None
+        if owner:
+            _remove_new(run_dir, before, existed)
+        raise type(e)(f"{e} (nothing was kept in '{run_dir}')") from None
+    except BaseException:
+        if owner and not holds_run(run_dir, evaluation):
+            _remove_new(run_dir, before, existed)
+        raise
+    finally:
+        _ACTIVE.discard(key)
+
+
+def _remove_new(run_dir: Path, before: set[Path], existed: bool) -> None:
+    for path in set(run_dir.iterdir()) - before:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if not existed:
+        run_dir.rmdir()
