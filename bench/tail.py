@@ -98,13 +98,14 @@ def evaluate(args: argparse.Namespace, variant: str, seed: int, run_dir: Path) -
     """The base (once per seed) and the adapter under the protocol, paired; eval_*.json, comparison.json."""
     from detoxrl.config.files import load_config
     from detoxrl.data.prompts import load_prompts
-    from detoxrl.evaluation.evaluate import compare, evaluate
+    from detoxrl.evaluation.compare import compare
+    from detoxrl.evaluation.evaluate import evaluate
     from detoxrl.evaluation.io import comparison_to_dict, load_result, result_to_dict, write_json
-    from detoxrl.models.embeddings import build_quality
     from detoxrl.parallel import distributed
     from detoxrl.recipes.run import after_model, before_model
     from detoxrl.recipes.train import select_run_engine
-    from detoxrl.rewards.base import build_evaluator, resolve_evaluator_specs
+    from detoxrl.rewards.build import build_quality
+    from detoxrl.rewards.toxicity import build_evaluator, resolve_evaluator_specs
 
     if (run_dir / "comparison.json").is_file():
         return

@@ -18,7 +18,8 @@ from detoxrl.recipes.benchmark import BenchmarkSpec, Protocol, eval_config
 def adapter_dir(tiny_causal_dir: Path, tmp_path: Path) -> Path:
     """A LoRA adapter with random B matrices, so that base + adapter samples differently."""
     from detoxrl.config.schema import PolicyConfig
-    from detoxrl.models.loading import attach_adapter, load_policy
+    from detoxrl.models.loading import load_policy
+    from detoxrl.models.lora import attach_adapter
 
     model = attach_adapter(load_policy(PolicyConfig(model=str(tiny_causal_dir))), PolicyConfig())
     torch.manual_seed(1)

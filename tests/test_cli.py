@@ -37,7 +37,7 @@ def test_generate_on_local_folders_is_reproducible(
 def test_generate_best_of_n_answers_no_more_toxic_than_plain_sampling(
     tiny_causal_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from detoxrl.rewards.base import profanity_probabilities
+    from detoxrl.rewards.toxicity import profanity_probabilities
 
     prompts = [f"you are a {w}" for w in ("kind", "dumb", "big", "real", "true", "bad")]
     argv = ["generate", "--model", str(tiny_causal_dir), "--max-new-tokens", "6", "--json", *prompts]

@@ -375,7 +375,7 @@ def test_shared_sources_resolve_in_the_shared_folder_or_say_where_to_find_it(tmp
     assert [r["prompt"]["text"] for _, r in read_records("shared:data/p.jsonl")] == ["hello"]
     assert resolve_source("shared:clf").path == str(tmp_path / "models" / "clf")
     monkeypatch.setenv("DETOXRL_SHARED", str(tmp_path / "nowhere"))
-    monkeypatch.setattr("detoxrl.data.prompts.shared_dir", lambda: None)
+    monkeypatch.setattr("detoxrl.resources.shared_dir", lambda: None)
     with pytest.raises(
         DataError, match=r"data.source 'shared:data/p.jsonl' is a file of the project's shared/"
     ):

@@ -16,14 +16,9 @@ from detoxrl.cli import main
 from detoxrl.config.schema import EvalConfig, PolicyConfig, SamplingConfig
 from detoxrl.engine import ReferenceEngine, select_engine
 from detoxrl.engine.cpu import CpuEngine
-from detoxrl.evaluation.evaluate import (
-    EvalResult,
-    SampleRecord,
-    compare,
-    compute_metrics,
-    evaluate,
-    reference_nll,
-)
+from detoxrl.evaluation.compare import compare
+from detoxrl.evaluation.evaluate import evaluate, reference_nll
+from detoxrl.evaluation.figures import compute_metrics
 from detoxrl.evaluation.io import (
     format_table,
     load_result,
@@ -31,10 +26,12 @@ from detoxrl.evaluation.io import (
     save_evaluation,
     table_markdown,
 )
+from detoxrl.evaluation.results import EvalResult, SampleRecord
 from detoxrl.metrics import stats
 from detoxrl.metrics.quality import QualityScorer, evasive, repetition
 from detoxrl.models.generation import format_prompts, generate
-from detoxrl.models.loading import attach_adapter, load_policy
+from detoxrl.models.loading import load_policy
+from detoxrl.models.lora import attach_adapter
 
 PROMPTS = ["you are a kind", "the movie was", "shut up you", "thank you for", "what a lovely day"]
 CONFIG = EvalConfig(samples_per_prompt=2, sampling=SamplingConfig(max_new_tokens=6, length_sampling="fixed"),

@@ -29,7 +29,7 @@ from detoxrl.config.schema import (
 from detoxrl.errors import DataError, TrainingError
 from detoxrl.recipes import train as loop
 from detoxrl.recipes.train import Reward, train
-from detoxrl.rewards.base import build_reward
+from detoxrl.rewards.build import build_reward
 from detoxrl.training.checkpoint import latest_checkpoint
 
 PROMPTS = ["you are a kind", "the movie was", "what a lovely day", "i hate waiting"] * 4

@@ -9,17 +9,9 @@ import torch
 
 from detoxrl.config.schema import LoraSettings, PolicyConfig
 from detoxrl.errors import ConfigError, ModelLoadError
-from detoxrl.models.loading import (
-    attach_adapter,
-    check_adapter,
-    count_parameters,
-    load_classifier,
-    load_policy,
-    resolve_device,
-    resolve_source,
-    same_model,
-    torch_dtype,
-)
+from detoxrl.models.classifier import load_classifier
+from detoxrl.models.loading import load_policy, resolve_device, resolve_source, torch_dtype
+from detoxrl.models.lora import attach_adapter, check_adapter, count_parameters, same_model
 
 
 def test_decoder_only_is_left_padded_with_a_pad_token(tiny_causal_dir: Path) -> None:
@@ -109,7 +101,7 @@ def test_flan_t5_base_with_the_labs_lora_has_the_labs_parameter_counts() -> None
         # transformers 5 always ties T5's lm_head to the shared embedding when it builds the model;
         # flan-t5-base's checkpoint (tie_word_embeddings: false) carries its own lm_head (32128 x 768).
         model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.shared.weight))
-    from detoxrl.models.loading import LORA_TARGETS
+    from detoxrl.models.lora import LORA_TARGETS
 
     lora = LoraConfig(r=32, lora_alpha=32, lora_dropout=0.05, target_modules=list(LORA_TARGETS["t5"]),
                       bias="none", task_type=TaskType.SEQ_2_SEQ_LM)  # fmt: skip

@@ -18,6 +18,7 @@ from detoxrl.metrics.quality import (
     shared_ngrams,
 )
 from detoxrl.models import embeddings
+from detoxrl.rewards.build import build_quality
 
 ISSUE_EVASIONS = [  # what the demo's trained SmolLM2 said (issue 16)
     "I'm sorry, but I'm unable to provide immediate support for this.",
@@ -123,7 +124,7 @@ def test_relevance_is_skipped_with_a_note_without_the_embedding_wheel(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(embeddings, "minilm_dir", lambda: None)
-    scorer = embeddings.build_quality(QualityConfig())
+    scorer = build_quality(QualityConfig())
     assert scorer.embed is None and "relevance skipped" in capsys.readouterr().out
     assert "relevance" not in scorer(["a prompt"], ["a response"])
 

@@ -13,17 +13,11 @@ import torch
 
 from detoxrl.config.schema import RewardConfig
 from detoxrl.errors import ConfigError, ModelLoadError
-from detoxrl.models.loading import load_classifier
-from detoxrl.rewards.base import (
-    ClassifierReward,
-    NoveltyReward,
-    build_evaluator,
-    build_reward,
-    profanity_probabilities,
-    remembering,
-    scored_texts,
-    split_spec,
-)
+from detoxrl.models.classifier import load_classifier
+from detoxrl.rewards.base import scored_texts
+from detoxrl.rewards.build import build_reward
+from detoxrl.rewards.novelty import NoveltyReward, remembering
+from detoxrl.rewards.toxicity import ClassifierReward, build_evaluator, profanity_probabilities, split_spec
 
 TOXIC = [
     "shut up you stupid idiot, nobody wants you here",

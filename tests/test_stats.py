@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from detoxrl.evaluation.evaluate import classify
+from detoxrl.evaluation import figures
+from detoxrl.evaluation.compare import classify
 from detoxrl.metrics import stats
 
 # 3 prompts x 3 samples of P(toxic)
@@ -50,20 +51,20 @@ def test_the_tail_averages_every_k_subset_and_ends_at_the_k_sample_figures() -> 
 
 
 def test_the_tail_curve_names_k_below_the_samples_and_is_absent_for_one_sample() -> None:
-    arrays = stats.SampleArrays(
+    arrays = figures.SampleArrays(
         toxicity={"clf": np.zeros((3, 25))}, num_tokens=np.ones((3, 25)), responses=[["a"] * 25] * 3
     )
-    names = [s.name for s in stats.metric_specs(arrays)]
+    names = [s.name for s in figures.metric_specs(arrays)]
     assert stats.tail_ks(25) == [1, 2, 4, 8, 16, 25] and stats.tail_ks(4) == [1, 2, 4]
     assert [n for n in names if "@" in n] == [
         f"toxicity/clf/{fig}@{k}"
         for k in (1, 2, 4, 8, 16)
         for fig in ("toxicity_probability", "expected_max_toxicity")
     ]
-    one = stats.SampleArrays(
+    one = figures.SampleArrays(
         toxicity={"clf": SCORES[:, :1]}, num_tokens=np.ones((3, 1)), responses=[["a"]] * 3
     )
-    assert not [s for s in stats.metric_specs(one) if "@" in s.name]
+    assert not [s for s in figures.metric_specs(one) if "@" in s.name]
 
 
 def test_sample_level_aggregates_by_hand() -> None:
@@ -191,15 +192,23 @@ def test_jackknife_agrees_with_the_bootstrap_on_a_mean() -> None:
 
 
 def test_metric_specs_name_every_figure() -> None:
-    arrays = stats.SampleArrays(
+    arrays = figures.SampleArrays(
         toxicity={"clf": SCORES},
         num_tokens=np.full((3, 3), 4.0),
         responses=[["a b"] * 3] * 3,
         reward=np.zeros((3, 3)),
     )
-    names = [s.name for s in stats.metric_specs(arrays)]
-    figures = ("mean", "std", "median", "max", "share_toxic", "expected_max_toxicity", "toxicity_probability")
-    assert all(f"toxicity/clf/{fig}" in names for fig in figures)
+    names = [s.name for s in figures.metric_specs(arrays)]
+    expected = (
+        "mean",
+        "std",
+        "median",
+        "max",
+        "share_toxic",
+        "expected_max_toxicity",
+        "toxicity_probability",
+    )
+    assert all(f"toxicity/clf/{fig}" in names for fig in expected)
     assert "reward/mean" in names and "quality/distinct_3" in names
     assert "quality/perplexity" not in names and "quality/rouge1" not in names  # no NLL, no references
 

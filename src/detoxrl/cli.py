@@ -69,8 +69,9 @@ def _engine(args: argparse.Namespace) -> Engine:
 def cmd_generate(args: argparse.Namespace) -> int:
     from detoxrl.config.schema import PolicyConfig, SamplingConfig
     from detoxrl.models.generation import format_prompts, generate_best_of
-    from detoxrl.models.loading import check_adapter, load_policy, resolve_source
-    from detoxrl.rewards.base import build_evaluator, resolve_evaluator_specs
+    from detoxrl.models.loading import load_policy, resolve_source
+    from detoxrl.models.lora import check_adapter
+    from detoxrl.rewards.toxicity import build_evaluator, resolve_evaluator_specs
 
     texts = _read_texts(args)  # before loading anything: a bad input fails in milliseconds
     if args.adapter:
@@ -122,7 +123,7 @@ def _add_best_of_args(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from detoxrl.rewards.base import build_evaluator
+    from detoxrl.rewards.toxicity import build_evaluator
 
     texts = _read_texts(args)
     scorers = [build_evaluator(spec) for spec in args.evaluator]
@@ -135,13 +136,13 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def _default_evaluators() -> list[str]:
     """profanity-check, plus the offline MiniLM classifier when shared/ has it: a second, independent view."""
-    from detoxrl.rewards.base import resolve_evaluator_specs
+    from detoxrl.rewards.toxicity import resolve_evaluator_specs
 
     return resolve_evaluator_specs(("profanity", "shared:minilm-toxicity"))
 
 
 def _default_prompt_file() -> Path:
-    from detoxrl.data.prompts import shared_dir
+    from detoxrl.resources import shared_dir
 
     root = shared_dir()
     if root is None:
@@ -186,7 +187,8 @@ def _flags(build: Callable[[], T]) -> T:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from detoxrl.config.schema import PolicyConfig, QualityConfig, RewardConfig
     from detoxrl.data.prompts import read_texts
-    from detoxrl.evaluation.evaluate import EvalResult, compare, evaluate, reference_nll
+    from detoxrl.evaluation.compare import compare
+    from detoxrl.evaluation.evaluate import evaluate, reference_nll
     from detoxrl.evaluation.io import (
         format_comparison,
         format_metrics,
@@ -195,9 +197,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         save_evaluation,
         tail_of,
     )
-    from detoxrl.models.embeddings import build_quality
-    from detoxrl.models.loading import attach_adapter, check_adapter, load_policy, resolve_source
-    from detoxrl.rewards.base import build_evaluator, build_reward
+    from detoxrl.evaluation.results import EvalResult
+    from detoxrl.models.loading import load_policy, resolve_source
+    from detoxrl.models.lora import attach_adapter, check_adapter
+    from detoxrl.rewards.build import build_quality, build_reward
+    from detoxrl.rewards.toxicity import build_evaluator
 
     config = _eval_config(args)
     if args.adapter:  # before the minutes spent evaluating the base model
@@ -251,7 +255,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from detoxrl.parallel import distributed
     from detoxrl.recipes.run import validate
     from detoxrl.recipes.train import train
-    from detoxrl.rewards.base import build_reward
+    from detoxrl.rewards.build import build_reward
 
     config = _run_config(args)
     if args.dry_run:

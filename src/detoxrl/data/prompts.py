@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 
 from detoxrl.config.schema import DataConfig
 from detoxrl.errors import DataError
+from detoxrl.resources import shared_path
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 REPEATED_EXTRA = "extra source text already held out or trained on"
@@ -201,28 +201,6 @@ def read_records(source: str, split: str = "train") -> Iterator[tuple[int, dict[
             )
         return READERS[path.suffix.lower()](path)
     return _read_hub(source, split)
-
-
-def shared_dir() -> Path | None:
-    """The project's offline data and models: ``$DETOXRL_SHARED``, else a ``shared/`` folder beside the
-    repository checkout or beside the working directory; None when there is none."""
-    env = os.environ.get("DETOXRL_SHARED")
-    for candidate in (env, Path(__file__).resolve().parents[4] / "shared", Path.cwd().parent / "shared"):
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    return None
-
-
-def shared_path(spec: str, key: str) -> Path:
-    """``shared:REL`` -> ``REL`` inside the project's shared/ folder (``shared_dir``), which must exist:
-    presets name offline data and models so that they work wherever that folder is."""
-    root = shared_dir()
-    if root is None:
-        raise DataError(
-            f"{key} '{spec}' is a file of the project's shared/ folder, and there is none here (beside the "
-            "repository or the working directory): set DETOXRL_SHARED to it, or give a path or hub id."
-        )
-    return root / spec.removeprefix("shared:")
 
 
 def read_texts(

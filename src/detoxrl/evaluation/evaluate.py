@@ -10,73 +10,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from detoxrl.config.io import from_dict
 from detoxrl.config.schema import EvalConfig
 from detoxrl.core.batch import make_batch
 from detoxrl.core.ppo import logprobs_from_logits
 from detoxrl.engine import Engine, select_engine
-from detoxrl.metrics import stats
+from detoxrl.evaluation import figures
+from detoxrl.evaluation.figures import compute_metrics
+from detoxrl.evaluation.results import EvalResult, SampleRecord
 from detoxrl.metrics.quality import QualityScorer, per_response
 from detoxrl.models.generation import Responses, eval_mode, format_prompts, generate_best_of
 from detoxrl.parallel.distributed import SINGLE, Topology
 from detoxrl.rewards.base import Reward, ToxicityScorer, scored_texts
 
 NLLFn = Callable[[list[torch.Tensor], list[torch.Tensor]], np.ndarray]  # prompt ids, response ids -> (B,)
-SCHEMA_RESULT = "detoxrl.evaluation/1"
-SCHEMA_COMPARISON = "detoxrl.comparison/1"
 TEXT_QUALITY = QualityScorer()  # evasion phrases, repetition, short responses; no relevance embedder
-
-
-@dataclass(frozen=True)
-class SampleRecord:
-    """One sampled response and everything measured on it."""
-
-    prompt_index: int
-    sample_index: int
-    prompt: str  # the prompt text before any chat template
-    response: str
-    num_tokens: int  # response tokens, EOS included when generated
-    toxicity: dict[str, float]  # evaluator name -> P(toxic)
-    reward: float | None = None
-    nll: float | None = None  # summed NLL (nats) of the response tokens under the reference model
-    rouge: dict[str, float] | None = None  # F1 against the prompt's reference text
-    quality: dict[str, float] | None = None  # quality.QUALITY_KEYS: evasive, repetition, short, relevance
-
-
-@dataclass(frozen=True)
-class MetricValue:
-    """A figure, its interval and how to read it."""
-
-    value: float
-    ci_low: float | None
-    ci_high: float | None
-    interval: stats.Interval
-    better: stats.Better
-    description: str
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """Every sample (prompt-major: record ``p * k + j`` is sample j of prompt p) and every figure."""
-
-    label: str
-    prompts: tuple[str, ...]
-    references: tuple[str, ...] | None
-    samples_per_prompt: int
-    evaluators: tuple[str, ...]
-    records: tuple[SampleRecord, ...]
-    metrics: dict[str, MetricValue]
-    config: dict[str, Any]
-    seed: int
-
 
 # ---- perplexity under a reference model -----------------------------------------------------------
 
@@ -127,54 +81,6 @@ def reference_nll(
 # ---- the figures -----------------------------------------------------------------------------------
 
 
-def sample_arrays(result: EvalResult) -> stats.SampleArrays:
-    """The records of a result as the (P, k) arrays the statistics read."""
-    p, k, recs = len(result.prompts), result.samples_per_prompt, result.records
-
-    def grid(values: Iterable[float | None]) -> np.ndarray:
-        return np.array(list(values), dtype=np.float64).reshape(p, k)
-
-    first = recs[0]
-    return stats.SampleArrays(
-        toxicity={name: grid(r.toxicity[name] for r in recs) for name in result.evaluators},
-        num_tokens=grid(r.num_tokens for r in recs),
-        responses=[[r.response for r in recs[i * k : (i + 1) * k]] for i in range(p)],
-        reward=None if first.reward is None else grid(r.reward for r in recs),
-        nll=None if first.nll is None else grid(r.nll for r in recs),
-        rouge=None
-        if first.rouge is None
-        else {t: grid((r.rouge or {})[t] for r in recs) for t in stats.ROUGE_TYPES},
-        quality=None
-        if first.quality is None
-        else {q: grid((r.quality or {})[q] for r in recs) for q in first.quality},
-    )
-
-
-def _estimate(
-    statistic: stats.Statistic, interval: stats.Interval, result: EvalResult, config: EvalConfig
-) -> stats.Estimate:
-    return stats.estimate(
-        statistic,
-        interval,
-        len(result.prompts),
-        samples_per_prompt=result.samples_per_prompt,
-        confidence=config.confidence,
-        n_resamples=config.bootstrap_resamples,
-        seed=result.seed,
-    )
-
-
-def compute_metrics(result: EvalResult, config: EvalConfig) -> dict[str, MetricValue]:
-    """Every figure of ``result`` with its interval over prompts."""
-    out = {}
-    for spec in stats.metric_specs(sample_arrays(result)):
-        e = _estimate(spec.statistic, spec.interval, result, config)
-        out[spec.name] = MetricValue(
-            e.value, e.ci_low, e.ci_high, spec.interval, spec.better, spec.description
-        )
-    return out
-
-
 # ---- evaluate ---------------------------------------------------------------------------------------
 
 
@@ -188,7 +94,7 @@ def _rouge(responses: list[str], references: list[str]) -> list[dict[str, float]
     from rouge_score import rouge_scorer
 
     # Stemming as in the course's Lab 2 ROUGE (evaluate's rouge with use_stemmer=True).
-    scorer = rouge_scorer.RougeScorer(list(stats.ROUGE_TYPES), use_stemmer=True)
+    scorer = rouge_scorer.RougeScorer(list(figures.ROUGE_TYPES), use_stemmer=True)
     return [
         {t: s.fmeasure for t, s in scorer.score(ref, hyp).items()}
         for hyp, ref in zip(responses, references, strict=True)
@@ -317,75 +223,3 @@ def evaluate(
 
 
 # ---- compare ----------------------------------------------------------------------------------------
-
-Change = Literal["decrease", "increase", "no significant change", "not tested"]
-
-
-@dataclass(frozen=True)
-class Delta:
-    """after - before for one figure, paired over the same prompts and sampling seeds."""
-
-    name: str
-    better: stats.Better
-    description: str
-    interval: stats.Interval
-    before: float
-    after: float
-    delta: stats.Estimate
-    relative: stats.Estimate | None  # (after - before) / before; None where before is 0
-    n_prompts: int
-    change: Change
-    assessment: str  # "improvement" / "regression" / the change itself for figures with no better side
-
-
-@dataclass(frozen=True)
-class Comparison:
-    before_label: str
-    after_label: str
-    n_prompts: int
-    samples_per_prompt: int
-    confidence: float
-    n_resamples: int
-    seed: int
-    deltas: tuple[Delta, ...]
-
-
-def classify(delta: stats.Estimate, interval: stats.Interval, better: stats.Better) -> tuple[Change, str]:
-    """A delta whose interval includes 0 is "no significant change", never an improvement."""
-    if interval == "none" or delta.ci_low is None:
-        return "not tested", "not tested"
-    if delta.includes_zero:
-        return "no significant change", "no significant change"
-    change: Change = "decrease" if delta.value < 0 else "increase"
-    if better == "neither":
-        return change, change
-    good = (change == "decrease") == (better == "lower")
-    return change, "improvement" if good else "regression"
-
-
-def _check_pairable(before: EvalResult, after: EvalResult) -> None:
-    if before.prompts != after.prompts or before.samples_per_prompt != after.samples_per_prompt:
-        raise ValueError("compare() needs the same prompts and samples per prompt before and after.")
-    if before.seed != after.seed or before.evaluators != after.evaluators:
-        raise ValueError("compare() needs the same sampling seed and the same evaluators before and after.")
-
-
-def compare(before: EvalResult, after: EvalResult, config: EvalConfig | None = None) -> Comparison:
-    """Paired deltas (after - before) of every figure both results have, with intervals over prompts."""
-    _check_pairable(before, after)
-    config = config or from_dict(EvalConfig, before.config)
-    after_specs = {s.name: s for s in stats.metric_specs(sample_arrays(after))}
-    deltas = []
-    for b in stats.metric_specs(sample_arrays(before)):
-        a = after_specs.get(b.name)
-        if a is None:
-            continue
-        delta = _estimate(stats.difference(b.statistic, a.statistic), b.interval, before, config)
-        relative = _estimate(stats.relative_difference(b.statistic, a.statistic), b.interval, before, config)
-        change, assessment = classify(delta, b.interval, b.better)
-        rel = relative if np.isfinite(relative.value) else None
-        values = before.metrics[b.name].value, after.metrics[b.name].value
-        deltas.append(Delta(b.name, b.better, b.description, b.interval, *values, delta, rel,
-                            len(before.prompts), change, assessment))  # fmt: skip
-    return Comparison(before.label, after.label, len(before.prompts), before.samples_per_prompt,
-                      config.confidence, config.bootstrap_resamples, before.seed, tuple(deltas))  # fmt: skip

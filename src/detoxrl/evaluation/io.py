@@ -14,14 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from detoxrl.evaluation.evaluate import (
-    SCHEMA_COMPARISON,
-    SCHEMA_RESULT,
-    Comparison,
-    EvalResult,
-    MetricValue,
-    SampleRecord,
-)
+from detoxrl.evaluation.compare import Comparison
+from detoxrl.evaluation.results import SCHEMA_COMPARISON, SCHEMA_RESULT, EvalResult, MetricValue, SampleRecord
 from detoxrl.metrics import stats
 from detoxrl.reports.tail import tail_table
 

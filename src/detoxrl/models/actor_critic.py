@@ -26,7 +26,8 @@ from detoxrl.config.schema import PolicyConfig, SamplingConfig
 from detoxrl.core.batch import ResponseBatch
 from detoxrl.core.ppo import entropy_from_logits, logprobs_from_logits
 from detoxrl.engine import Engine, select_engine
-from detoxrl.models.loading import Policy, attach_adapter, count_parameters
+from detoxrl.models.loading import Policy
+from detoxrl.models.lora import attach_adapter, count_parameters
 from detoxrl.models.sampling import Sampled, sample
 
 ReferenceKind = Literal["disabled_adapter", "frozen_adapter", "frozen_copy"]

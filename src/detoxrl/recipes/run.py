@@ -21,7 +21,8 @@ from detoxrl.config.io import flatten, from_dict, merge, parse_overrides, read_y
 from detoxrl.config.schema import RunConfig
 from detoxrl.engine import Engine
 from detoxrl.errors import ConfigError
-from detoxrl.evaluation.evaluate import EvalResult, NLLFn
+from detoxrl.evaluation.evaluate import NLLFn
+from detoxrl.evaluation.results import EvalResult
 from detoxrl.models.loading import Policy
 from detoxrl.parallel import distributed
 
@@ -39,7 +40,7 @@ def validate(config: RunConfig, evaluate: bool = True) -> list[str]:
     was built. ``evaluate=False``: for ``train``, which evaluates nothing."""
     from detoxrl.data.prompts import load_prompts
     from detoxrl.recipes import preflight
-    from detoxrl.rewards.base import resolve_evaluator_specs
+    from detoxrl.rewards.toxicity import resolve_evaluator_specs
 
     if evaluate:
         config.check_evaluation()
@@ -116,7 +117,8 @@ def _nll(engine: Engine, model: Any, policy: Policy, switch: Any = None) -> NLLF
 
 def before_model(config: RunConfig, engine: Engine) -> tuple[Policy, Any, NLLFn]:
     """The policy as PPO starts from it (base, or base + the loaded adapter): also the reference."""
-    from detoxrl.models.loading import attach_adapter, load_policy
+    from detoxrl.models.loading import load_policy
+    from detoxrl.models.lora import attach_adapter
 
     policy = load_policy(config.policy, engine.device)
     model = attach_adapter(policy, config.policy) if config.policy.adapter else policy.model
@@ -160,8 +162,8 @@ def evaluate_model(
     label: str,
 ) -> EvalResult:
     from detoxrl.evaluation.evaluate import evaluate
-    from detoxrl.models.embeddings import build_quality
-    from detoxrl.rewards.base import build_evaluator, build_reward, resolve_evaluator_specs
+    from detoxrl.rewards.build import build_quality, build_reward
+    from detoxrl.rewards.toxicity import build_evaluator, resolve_evaluator_specs
 
     policy, model, nll = loaded
     device = engine.device
@@ -195,11 +197,11 @@ def run(config: RunConfig, resume: bool = False, progress: bool = True) -> RunSu
 
 def _run(config: RunConfig, run_dir: Path, resume: bool, progress: bool, start: float) -> RunSummary:
     from detoxrl.data.prompts import load_prompts
-    from detoxrl.evaluation.evaluate import compare
+    from detoxrl.evaluation.compare import compare
     from detoxrl.evaluation.io import load_result, result_to_dict, write_json
     from detoxrl.recipes.train import select_run_engine, train
     from detoxrl.reports.report import steps_line
-    from detoxrl.rewards.base import build_reward
+    from detoxrl.rewards.build import build_reward
 
     top = distributed.setup(config.device)
     engine = select_run_engine(config, top)

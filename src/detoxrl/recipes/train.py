@@ -37,7 +37,7 @@ from detoxrl.models.generation import decode
 from detoxrl.models.sampling import response_limits
 from detoxrl.parallel import distributed
 from detoxrl.parallel.distributed import Topology
-from detoxrl.rewards.base import remembering
+from detoxrl.rewards.novelty import remembering
 from detoxrl.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -157,9 +157,9 @@ def _build(
     """Steps 1-3 of ``_train``: the trainer (on this process's engine, resumed from ``checkpoint``), the
     prompts' tokens, the quality scorer."""
     from detoxrl.models.actor_critic import build_actor_critic
-    from detoxrl.models.embeddings import build_quality
     from detoxrl.models.generation import format_prompts, tokenize_prompts
     from detoxrl.models.loading import load_policy
+    from detoxrl.rewards.build import build_quality
 
     # 1. Seed once (every process alike); the engine, chosen once and written beside the resolved config by
     #    the main process, which alone writes the run directory.

@@ -1,5 +1,5 @@
 """The toxic tail over k samples per prompt, from evaluation files: a table and a plot of toxicity
-probability and expected maximum toxicity at k = 1, 2, 4, ..., K (stats.tail_specs computes them from
+probability and expected maximum toxicity at k = 1, 2, 4, ..., K (figures.tail_specs computes them from
 subsets of the same samples), base and trained side by side. Reads the JSON dicts that evaluation_io
 writes; knows nothing of models.
 
