@@ -149,7 +149,7 @@ def build(args: argparse.Namespace, engine: Any) -> tuple[Any, Any, list[Any], M
     from detoxrl.models.actor_critic import build_actor_critic
     from detoxrl.models.generation import format_prompts, tokenize_prompts
     from detoxrl.models.loading import load_policy
-    from detoxrl.training.trainer import PPOTrainer
+    from detoxrl.training.classic import PPOTrainer
 
     k = group_size(args)
     policy_config = PolicyConfig(model=args.model, dtype=args.dtype)  # LoRA r 32, alpha 32, q k v o

@@ -81,11 +81,11 @@ EVAL = EvalConfig(
 @contextmanager
 def first_experience(path: Path) -> Iterator[None]:
     """Save the experience of the first PPO step (the global batch; the main process writes it)."""
-    from detoxrl.training.trainer import PPOTrainer
+    from detoxrl.training.trainer import Trainer
 
-    update = PPOTrainer._update
+    update = Trainer._update
 
-    def spy(self: PPOTrainer, exp: Any) -> Any:
+    def spy(self: Trainer, exp: Any) -> Any:
         if self.step_count == 0 and self.topology.is_main:
             fields = ("logprobs", "ref_logprobs", "values", "scores", "rewards", "advantages", "returns")
             saved = {
@@ -95,11 +95,11 @@ def first_experience(path: Path) -> Iterator[None]:
                         "response_mask": exp.batch.response_mask.cpu()}, path)  # fmt: skip
         return update(self, exp)
 
-    PPOTrainer._update = spy  # type: ignore[method-assign]
+    Trainer._update = spy  # type: ignore[method-assign]
     try:
         yield
     finally:
-        PPOTrainer._update = update  # type: ignore[method-assign]
+        Trainer._update = update  # type: ignore[method-assign]
 
 
 def evaluate_tiny(model_dir: str, topology: Any) -> list[dict[str, Any]]:

@@ -18,7 +18,8 @@ from detoxrl.models.actor_critic import ActorCritic, build_actor_critic
 from detoxrl.models.loading import load_policy
 from detoxrl.recipes.train import train
 from detoxrl.training.checkpoint import VALUE_HEAD_FILE, latest_checkpoint
-from detoxrl.training.trainer import PPOTrainer
+from detoxrl.training.classic import PPOTrainer
+from detoxrl.training.trainer import Trainer
 from test_trainer import (
     PROMPTS,
     assert_learns,
@@ -75,13 +76,13 @@ def test_the_loop_samples_each_prompt_k_times_in_consecutive_rows(
 ) -> None:
     """[D19] batch_size / k prompts a step, each k times in a row, the k sharing one drawn length limit."""
     seen: list[tuple[list[torch.Tensor], list[int]]] = []
-    rollout = PPOTrainer.rollout
+    rollout = Trainer.rollout
 
-    def spy(self: PPOTrainer, queries: list[torch.Tensor], limits: list[int], seeds: list[int]) -> Any:
+    def spy(self: Trainer, queries: list[torch.Tensor], limits: list[int], seeds: list[int]) -> Any:
         seen.append((queries, limits))
         return rollout(self, queries, limits, seeds)
 
-    monkeypatch.setattr(PPOTrainer, "rollout", spy)
+    monkeypatch.setattr(Trainer, "rollout", spy)
     config = run_config(
         tiny_causal_dir, 2, algorithm="rloo", batch_size=12, mini_batch_size=4, num_generations=3
     )
@@ -125,9 +126,9 @@ def test_grpo_without_a_kl_coefficient_makes_no_reference_pass(
 def test_d25_grpo_mini_batches_are_whole_groups_and_run_each_prompt_once(
     tiny_causal_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen, micro_step = [], PPOTrainer._micro_step
+    seen, micro_step = [], Trainer._micro_step
     monkeypatch.setattr(
-        PPOTrainer,
+        Trainer,
         "_micro_step",
         lambda self, exp, rows, *a: seen.append(rows.tolist()) or micro_step(self, exp, rows, *a),
     )

@@ -21,7 +21,7 @@ from detoxrl.errors import ConfigError
 from detoxrl.models.actor_critic import ActorCritic, build_actor_critic
 from detoxrl.models.loading import load_policy
 from detoxrl.models.sampling import LengthSampler, filter_logits, inverse_cdf, response_limits, sample_tokens
-from detoxrl.training.trainer import PPOTrainer
+from detoxrl.training.classic import PPOTrainer
 
 QUERIES = [torch.tensor(q) for q in ([5, 10, 6, 27], [4, 9, 50, 42, 17, 7, 39], [12, 13])]
 

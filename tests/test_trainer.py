@@ -17,7 +17,8 @@ from detoxrl.models.actor_critic import build_actor_critic
 from detoxrl.models.loading import load_policy
 from detoxrl.recipes.train import train
 from detoxrl.training.checkpoint import VALUE_HEAD_FILE, latest_checkpoint
-from detoxrl.training.trainer import LengthSampler, PPOTrainer
+from detoxrl.training.classic import LengthSampler, PPOTrainer
+from detoxrl.training.metrics_log import MetricsLogger
 
 PROMPTS = ["you are a kind", "the movie was", "what a lovely day", "i hate waiting"] * 4
 REQUIRED_STATS = [
@@ -243,7 +244,7 @@ def make_trainer(model_dir: Path, **ppo: Any) -> PPOTrainer:
 
 def test_classic_api_in_a_users_own_loop(tiny_seq2seq_dir: Path, tmp_path: Path) -> None:
     trainer = make_trainer(tiny_seq2seq_dir)
-    trainer.metrics_path = tmp_path / "log.jsonl"
+    trainer.logger = MetricsLogger(tmp_path / "log.jsonl")
     tok = trainer.tokenizer
     queries = [torch.tensor(tok(p)["input_ids"]) for p in PROMPTS[:8]]
     coefs = []

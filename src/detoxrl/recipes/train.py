@@ -46,8 +46,9 @@ from detoxrl.training.checkpoint import (
     save_weights,
     truncate_metrics,
 )
+from detoxrl.training.metrics_log import MetricsLogger, record
 from detoxrl.training.rollout import batch_indices, sample_seeds
-from detoxrl.training.trainer import PPOTrainer
+from detoxrl.training.trainer import Trainer
 
 Reward = Callable[[list[str], list[str]], torch.Tensor]
 
@@ -87,7 +88,7 @@ class StopRequest:
 
 
 def _train_step(
-    trainer: PPOTrainer, config: RunConfig, prompts: list[str], queries: list[torch.Tensor], reward: Reward,
+    trainer: Trainer, config: RunConfig, prompts: list[str], queries: list[torch.Tensor], reward: Reward,
     quality: QualityScorer, history: list[dict[str, Any]],
 ) -> tuple[dict[str, Any], guards.GuardReport]:  # fmt: skip
     """Rollout -> reward -> RL step -> quality guards -> one metrics record. This process samples and
@@ -115,7 +116,7 @@ def _train_step(
     verdict = guards.check([*history, stats], config.quality.guard)
     stats.update(verdict.metrics())
     stats.update({"time/generation": t1 - t0, "time/reward": t2 - t1, "time/total": time.perf_counter() - t0})
-    return trainer.log_stats(stats, batch={"query": batch_prompts, "response": texts}), verdict
+    return record(trainer.step_count, stats, batch={"query": batch_prompts, "response": texts}), verdict
 
 
 def _postfix(record: dict[str, Any], verdict: guards.GuardReport) -> dict[str, str]:
@@ -153,7 +154,7 @@ def train(
 def _build(
     config: RunConfig, prompts: list[str], reward: Reward, run_dir: Path, engine: Engine | None,
     top: Topology, checkpoint: Path | None,
-) -> tuple[PPOTrainer, list[torch.Tensor], QualityScorer]:  # fmt: skip
+) -> tuple[Trainer, list[torch.Tensor], QualityScorer]:  # fmt: skip
     """Steps 1-3 of ``_train``: the trainer (on this process's engine, resumed from ``checkpoint``), the
     prompts' tokens, the quality scorer."""
     from detoxrl.models.actor_critic import build_actor_critic
@@ -179,10 +180,7 @@ def _build(
     # 3. Resume: weights (before any wrapping shards them), optimizer, scheduler, KL controller, RNG states,
     #    step and the reward's memory of recent rollouts (novelty) from the last checkpoint.
     state = load_checkpoint(actor_critic, checkpoint) if checkpoint else None
-    main = top.is_main  # the others log nothing
-    trainer = PPOTrainer(config.ppo, actor_critic, policy.tokenizer, config.generation, config.steps,
-                         run_dir / "metrics.jsonl" if main else None,
-                         run_dir / "tensorboard" if main else None, top)  # fmt: skip
+    trainer = Trainer(config.ppo, actor_critic, policy.tokenizer, config.generation, config.steps, top)
     if state is not None:
         trainer.load_state_dict(state)
         for part, memory in zip(remembering(reward), state.get("reward_memory", []), strict=False):
@@ -193,7 +191,7 @@ def _build(
     return trainer, queries, build_quality(config.quality, engine.device)
 
 
-def _save(trainer: PPOTrainer, config: RunConfig, run_dir: Path, reward: Reward, final: bool = False) -> None:
+def _save(trainer: Trainer, config: RunConfig, run_dir: Path, reward: Reward, final: bool = False) -> None:
     """A checkpoint (or the final weights) by the main process, the others waiting till it is there."""
     top, ac = trainer.topology, trainer.actor_critic
     weights = top.full_state_dict(trainer.train_module)  # sharded: gathered by every process; else None
@@ -223,14 +221,18 @@ def _train(
     # 4. The loop: one step, a checkpoint every save_every steps and before any stop (signal, guard), which
     #    every process takes together.
     history, records, stop = top.broadcast(read_metrics(run_dir) if top.is_main else []), [], StopRequest()
+    logger = (
+        MetricsLogger(run_dir / "metrics.jsonl", run_dir / "tensorboard") if top.is_main else MetricsLogger()
+    )
     stopped_early = signalled = False
     bar = tqdm(range(trainer.step_count, config.steps), desc="ppo", disable=not progress or not top.is_main)
     with stop.catching():
         for _ in bar:
-            record, verdict = _train_step(trainer, config, prompts, queries, reward, quality, history)
-            history.append(record)
-            records.append(record)
-            bar.set_postfix(_postfix(record, verdict))
+            line, verdict = _train_step(trainer, config, prompts, queries, reward, quality, history)
+            logger.log(line)
+            history.append(line)
+            records.append(line)
+            bar.set_postfix(_postfix(line, verdict))
             if verdict.alarms and top.is_main:
                 bar.write(verdict.message())
             stopped_early, signalled = verdict.stop, top.any(stop.signal is not None)

@@ -1,8 +1,8 @@
 """The trainer: one RL step on a batch (the experience, epochs of mini-batch updates, statistics, the KL
 controller) by PPO, RLOO or GRPO (``PPOConfig.algorithm``), updates with non-finite losses or gradients
-skipped, and the classic trl calls (generate / step / log_stats). The math lives in ppo.py and
-critic_free.py, the config-driven loop in loop.py; how models run is the engine's, reached only through
-the actor-critic; processes are distributed.py's.
+skipped. The math lives in core/, the config-driven loop in recipes/train.py, the classic trl calls
+(generate / step / log_stats) in classic.py; how models run is the engine's, reached only through the
+actor-critic; processes are parallel/'s.
 
 Data parallel (a ``Topology`` of N processes): each brings its rows (whole groups for RLOO and GRPO); the
 rows' scores and passes are gathered into the global batch's experience (the same on every process), and
@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -30,15 +28,10 @@ from detoxrl.core.batch import ResponseBatch, make_batch, trim_batch
 from detoxrl.errors import ConfigError, TrainingError
 from detoxrl.models.actor_critic import ActorCritic, PolicyOutput
 from detoxrl.models.generation import stop_ids
-from detoxrl.models.sampling import LengthSampler, Sampled
+from detoxrl.models.sampling import Sampled
 from detoxrl.parallel.distributed import SINGLE, Topology
 from detoxrl.training.rollout import Experience, GroupExperience, make_experience, old_policy
 
-__all__ = ["LengthSampler", "PPOTrainer"]
-
-Reward = Callable[[list[str], list[str]], torch.Tensor]
-CLASSIC_KWARGS = ("temperature", "top_k", "top_p", "do_sample", "max_new_tokens", "min_new_tokens",
-                  "min_length", "eos_token_id", "pad_token_id")  # fmt: skip
 Loss = ppo.PPOLoss | critic_free.PolicyLoss
 LOSS_KEYS = {  # a loss's parts -> their metric keys (trl's names); the value parts are PPO's only
     "loss": "ppo/loss/total", "policy_loss": "ppo/loss/policy", "value_loss": "ppo/loss/value",
@@ -47,10 +40,11 @@ LOSS_KEYS = {  # a loss's parts -> their metric keys (trl's names); the value pa
 }  # fmt: skip
 
 
-class PPOTrainer:
+class Trainer:
     """PPO, RLOO or GRPO (``config.algorithm``) for an ``ActorCritic`` (with a value head for PPO only:
-    ``build_actor_critic(..., critic=False)`` for the others), with the classic trl calls ``generate``,
-    ``step`` and ``log_stats``."""
+    ``build_actor_critic(..., critic=False)`` for the others): ``rollout`` samples, ``learn`` takes one
+    step on what it sampled and its scores. The classic trl calls (generate / step / log_stats) are
+    ``classic.PPOTrainer``'s."""
 
     def __init__(
         self,
@@ -59,8 +53,6 @@ class PPOTrainer:
         tokenizer: Any,
         generation: SamplingConfig | None = None,
         total_steps: int | None = None,
-        metrics_path: str | Path | None = None,
-        tensorboard_dir: str | Path | None = None,
         topology: Topology = SINGLE,
     ) -> None:
         self.config, self.actor_critic, self.tokenizer = config, actor_critic, tokenizer
@@ -92,16 +84,8 @@ class PPOTrainer:
         self.score_moments = ppo.RunningMoments()
         self.step_count = 0
         self.nonfinite_steps = 0  # steps in a row without any update (non-finite scores, losses, gradients)
-        self.metrics_path = Path(metrics_path) if metrics_path else None
-        self.tensorboard_dir = tensorboard_dir
-        self._tensorboard: Any = None  # a SummaryWriter, opened at the first log_stats
         self.pad_id = int(tokenizer.pad_token_id)
         self.stop_ids = stop_ids(actor_critic.model, tokenizer)
-        # The classic API's one cache: the last generate()'s queries and sampling pass, whose log-probs
-        # and values step() reuses when handed exactly those responses [D17].
-        self._last: tuple[list[torch.Tensor], Sampled] | None = None
-
-    # ---- the loop's API: the rollout is handed to the update as a value ----------------------------
 
     def rollout(
         self, queries: list[torch.Tensor], limits: list[int], seeds: list[int] | None = None
@@ -114,80 +98,7 @@ class PPOTrainer:
 
     def learn(self, queries: list[torch.Tensor], sampled: Sampled, scores: torch.Tensor) -> dict[str, float]:
         """One PPO step on the responses of ``sampled`` with their scores (B,)."""
-        return self._step(queries, sampled.responses(), _as_vector(scores), sampled)
-
-    # ---- the classic API ------------------------------------------------------------------------
-
-    def generate(
-        self,
-        query_tensors: Sequence[torch.Tensor],
-        length_sampler: Callable[[], int] | None = None,
-        return_prompt: bool = False,
-        batch_size: int | None = None,
-        **generation_kwargs: Any,
-    ) -> list[torch.Tensor]:
-        """Sample responses (B x (T_i,)) in calls of ``batch_size`` prompts (default: all at once); each
-        at most ``length_sampler()`` tokens, else ``max_new_tokens`` (default: the generation config's).
-        The kwargs are the lab's: temperature (must be the generation config's, which step() uses for
-        log-probs), top_k, top_p, do_sample, max_new_tokens, min_length / min_new_tokens (in response
-        tokens: no stop id before), eos_token_id, pad_token_id."""
-        settings, stops = self._classic_settings(generation_kwargs)
-        queries, size = list(query_tensors), batch_size or len(query_tensors)
-        limits = [length_sampler() if length_sampler else settings.max_new_tokens for _ in queries]
-        responses, self._last = [], None
-        for i in range(0, len(queries), size):
-            sampled = self.actor_critic.sample(queries[i : i + size], limits[i : i + size], settings, stops,
-                                               self.pad_id)  # fmt: skip
-            responses += sampled.responses()
-        if size >= len(queries):
-            self._last = (queries, sampled)
-        if return_prompt:
-            return [torch.cat([q.cpu(), r]) for q, r in zip(queries, responses, strict=True)]
-        return responses
-
-    def _classic_settings(self, kwargs: dict[str, Any]) -> tuple[SamplingConfig, set[int]]:
-        unknown = set(kwargs) - set(CLASSIC_KWARGS)
-        if unknown:
-            raise ValueError(
-                f"generate() does not take {sorted(unknown)}; it takes {', '.join(CLASSIC_KWARGS)}."
-            )
-        temperature = kwargs.get("temperature", self.generation.temperature)
-        if temperature != self.generation.temperature:
-            raise ValueError(
-                f"temperature={temperature} differs from generation.temperature="
-                f"{self.generation.temperature}, which step() uses for log-probs; set it there instead."
-            )
-        eos = kwargs.get("eos_token_id")
-        stops = self.stop_ids if eos is None else set(eos if isinstance(eos, list) else [eos])
-        settings = dataclasses.replace(
-            self.generation,
-            temperature=temperature if kwargs.get("do_sample", True) else 0.0,
-            top_k=int(kwargs.get("top_k", self.generation.top_k)),
-            top_p=float(kwargs.get("top_p", self.generation.top_p)),
-            max_new_tokens=int(kwargs.get("max_new_tokens", self.generation.max_new_tokens)),
-            min_tokens=int(
-                kwargs.get("min_new_tokens", kwargs.get("min_length", self.generation.min_tokens))
-            ),
-        )
-        return settings, stops
-
-    def step(
-        self,
-        queries: Sequence[torch.Tensor],
-        responses: Sequence[torch.Tensor],
-        scores: Sequence[torch.Tensor] | torch.Tensor,
-    ) -> dict[str, float]:
-        """One step on a batch of (query, response, score); returns the step's statistics. The old
-        log-probs and values come from the last ``generate()`` when these are exactly its queries and
-        responses at the generation config's temperature [D17], else from one policy pass. For rloo and
-        grpo the k = ``config.group_size`` samples of a query are consecutive rows [D19]."""
-        queries, responses = list(queries), list(responses)
-        sampled = None
-        if self._last is not None and _same(self._last[0], queries):
-            last = self._last[1]
-            if last.temperature == self.generation.temperature and _same(last.responses(), responses):
-                sampled = last
-        return self._step(queries, responses, _as_vector(scores), sampled)
+        return self._step(queries, sampled.responses(), as_vector(scores), sampled)
 
     def _step(
         self, queries: list[torch.Tensor], responses: list[torch.Tensor], raw: torch.Tensor,
@@ -279,36 +190,6 @@ class PPOTrainer:
         self.lr_scheduler.step()
         self.step_count += 1
         return {**stats, "time/step": time.perf_counter() - t0}
-
-    def log_stats(
-        self, stats: dict[str, float], batch: dict[str, list[str]] | None = None, rewards: Any = None
-    ) -> dict[str, Any]:
-        """Append one JSON line (step + stats, and rewards' mean/std if given) to ``metrics_path``."""
-        record: dict[str, Any] = {"step": self.step_count, **stats}
-        if rewards is not None:
-            r = _as_vector(rewards)
-            record["env/reward_mean"] = float(r.mean())
-            record["env/reward_std"] = float(r.std()) if r.numel() > 1 else 0.0
-        if batch is not None and "query" in batch and "response" in batch:
-            pairs = zip(batch["query"][:4], batch["response"][:4], strict=True)
-            record["samples"] = [{"query": q, "response": r} for q, r in pairs]
-        if self.metrics_path is not None:
-            with self.metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-        if self.tensorboard_dir is not None:
-            self._log_tensorboard(record)
-        return record
-
-    def _log_tensorboard(self, record: dict[str, Any]) -> None:
-        """The same scalars as metrics.jsonl, as TensorBoard events (``tensorboard --logdir RUN_DIR``)."""
-        if self._tensorboard is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tensorboard = SummaryWriter(str(self.tensorboard_dir))
-        for key, value in record.items():
-            if isinstance(value, int | float) and key != "step":
-                self._tensorboard.add_scalar(key, value, self.step_count)
-        self._tensorboard.flush()
 
     # ---- the pieces of a step -------------------------------------------------------------------
 
@@ -441,13 +322,13 @@ class PPOTrainer:
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
 
 
-def _same(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> bool:
+def same_tensors(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> bool:
     return len(xs) == len(ys) and all(
         a.shape == b.shape and torch.equal(a.cpu(), b.cpu()) for a, b in zip(xs, ys, strict=True)
     )
 
 
-def _as_vector(x: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+def as_vector(x: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
     """Scores as the lab passed them (a list of 0-d tensors) or one tensor -> (B,) float32 on the CPU."""
     return torch.as_tensor(torch.stack(list(x)) if isinstance(x, list | tuple) else x).float().flatten().cpu()
 
@@ -466,7 +347,7 @@ def _check_groups(queries: list[torch.Tensor], k: int) -> None:
     if k == 1:
         return
     if len(queries) % k or not all(
-        _same(queries[i : i + k], [queries[i]] * k) for i in range(0, len(queries), k)
+        same_tensors(queries[i : i + k], [queries[i]] * k) for i in range(0, len(queries), k)
     ):
         raise TrainingError(
             f"rloo and grpo compare the {k} samples of each query (ppo.num_generations): pass them as "
