@@ -20,7 +20,14 @@ from detoxrl.engine.cpu import CpuEngine, CpuOptions
 from detoxrl.errors import ConfigError
 from detoxrl.models.actor_critic import ActorCritic, build_actor_critic
 from detoxrl.models.loading import load_policy
-from detoxrl.models.sampling import LengthSampler, filter_logits, inverse_cdf, response_limits, sample_tokens
+from detoxrl.models.sampling import (
+    LengthSampler,
+    filter_logits,
+    inverse_cdf,
+    nucleus,
+    response_limits,
+    sample_tokens,
+)
 from detoxrl.training.classic import PPOTrainer
 
 QUERIES = [torch.tensor(q) for q in ([5, 10, 6, 27], [4, 9, 50, 42, 17, 7, 39], [12, 13])]
@@ -65,6 +72,23 @@ def test_sample_tokens_draws_from_the_tempered_distribution_and_filters() -> Non
     assert (tokens != 0).all() and torch.allclose(logprobs, probs.log()[tokens], atol=1e-6)
     kept = filter_logits(probs.log()[None], top_p=0.6).isfinite()[0]
     assert kept.tolist() == [True, True, False, False]  # the smallest set whose mass reaches 0.6
+
+
+def test_the_nucleus_from_top_candidates_is_the_nucleus_of_a_full_sort() -> None:
+    def by_sorting(logits: torch.Tensor, top_p: float) -> torch.Tensor:  # the plain, obvious version
+        probs, order = logits.softmax(-1).sort(dim=-1, descending=True)
+        keep = probs.cumsum(-1) - probs < top_p
+        return torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, keep)
+
+    torch.manual_seed(0)
+    peaked = torch.randn(6, 5000) * 6  # nuclei of a few tokens
+    flat = torch.randn(2, 5000) * 0.01  # nuclei far past the candidates: the full sort
+    for logits in (peaked, flat, torch.cat([peaked, flat])):
+        for top_p in (0.5, 0.9, 0.95):
+            fast = nucleus(logits, top_p, candidates=64)
+            assert torch.equal(fast, by_sorting(logits, top_p)), top_p
+    assert (peaked.softmax(-1).topk(64).values.sum(-1) > 0.95).all()  # the peaked rows need no sort
+    assert nucleus(flat, 0.9, candidates=64).sum(-1).min() > 64  # the flat ones took more than 64
 
 
 def test_inverse_cdf_draws_in_proportion_to_the_weights_across_blocks() -> None:

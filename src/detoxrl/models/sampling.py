@@ -73,6 +73,11 @@ def response_limits(settings: SamplingConfig, n: int) -> list[int]:
     return [sampler() for _ in range(n)]
 
 
+# The most likely tokens looked at first for a nucleus (top_p): SmolLM2-135M at 0.9 on 640 steps of the rtp
+# training prompts needed 130 tokens (median), 1,098 (90th percentile), 2,897 (99th), 4,649 at most.
+NUCLEUS_CANDIDATES = 4096
+
+
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """(B, V) logits with everything outside the top ``top_k`` and the nucleus ``top_p`` set to -inf
     (0 and 1 switch a filter off; the most likely token always survives)."""
@@ -80,11 +85,23 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        before = sorted_logits.softmax(-1).cumsum(-1) - sorted_logits.softmax(-1)  # mass above each token
-        drop = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, before >= top_p)
-        logits = logits.masked_fill(drop, float("-inf"))
+        logits = logits.masked_fill(~nucleus(logits, top_p), float("-inf"))
     return logits
+
+
+def nucleus(logits: torch.Tensor, top_p: float, candidates: int = NUCLEUS_CANDIDATES) -> torch.Tensor:
+    """(B, V) logits -> (B, V) bool, True on the smallest set of most likely tokens whose probability
+    reaches ``top_p`` (Holtzman et al. 2020). The nucleus is looked for among each row's ``candidates``
+    most likely tokens (a top-k, far cheaper than sorting the whole vocabulary on a CPU), and only where
+    they do not hold ``top_p`` of the mass does it sort the whole row: the same set either way."""
+    probs = logits.softmax(-1)
+    top, order = probs.topk(min(candidates, probs.shape[-1]), dim=-1)  # (B, C), sorted descending
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, top.cumsum(-1) - top < top_p)
+    flat = top.sum(-1) < top_p  # (B,) rows whose nucleus may reach past the candidates: sorted whole
+    if bool(flat.any()):
+        top, order = probs[flat].sort(dim=-1, descending=True)
+        keep[flat] = torch.zeros_like(top, dtype=torch.bool).scatter(-1, order, top.cumsum(-1) - top < top_p)
+    return keep
 
 
 def sample_tokens(
