@@ -30,7 +30,7 @@ from detoxrl.errors import DataError, TrainingError
 from detoxrl.recipes import train as loop
 from detoxrl.recipes.train import Reward, train
 from detoxrl.rewards.build import build_reward
-from detoxrl.training.checkpoint import latest_checkpoint
+from detoxrl.rundir import latest_checkpoint
 
 PROMPTS = ["you are a kind", "the movie was", "what a lovely day", "i hate waiting"] * 4
 SRC = Path(__file__).resolve().parents[1] / "src"

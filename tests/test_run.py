@@ -267,7 +267,7 @@ def test_dry_run_finds_a_hub_model_in_the_local_cache(
 
 def test_the_verdict_and_the_plots_carry_evasion_and_guard_alarms() -> None:
     from detoxrl.recipes.run import verdict_line
-    from detoxrl.reports.report import plot_training_quality
+    from detoxrl.reports.plots import plot_training_quality
 
     def delta(name: str, before: float, after: float, low: float, high: float, assessment: str) -> dict:
         return {"name": name, "before": before, "after": after, "delta": after - before, "ci_low": low,

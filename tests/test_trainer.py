@@ -16,7 +16,8 @@ from detoxrl.errors import TrainingError
 from detoxrl.models.actor_critic import build_actor_critic
 from detoxrl.models.loading import load_policy
 from detoxrl.recipes.train import train
-from detoxrl.training.checkpoint import VALUE_HEAD_FILE, latest_checkpoint
+from detoxrl.rundir import latest_checkpoint
+from detoxrl.training.checkpoint import VALUE_HEAD_FILE
 from detoxrl.training.classic import LengthSampler, PPOTrainer
 from detoxrl.training.metrics_log import MetricsLogger
 

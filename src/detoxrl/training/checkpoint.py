@@ -10,12 +10,9 @@ where the parameters are sharded, the caller hands over the gathered state dict 
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +20,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from detoxrl.errors import DetoxError, Interrupted, TrainingError
+from detoxrl.errors import TrainingError
 from detoxrl.models.actor_critic import ActorCritic
+from detoxrl.rundir import CHECKPOINT_PREFIX
 
-CHECKPOINT_PREFIX = "checkpoint-"
-_ACTIVE: set[Path] = set()  # run folders inside a run_directory block now
 VALUE_HEAD_FILE = "value_head.safetensors"
 
 
@@ -112,11 +108,6 @@ def save_checkpoint(
     return final
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    found = sorted(p for p in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*") if (p / "state.pt").is_file())
-    return found[-1] if found else None
-
-
 def load_checkpoint(actor_critic: ActorCritic, checkpoint: str | Path) -> dict[str, Any]:
     """Restore the weights and RNG states ``save_checkpoint`` wrote; returns the trainer's state."""
     checkpoint = Path(checkpoint)
@@ -129,69 +120,3 @@ def load_checkpoint(actor_critic: ActorCritic, checkpoint: str | Path) -> dict[s
         ) from None
     _set_rng_state(state["rng"])
     return dict(state["trainer"])
-
-
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Keep the metrics of steps up to the checkpoint; later ones will be recomputed identically."""
-    if path.exists():
-        keep = [
-            ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= last_step
-        ]
-        path.write_text("".join(ln + "\n" for ln in keep))
-
-
-def holds_run(run_dir: Path, evaluation: bool = True) -> bool:
-    """A folder is a run once it holds a checkpoint or a metrics line (or, for ``detoxrl run`` with
-    ``evaluation``, the evaluation before training): a config file alone is a start that failed."""
-    metrics = run_dir / "metrics.jsonl"
-    done = latest_checkpoint(run_dir) is not None or (metrics.is_file() and metrics.stat().st_size > 0)
-    return done or (evaluation and (run_dir / "eval_before.json").is_file())
-
-
-@contextmanager
-def run_directory(
-    run_dir: Path, resume: bool, evaluation: bool, command: str, owner: bool = True
-) -> Iterator[None]:
-    """The block that starts (or resumes) the run in ``run_dir``. Refuses a folder that already holds a
-    run unless resuming. If the block fails before the folder holds a run, what it wrote is removed and
-    the error says nothing was kept; after, the error says how to resume. Inside another such block for
-    the same folder (``detoxrl run``'s training) it adds nothing. Of several processes, the main one (the
-    ``owner``) cleans up."""
-    key = run_dir.resolve()
-    if key in _ACTIVE:
-        yield
-        return
-    if not resume and holds_run(run_dir, evaluation):
-        raise TrainingError(
-            f"'{run_dir}' already holds a run: continue it with detoxrl {command} --resume {run_dir}, or set "
-            "output_dir=another/folder."
-        )
-    existed = run_dir.exists()
-    before = set(run_dir.iterdir()) if existed else set()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _ACTIVE.add(key)
-    try:
-        yield
-    except Interrupted:
-        raise
-    except DetoxError as e:
-        if holds_run(run_dir, evaluation):
-            raise type(e)(
-                f"{e} (the run so far is kept: continue with detoxrl {command} --resume {run_dir})"
-            ) from None
-        if owner:
-            _remove_new(run_dir, before, existed)
-        raise type(e)(f"{e} (nothing was kept in '{run_dir}')") from None
-    except BaseException:
-        if owner and not holds_run(run_dir, evaluation):
-            _remove_new(run_dir, before, existed)
-        raise
-    finally:
-        _ACTIVE.discard(key)
-
-
-def _remove_new(run_dir: Path, before: set[Path], existed: bool) -> None:
-    for path in set(run_dir.iterdir()) - before:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    if not existed:
-        run_dir.rmdir()
