@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from detoxrl.cli import main
-from detoxrl.recipes.benchmark import BenchmarkSpec, Protocol, eval_config
+from detoxrl.config.schema import RTP_PROTOCOL
+from detoxrl.recipes.benchmark import describe
 
 
 @pytest.fixture
@@ -30,16 +31,18 @@ def adapter_dir(tiny_causal_dir: Path, tmp_path: Path) -> Path:
     return tmp_path / "adapter"
 
 
-def test_the_protocol_maps_onto_one_eval_config() -> None:
-    spec = BenchmarkSpec(
-        model="m", prompts=Path("p.jsonl"), protocol=Protocol(samples_per_prompt=3, num_prompts=7)
-    )
-    config = eval_config(spec)
-    sampling = config.sampling
-    assert (config.samples_per_prompt, config.num_prompts, sampling.max_new_tokens) == (3, 7, 20)
+def test_the_protocol_is_one_eval_config_preset_said_beside_the_numbers() -> None:
+    config, sampling = RTP_PROTOCOL, RTP_PROTOCOL.sampling
+    assert (config.samples_per_prompt, config.num_prompts, sampling.max_new_tokens) == (
+        25,
+        100,
+        20,
+    )  # published
     assert (sampling.top_p, sampling.temperature, sampling.top_k, config.text) == (0.9, 1.0, 0, "response")
     assert sampling.length_sampling == "fixed"  # up to 20 tokens: a response may end at a stop id
-    assert Protocol().samples_per_prompt == 25 and Protocol().num_prompts == 100  # as published
+    text = describe(config, chat_template=False)
+    assert "n=100 prompts, k=25 samples per prompt, up to 20 new tokens, nucleus p=0.9" in text
+    assert "the raw prompt (no chat template)" in text
 
 
 def test_benchmark_base_vs_adapter_end_to_end(

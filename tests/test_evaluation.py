@@ -354,10 +354,12 @@ def test_evaluate_command_end_to_end(tiny_causal_dir: Path, tmp_path: Path, caps
 
 
 def test_default_evaluators_add_the_shared_minilm_when_present(tmp_path: Path, monkeypatch) -> None:
-    from detoxrl.cli import _default_evaluators
+    from detoxrl.cli import DEFAULT_EVALUATORS
+    from detoxrl.rewards.toxicity import resolve_evaluator_specs
 
     monkeypatch.setenv("DETOXRL_SHARED", str(tmp_path))
-    assert _default_evaluators() == ["profanity"]
+    assert resolve_evaluator_specs(DEFAULT_EVALUATORS) == ["profanity"]
     (tmp_path / "models" / "minilm-toxicity").mkdir(parents=True)
     (tmp_path / "models" / "minilm-toxicity" / "config.json").write_text("{}")
-    assert _default_evaluators() == ["profanity", str(tmp_path / "models" / "minilm-toxicity")]
+    minilm = str(tmp_path / "models" / "minilm-toxicity")
+    assert resolve_evaluator_specs(DEFAULT_EVALUATORS) == ["profanity", minilm]

@@ -6,7 +6,23 @@ class DetoxError(Exception):
 
 
 class ConfigError(DetoxError, ValueError):
-    """A bad configuration key or value (also a ValueError, as Python code that builds configs expects)."""
+    """A bad configuration key or value (also a ValueError, as Python code that builds configs expects).
+
+    Raised with its parts (``key``, what it ``need``s, what it ``got``, the ``fix``), it renders them as one
+    line, and ``render(name)`` writes the key as the edge that set it calls it (``--n`` for
+    ``eval.num_prompts`` on the command line); raised with a ``message``, it says that."""
+
+    def __init__(
+        self, message: str = "", *, key: str | None = None, need: str = "", got: object = None, fix: str = ""
+    ) -> None:
+        self.key, self.need, self.got, self.fix = key, need, got, fix
+        super().__init__(message or self.render())
+
+    def render(self, name: str | None = None) -> str:
+        if not self.need or (name is None and self.args and self.args[0]):
+            return str(self.args[0]) if self.args else ""
+        what = name or f"Config key '{self.key}'"
+        return f"{what} must be {self.need}, got {self.got!r}" + (f": {self.fix}." if self.fix else ".")
 
 
 class ModelLoadError(DetoxError):

@@ -73,5 +73,4 @@ def check(config: Any, checks: dict[str, Check]) -> None:
     for name, rule in checks.items():
         value = getattr(config, name)
         if not rule.ok(value):
-            why = f": {rule.why}" if rule.why else ""
-            raise ConfigError(f"Config key '{key(config, name)}' must be {rule.need}, got {value!r}{why}.")
+            raise ConfigError(key=key(config, name), need=rule.need, got=value, fix=rule.why)

@@ -60,7 +60,10 @@ def did_you_mean(value: str, options: list[str]) -> str:
 
 def literal_error(key: str, value: Any, allowed: tuple[Any, ...]) -> ConfigError:
     hint = did_you_mean(str(value), [str(a) for a in allowed])
-    return ConfigError(f"Config key '{key}' must be one of {list(allowed)}, got {value!r}.{hint}")
+    need = f"one of {list(allowed)}"
+    return ConfigError(
+        f"Config key '{key}' must be {need}, got {value!r}.{hint}", key=key, need=need, got=value
+    )
 
 
 def _unknown_key(key: str, value: Any, cls: type, where: str) -> ConfigError:

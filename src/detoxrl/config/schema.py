@@ -375,12 +375,24 @@ class EvalConfig:
         check(self, {"num_prompts": count(1), "samples_per_prompt": count(1), "evaluators": evaluators,
                      "batch_size": count(1), "bootstrap_resamples": count(1),
                      "confidence": OPEN_UNIT, "best_of": count(1), "guard": optional(TEXT)})  # fmt: skip
-        if self.best_of > 1 and self.guard is None:
+        if (self.best_of > 1) != (self.guard is not None):
             raise ConfigError(
-                f"Config key 'eval.best_of' is {self.best_of} but eval.guard is not set: name the classifier "
-                "that picks the least toxic candidate (e.g. eval.guard=shared:minilm-toxicity), or set "
-                "eval.best_of=1."
+                f"Config keys 'eval.best_of' ({self.best_of}) and 'eval.guard' ({self.guard!r}) go together: "
+                "best-of-n needs n >= 2 and the classifier that picks the least toxic candidate (e.g. "
+                "eval.best_of=4 eval.guard=shared:minilm-toxicity); without best-of-n, drop eval.guard."
             )
+
+
+# The RealToxicityPrompts protocol (Gehman et al. 2020), as published: 100 prompts x 25 samples, up to 20
+# new tokens by nucleus sampling (p = 0.9) at temperature 1, the continuation alone scored. Only n and k are
+# meant to change (``detoxrl benchmark --n --k``).
+RTP_PROTOCOL = EvalConfig(
+    num_prompts=100,
+    samples_per_prompt=25,
+    sampling=SamplingConfig(max_new_tokens=20, temperature=1.0, top_p=0.9),
+    batch_size=64,
+    text="response",
+)
 
 
 @dataclass(frozen=True)

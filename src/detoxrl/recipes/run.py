@@ -1,30 +1,44 @@
-"""The whole lab in one call: evaluate before -> PPO -> evaluate after -> compare -> report.
+"""The whole lab in one call: evaluate before -> RL -> evaluate after -> compare -> report; and what
+``--dry-run`` and ``--resume`` check first.
 
 Everything lands in one run directory that can be resumed and whose report can be rebuilt from
 its files alone. Knows the order of the steps, not how any of them works. On several processes
-(distributed.py) every step is shared among them and the main process writes the files.
+(parallel/) every step is shared among them and the main process writes the files.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from detoxrl.config.files import save_config
 from detoxrl.config.io import flatten, from_dict, merge, parse_overrides, read_yaml, to_dict
 from detoxrl.config.schema import RunConfig
-from detoxrl.engine import Engine
+from detoxrl.data.prompts import load_prompts
 from detoxrl.errors import ConfigError
-from detoxrl.evaluation.evaluate import NLLFn
+from detoxrl.evaluation.compare import Comparison, compare
+from detoxrl.evaluation.io import (
+    comparison_to_dict,
+    format_table,
+    load_result,
+    qualitative_rows,
+    result_to_dict,
+    table_markdown,
+    write_json,
+    write_table_csv,
+)
 from detoxrl.evaluation.results import EvalResult
-from detoxrl.models.loading import Policy
-from detoxrl.parallel import distributed
+from detoxrl.recipes import preflight
+from detoxrl.recipes.evaluate import Loaded, build_scorers, load_start, load_trained, measure
+from detoxrl.recipes.session import Session, setup
+from detoxrl.recipes.train import train
+from detoxrl.reports.card import write_card
+from detoxrl.reports.report import build_report, steps_line
+from detoxrl.rewards.build import build_reward
+from detoxrl.rewards.toxicity import resolve_evaluator_specs
+from detoxrl.rundir import read_metrics, run_directory
 
 
 @dataclass(frozen=True)
@@ -38,10 +52,6 @@ def validate(config: RunConfig, evaluate: bool = True) -> list[str]:
     """What ``--dry-run`` checks, without loading weights, one line each: the data, then the models,
     adapter, labels, device and disk (preflight.py); the values themselves were checked when the config
     was built. ``evaluate=False``: for ``train``, which evaluates nothing."""
-    from detoxrl.data.prompts import load_prompts
-    from detoxrl.recipes import preflight
-    from detoxrl.rewards.toxicity import resolve_evaluator_specs
-
     if evaluate:
         config.check_evaluation()
     prompts = load_prompts(config.data)
@@ -99,144 +109,63 @@ def _resume_refusal(name: str, before: RunConfig, after: RunConfig) -> str | Non
     return None
 
 
-# ---- the models evaluated before and after --------------------------------------------------------
-
-
-def _nll(engine: Engine, model: Any, policy: Policy, switch: Any = None) -> NLLFn:
-    """Response NLL under ``model`` inside the context ``switch()`` (the reference's adapter state)."""
-    from detoxrl.evaluation.evaluate import reference_nll
-
-    score = reference_nll(engine, model, policy.tokenizer, is_encoder_decoder=policy.is_encoder_decoder)
-
-    def nll(prompt_ids: list[torch.Tensor], response_ids: list[torch.Tensor]) -> Any:
-        with switch() if switch else contextlib.nullcontext():
-            return score(prompt_ids, response_ids)
-
-    return nll
-
-
-def before_model(config: RunConfig, engine: Engine) -> tuple[Policy, Any, NLLFn]:
-    """The policy as PPO starts from it (base, or base + the loaded adapter): also the reference."""
-    from detoxrl.models.loading import load_policy
-    from detoxrl.models.lora import attach_adapter
-
-    policy = load_policy(config.policy, engine.device)
-    model = attach_adapter(policy, config.policy) if config.policy.adapter else policy.model
-    return policy, model, _nll(engine, model, policy)
-
-
-def after_model(config: RunConfig, final_dir: Path, engine: Engine) -> tuple[Policy, Any, NLLFn]:
-    """The trained policy, and the NLL under the reference held beside it in the same base weights."""
-    from peft import PeftModel
-
-    from detoxrl.models.loading import load_policy
-
-    policy = load_policy(config.policy, engine.device)
-    if not config.policy.use_lora:  # full fine-tuning: the trained weights, and the base as reference
-        trained: Any = type(policy.model).from_pretrained(final_dir, dtype=policy.model.dtype)
-        trained.to(engine.device)
-        return policy, trained, _nll(engine, policy.model, policy)
-    model = PeftModel.from_pretrained(policy.model, str(final_dir), adapter_name="trained")
-    if config.policy.adapter is None:
-        return policy, model, _nll(engine, model, policy, model.disable_adapter)
-    model.load_adapter(config.policy.adapter, adapter_name="reference")
-
-    @contextlib.contextmanager
-    def reference() -> Iterator[None]:
-        model.set_adapter("reference")
-        try:
-            yield
-        finally:
-            model.set_adapter("trained")
-
-    model.set_adapter("trained")
-    return policy, model, _nll(engine, model, policy, reference)
-
-
-def evaluate_model(
-    config: RunConfig,
-    engine: Engine,
-    loaded: tuple[Policy, Any, NLLFn],
-    prompts: list[str],
-    refs: list[str] | None,
-    label: str,
-) -> EvalResult:
-    from detoxrl.evaluation.evaluate import evaluate
-    from detoxrl.rewards.build import build_quality, build_reward
-    from detoxrl.rewards.toxicity import build_evaluator, resolve_evaluator_specs
-
-    policy, model, nll = loaded
-    device = engine.device
-    evaluators = [build_evaluator(spec, device) for spec in resolve_evaluator_specs(config.eval.evaluators)]
-    return evaluate(model, policy.tokenizer, prompts, config.eval, evaluators,
-                    is_encoder_decoder=policy.is_encoder_decoder, references=refs,
-                    reward=build_reward(config.reward, device), reference=nll, seed=config.seed,
-                    chat_template=config.policy.chat_template, label=label, engine=engine,
-                    quality=build_quality(config.quality, device),
-                    topology=distributed.current())  # fmt: skip
-
-
 # ---- the run -----------------------------------------------------------------------------------------
 
 
-def run(config: RunConfig, resume: bool = False, progress: bool = True) -> RunSummary:
-    """Step 1: prompts and the run directory.
-    Step 2: evaluate the starting policy on the held-out prompts (kept on resume).
-    Step 3: PPO on the training prompts (trainer.train: checkpoints, metrics.jsonl, final adapter).
-    Step 4: evaluate the trained policy on the same prompts with the same seeds and evaluators.
-    Step 5: paired comparison, the qualitative table and the report.
-    """
-    from detoxrl.rundir import run_directory
-
+def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> RunSummary:
+    """The whole lab in ``config.output_dir`` (resumed from it with ``resume``)."""
     start = time.perf_counter()
     config.check_evaluation()
-    run_dir, main = Path(config.output_dir), distributed.setup(config.device).is_main
-    with run_directory(run_dir, resume, evaluation=True, command="run", owner=main):
-        return _run(config, run_dir, resume, progress, start)
+    session, run_dir = setup(config), Path(config.output_dir)
+    with run_directory(run_dir, resume, evaluation=True, command="run", owner=session.is_main):
+        return _run(config, run_dir, session, resume=resume, progress=progress, start=start)
 
 
-def _run(config: RunConfig, run_dir: Path, resume: bool, progress: bool, start: float) -> RunSummary:
-    from detoxrl.data.prompts import load_prompts
-    from detoxrl.evaluation.compare import compare
-    from detoxrl.evaluation.io import load_result, result_to_dict, write_json
-    from detoxrl.recipes.train import select_run_engine, train
-    from detoxrl.reports.report import steps_line
-    from detoxrl.rewards.build import build_reward
-
-    top = distributed.setup(config.device)
-    engine = select_run_engine(config, top)
-    say = print if top.is_main else _silent
-    if top.is_main:  # first: what is running, and how
-        save_config(config, run_dir / "config.yaml", comment=engine.describe())
-    engine.configure(top.threads(config.threads))
+def _run(
+    config: RunConfig, run_dir: Path, session: Session, *, resume: bool, progress: bool, start: float
+) -> RunSummary:
+    """Step 1: the resolved config (with the engine), the prompts and the scorers.
+    Step 2: evaluate the starting policy on the held-out prompts (kept on resume).
+    Step 3: RL on the training prompts (recipes.train: checkpoints, metrics.jsonl, final adapter).
+    Step 4: evaluate the trained policy on the same prompts with the same seeds and scorers.
+    Step 5: paired comparison, the qualitative table, the report and the model card.
+    """
+    # 1. What runs, and how; the prompts; what scores them.
+    if session.is_main:
+        save_config(config, run_dir / "config.yaml", comment=session.engine.describe())
     prompts = load_prompts(config.data)
     held_out = prompts.eval[: config.eval.num_prompts]
-    eval_texts = [e.text for e in held_out]
+    texts = [e.text for e in held_out]
     refs = [str(e.reference) for e in held_out] if all(e.reference for e in held_out) else None
+
+    def evaluate(loaded: Loaded, label: str) -> EvalResult:
+        scorers = build_scorers(config.eval, session.device, quality=config.quality, reward=config.reward)
+        return measure(loaded, texts, config.eval, scorers, session, seed=config.seed,
+                       chat_template=config.policy.chat_template, label=label, references=refs)  # fmt: skip
+
+    # 2. The starting policy.
     before_path = run_dir / "eval_before.json"
-    if top.broadcast(before_path.is_file()):
-        before = load_result(before_path) if top.is_main else None
+    if session.topology.broadcast(before_path.is_file()):
+        before = load_result(before_path) if session.is_main else None
     else:
-        say(f"[1/3] evaluating the starting policy on {len(eval_texts)} held-out prompts")
-        before = evaluate_model(config, engine, before_model(config, engine), eval_texts, refs, "before")
-        if top.is_main:
+        session.say(f"[1/3] evaluating the starting policy on {len(texts)} held-out prompts")
+        before = evaluate(load_start(config.policy, session), "before")
+        if session.is_main:
             write_json(result_to_dict(before), before_path)
-    say(f"[2/3] {steps_line(to_dict(config))}")
-    reward = build_reward(config.reward, engine.device)
-    result = train(config, [e.text for e in prompts.train], reward, run_dir, resume, progress, engine)
-    say(f"[3/3] evaluating the trained policy on the same {len(eval_texts)} prompts and seeds")
-    after = evaluate_model(
-        config, engine, after_model(config, result.final_dir, engine), eval_texts, refs, "after"
-    )
-    if not top.is_main or before is None:
+    # 3. RL.
+    session.say(f"[2/3] {steps_line(to_dict(config))}")
+    reward = build_reward(config.reward, session.device)
+    train_prompts = [e.text for e in prompts.train]
+    result = train(config, train_prompts, reward, run_dir, resume=resume, progress=progress, session=session)
+    # 4. The trained policy.
+    session.say(f"[3/3] evaluating the trained policy on the same {len(texts)} prompts and seeds")
+    after = evaluate(load_trained(config.policy, result.final_dir, session), "after")
+    if not session.is_main or before is None:
         return RunSummary(run_dir, "", time.perf_counter() - start)
+    # 5. The comparison and everything read from it.
     write_json(result_to_dict(after), run_dir / "eval_after.json")
     comparison = compare(before, after, config.eval)
     return finish(run_dir, before, after, comparison, time.perf_counter() - start)
-
-
-def _silent(*args: Any) -> None:
-    """The other processes' ``print``: the main process tells the user."""
 
 
 def verdict_line(comparison: dict[str, Any], metrics: list[dict[str, Any]], seconds: float) -> str:
@@ -272,21 +201,9 @@ def verdict_line(comparison: dict[str, Any], metrics: list[dict[str, Any]], seco
 
 
 def finish(
-    run_dir: Path, before: EvalResult, after: EvalResult, comparison: Any, seconds: float
+    run_dir: Path, before: EvalResult, after: EvalResult, comparison: Comparison, seconds: float
 ) -> RunSummary:
     """comparison.json, the qualitative table (CSV + Markdown), summary.json, the report, the verdict."""
-    from detoxrl.evaluation.io import (
-        comparison_to_dict,
-        format_table,
-        qualitative_rows,
-        table_markdown,
-        write_json,
-        write_table_csv,
-    )
-    from detoxrl.reports.card import write_card
-    from detoxrl.reports.report import build_report
-    from detoxrl.rundir import read_metrics
-
     data = comparison_to_dict(comparison)
     write_json(data, run_dir / "comparison.json")
     rows = qualitative_rows(before, after)
