@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from profanity_check import predict_prob
 
-from detoxrl.config.schema import PolicyConfig, PPOConfig, RunConfig, SamplingConfig
+from detoxrl.config import PolicyConfig, PPOConfig, RunConfig, SamplingConfig
 from detoxrl.recipes.train import train
 
 PROMPTS = Path(__file__).resolve().parents[2] / "shared/data/real-toxicity-prompts/challenging_toxic.jsonl"

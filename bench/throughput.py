@@ -145,7 +145,7 @@ def group_size(args: argparse.Namespace) -> int:
 def build(args: argparse.Namespace, engine: Any) -> tuple[Any, Any, list[Any], ModelShape]:
     """The trainer, its tokenizer, the tokenized prompts of every step (each repeated ``group_size``
     times in consecutive rows) and the model's shape."""
-    from detoxrl.config.schema import PolicyConfig, PPOConfig, SamplingConfig
+    from detoxrl.config import PolicyConfig, PPOConfig, SamplingConfig
     from detoxrl.models.actor_critic import build_actor_critic
     from detoxrl.models.generation import format_prompts, tokenize_prompts
     from detoxrl.models.loading import load_policy

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from profanity_check import predict_prob
 
-from detoxrl.config.schema import DataConfig, PolicyConfig
+from detoxrl.config import DataConfig, PolicyConfig
 from detoxrl.data.prompts import load_prompts
 from detoxrl.models.generation import SamplingSettings, format_prompts, generate
 from detoxrl.models.loading import load_policy

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from detoxrl.config.schema import EvalConfig, PolicyConfig, PPOConfig, RunConfig, SamplingConfig
+from detoxrl.config import EvalConfig, PolicyConfig, PPOConfig, RunConfig, SamplingConfig
 from detoxrl.parallel.distributed import Topology
 
 PROMPTS = [f"{a} {b}" for a in ("you are a", "the movie was", "what a lovely", "i hate") for b in "abcd"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from detoxrl.config.schema import PolicyConfig, PPOConfig, RunConfig, SamplingConfig
+from detoxrl.config import PolicyConfig, PPOConfig, RunConfig, SamplingConfig
 from detoxrl.errors import TrainingError
 from detoxrl.models.actor_critic import ActorCritic, build_actor_critic
 from detoxrl.models.loading import load_policy

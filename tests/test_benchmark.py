@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from detoxrl.cli import main
-from detoxrl.config.schema import RTP_PROTOCOL
+from detoxrl.config import RTP_PROTOCOL
 from detoxrl.recipes.benchmark import describe
 
 
 @pytest.fixture
 def adapter_dir(tiny_causal_dir: Path, tmp_path: Path) -> Path:
     """A LoRA adapter with random B matrices, so that base + adapter samples differently."""
-    from detoxrl.config.schema import PolicyConfig
+    from detoxrl.config import PolicyConfig
     from detoxrl.models.loading import load_policy
     from detoxrl.models.lora import attach_adapter
 

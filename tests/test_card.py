@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from detoxrl.cli import main
+from detoxrl.reports import hub
 from detoxrl.reports.card import _settings, front_matter, hub_id
 
 
@@ -95,7 +96,6 @@ def test_push_fails_with_one_line_offline_without_a_token_and_without_a_hub(
 def test_push_creates_the_repository_and_uploads_adapter_and_card(
     run_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import huggingface_hub
 
     calls: list[tuple[str, dict[str, Any]]] = []
 
@@ -117,7 +117,7 @@ def test_push_creates_the_repository_and_uploads_adapter_and_card(
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_TOKEN", "hf_test")
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(hub, "HfApi", FakeApi)
     (run_dir / "final" / "README.md").unlink()  # push writes the card again
     assert main(["push", str(run_dir), "me/detoxified", "--private"]) == 0
     assert "https://huggingface.co/me/detoxified" in capsys.readouterr().out

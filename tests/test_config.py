@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from detoxrl.config import DataConfig, PolicyConfig, PPOConfig, RewardConfig, RunConfig
 from detoxrl.config.files import list_presets, load_config, preset_path, save_config
-from detoxrl.config.schema import DataConfig, PolicyConfig, PPOConfig, RewardConfig, RunConfig
 from detoxrl.errors import ConfigError
 
 PRESETS = ["default", "lab3", "rtp"]

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from detoxrl.config import DataConfig
 from detoxrl.config.files import load_config
-from detoxrl.config.schema import DataConfig
 from detoxrl.data.prompts import BUILTIN_DIR, Example, get_field, load_prompts, split_count
 from detoxrl.errors import ConfigError, DataError
 

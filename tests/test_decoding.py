@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detoxrl.config.schema import LoraSettings, PolicyConfig, SamplingConfig
+from detoxrl.config import LoraSettings, PolicyConfig, SamplingConfig
 from detoxrl.engine import decoding, probes
 from detoxrl.engine.cpu import CpuEngine, CpuOptions
 from detoxrl.engine.decoding import LlamaStep, PromptCache, TransformersStep, llama_style

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detoxrl.config.schema import LoraSettings, PolicyConfig, SamplingConfig
+from detoxrl.config import LoraSettings, PolicyConfig, SamplingConfig
 from detoxrl.core.batch import make_batch
 from detoxrl.engine import ReferenceEngine, probes, select_engine
 from detoxrl.engine.cpu import CpuEngine

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from detoxrl.cli import main
-from detoxrl.config.schema import EvalConfig, PolicyConfig, SamplingConfig
+from detoxrl.config import EvalConfig, PolicyConfig, SamplingConfig
 from detoxrl.engine import ReferenceEngine, select_engine
 from detoxrl.engine.cpu import CpuEngine
 from detoxrl.evaluation.compare import compare

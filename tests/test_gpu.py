@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detoxrl.config.schema import PolicyConfig, PPOConfig, RunConfig, SamplingConfig
+from detoxrl.config import PolicyConfig, PPOConfig, RunConfig, SamplingConfig
 from detoxrl.core.batch import make_batch
 from detoxrl.engine import ReferenceEngine, select_engine
 from detoxrl.models.actor_critic import ActorCritic, build_actor_critic

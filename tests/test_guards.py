@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detoxrl.config.schema import GuardConfig
+from detoxrl.config import GuardConfig
 from detoxrl.errors import ConfigError
 from detoxrl.metrics.guards import bounds, check, rollout_metrics
 from detoxrl.metrics.quality import QualityScorer

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detoxrl.config.schema import (
+from detoxrl.config import (
     GuardConfig,
     PolicyConfig,
     PPOConfig,

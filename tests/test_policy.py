@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detoxrl.config.schema import PolicyConfig
+from detoxrl.config import PolicyConfig
 from detoxrl.core.batch import ResponseBatch, make_batch
 from detoxrl.engine import select_engine
 from detoxrl.models.actor_critic import ActorCritic, Reference, build_actor_critic

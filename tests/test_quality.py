@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detoxrl.config.schema import QualityConfig
+from detoxrl.config import QualityConfig
 from detoxrl.metrics.quality import (
     DEFAULT_EVASION_PHRASES,
     QualityScorer,

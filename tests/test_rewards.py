@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from detoxrl.config.schema import RewardConfig
+from detoxrl.config import RewardConfig
 from detoxrl.errors import ConfigError, ModelLoadError
 from detoxrl.models.classifier import load_classifier
 from detoxrl.rewards.base import scored_texts

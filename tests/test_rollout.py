@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detoxrl.config.schema import PolicyConfig, PPOConfig
+from detoxrl.config import PolicyConfig, PPOConfig
 from detoxrl.core.batch import make_batch, pad_left, pad_right
 from detoxrl.engine import ReferenceEngine
 from detoxrl.engine.cpu import CpuEngine

@@ -200,8 +200,8 @@ def saved_run(tmp_path: Path) -> Path:
 
 
 def test_resume_takes_only_overrides_that_cannot_change_the_run(saved_run: Path) -> None:
+    from detoxrl.config.files import resume_config
     from detoxrl.errors import ConfigError
-    from detoxrl.recipes.run import resume_config
 
     config = resume_config(saved_run, ["steps=20", "save_every=5", "threads=1", "device=cpu"])
     assert (config.steps, config.save_every, config.threads, config.device) == (20, 5, 1, "cpu")
@@ -219,8 +219,8 @@ def test_resume_takes_only_overrides_that_cannot_change_the_run(saved_run: Path)
 
 
 def test_resume_refuses_more_steps_under_a_linear_schedule(saved_run: Path) -> None:
+    from detoxrl.config.files import resume_config
     from detoxrl.errors import ConfigError
-    from detoxrl.recipes.run import resume_config
 
     text = (
         (saved_run / "config.yaml")
@@ -311,7 +311,7 @@ def test_a_critic_free_run_goes_end_to_end_with_report_and_resume(
 
 
 def test_the_dry_run_names_each_weighted_part_of_a_summed_reward() -> None:
-    from detoxrl.config.schema import RewardConfig
+    from detoxrl.config import RewardConfig
     from detoxrl.recipes.preflight import reward_lines
 
     terms = (RewardConfig(kind="evasion", weight=3.0), RewardConfig(kind="relevance", weight=2.0))

@@ -12,7 +12,7 @@ import torch
 
 import detoxrl.training.rollout as rollout_module
 import detoxrl.training.trainer as trainer_module
-from detoxrl.config.schema import PolicyConfig, PPOConfig, SamplingConfig
+from detoxrl.config import PolicyConfig, PPOConfig, SamplingConfig
 from detoxrl.core.batch import make_batch
 from detoxrl.engine import ReferenceEngine
 from detoxrl.engine.attention import CAUSAL_ROWS

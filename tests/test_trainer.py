@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from detoxrl.config.schema import PolicyConfig, PPOConfig, RunConfig, SamplingConfig
+from detoxrl.config import PolicyConfig, PPOConfig, RunConfig, SamplingConfig
 from detoxrl.errors import TrainingError
 from detoxrl.models.actor_critic import build_actor_critic
 from detoxrl.models.loading import load_policy

@@ -18,15 +18,18 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from detoxrl import __version__
-from detoxrl.config.files import list_presets, load_config
-from detoxrl.config.schema import (
+from detoxrl.config import (
     RTP_PROTOCOL,
     EvalConfig,
     QualityConfig,
     RewardConfig,
     RunConfig,
     SamplingConfig,
+    list_presets,
+    load_config,
+    resume_config,
 )
+from detoxrl.data.prompts import read_texts
 from detoxrl.errors import ConfigError, DetoxError, Interrupted
 
 ENGINE_HELP = "how the model runs: auto (cpu on the CPU), reference (plain transformers), cpu"
@@ -53,8 +56,6 @@ EVAL_FLAGS = {
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
     """Texts from positional arguments, ``--file`` (.txt: one per line; .jsonl/.csv/...: --field) or stdin."""
-    from detoxrl.data.prompts import read_texts
-
     texts = list(args.texts or [])
     if args.file:
         texts += read_texts(args.file, args.field)[0]
@@ -181,9 +182,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
     """Preset <- file <- overrides; ``--resume RUN_DIR`` reads RUN_DIR/config.yaml instead, and takes
-    only the overrides that cannot change the run (run.RESUME_OVERRIDES)."""
-    from detoxrl.recipes.run import resume_config
-
+    only the overrides that cannot change the run (config.files.RESUME_OVERRIDES)."""
     if args.resume:
         if args.preset or args.config:
             raise DetoxError(

@@ -1,22 +1,54 @@
-"""The run configuration: typed frozen dataclasses (the only home of defaults and checks), YAML files and
-``a.b=c`` overrides, the shipped presets. Knows nothing of models, data or tensors."""
+"""The run configuration: typed frozen dataclasses (the only home of defaults, checks and field docs), YAML
+files and ``a.b=c`` overrides, the shipped presets. Knows nothing of models, data or tensors.
 
-from detoxrl.config.files import list_presets, load_config, preset_path, save_config
-from detoxrl.config.schema import (
+Outside this package, import configs from here (``from detoxrl.config import PPOConfig``)."""
+
+from detoxrl.config.evaluation import RTP_PROTOCOL, EvalConfig, GuardConfig, QualityConfig
+from detoxrl.config.files import (
+    RESUME_OVERRIDES,
+    list_presets,
+    load_config,
+    preset_path,
+    resume_config,
+    save_config,
+)
+from detoxrl.config.policy import (
+    SHORT_WORDS,
     DataConfig,
-    EvalConfig,
-    GuardConfig,
+    Dtype,
+    EngineName,
     LoraSettings,
     PolicyConfig,
-    PPOConfig,
-    QualityConfig,
     RewardConfig,
-    RunConfig,
-    SamplingConfig,
 )
+from detoxrl.config.rl import GROUP_SIZE, Algorithm, PPOConfig
+from detoxrl.config.sampling import SamplingConfig, check_rollout_sampling
+from detoxrl.config.schema import DEVICE, DEVICES, RunConfig
 
 __all__ = [
-    "DataConfig", "EvalConfig", "GuardConfig", "LoraSettings", "PPOConfig", "PolicyConfig", "QualityConfig",
-    "RewardConfig", "RunConfig", "SamplingConfig",
-    "list_presets", "load_config", "preset_path", "save_config",
-]  # fmt: skip
+    "DEVICE",
+    "DEVICES",
+    "GROUP_SIZE",
+    "RESUME_OVERRIDES",
+    "RTP_PROTOCOL",
+    "SHORT_WORDS",
+    "Algorithm",
+    "DataConfig",
+    "Dtype",
+    "EngineName",
+    "EvalConfig",
+    "GuardConfig",
+    "LoraSettings",
+    "PPOConfig",
+    "PolicyConfig",
+    "QualityConfig",
+    "RewardConfig",
+    "RunConfig",
+    "SamplingConfig",
+    "check_rollout_sampling",
+    "list_presets",
+    "load_config",
+    "preset_path",
+    "resume_config",
+    "save_config",
+]  # fmt: skip  (a list of names reads better in rows than one per line)

@@ -1,6 +1,7 @@
-"""What a config value may be: a ``Check`` per field (the rule, the requirement as the error states it,
-and why), the common ones, and ``check``, which a config dataclass calls from ``__post_init__``: one
-``ConfigError`` line naming the key, the value and what to do. Knows nothing of the sections."""
+"""What a config value may be and what it means: a ``Check`` per field (the rule, the requirement as the
+error states it, and why), the common ones, ``param`` (a field with its rule and its doc) and ``check``,
+which a config dataclass calls from ``__post_init__``: one ``ConfigError`` line naming the key, the value
+and what to do. Knows nothing of the sections."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import functools
 import math
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from detoxrl.config.io import literal_error
@@ -50,6 +51,8 @@ TEXT = Check(lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty text
 TEXTS = Check(
     lambda v: isinstance(v, tuple | list) and all(TEXT.ok(x) for x in v), "a list of non-empty texts"
 )
+NON_EMPTY = Check(lambda v: TEXTS.ok(v) and len(v) > 0, "a non-empty list of non-empty texts")
+SEED = Check(lambda v: whole(v) and 0 <= v < 2**32, "a whole number in [0, 2**32)")
 
 
 @functools.cache
@@ -59,18 +62,33 @@ def _choices(cls: type) -> dict[str, tuple[Any, ...]]:
     return {name: typing.get_args(tp) for name, tp in hints.items() if typing.get_origin(tp) is Literal}
 
 
+def param(default: Any = None, rule: Check | None = None, doc: str = "", *, factory: Any = None) -> Any:
+    """A config field: its default (or a ``factory`` of it), the rule its value must meet (``check``, from
+    ``__post_init__``) and what it means (``detoxrl config`` and docs/config.md print it)."""
+    metadata = {"rule": rule, "doc": doc}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def doc(config_class: type, name: str) -> str:
+    """What field ``name`` of a config class means (``param``'s doc)."""
+    return str({f.name: f for f in fields(config_class)}[name].metadata.get("doc", ""))
+
+
 def key(config: Any, name: str) -> str:
     """The dotted key of a field, from its section's usual place (``ppo.batch_size``)."""
     return f"{config.SECTION}.{name}" if config.SECTION else name
 
 
-def check(config: Any, checks: dict[str, Check]) -> None:
-    """Every ``Literal`` field against its choices, then ``checks`` in order; the first failure raises."""
+def check(config: Any) -> None:
+    """Every ``Literal`` field against its choices, then each field's rule in field order; the first failure
+    raises one ``ConfigError`` line naming the key, the value and what to do."""
     cls: type = type(config)
     for name, allowed in _choices(cls).items():
         if getattr(config, name) not in allowed:
             raise literal_error(key(config, name), getattr(config, name), allowed)
-    for name, rule in checks.items():
-        value = getattr(config, name)
-        if not rule.ok(value):
-            raise ConfigError(key=key(config, name), need=rule.need, got=value, fix=rule.why)
+    for f in fields(config):
+        rule, value = f.metadata.get("rule"), getattr(config, f.name)
+        if rule is not None and not rule.ok(value):
+            raise ConfigError(key=key(config, f.name), need=rule.need, got=value, fix=rule.why)

@@ -60,8 +60,11 @@ class ResponseBatch:
         if decoder_start_id is not None:
             start = torch.full_like(self.response_ids[:, :1], decoder_start_id)
             decoder_ids = torch.cat([start, self.response_ids[:, :-1]], dim=1)  # (B, T)
-            return {"input_ids": self.query_ids, "attention_mask": self.query_mask,
-                    "decoder_input_ids": decoder_ids}  # fmt: skip
+            return {
+                "input_ids": self.query_ids,
+                "attention_mask": self.query_mask,
+                "decoder_input_ids": decoder_ids,
+            }
         ids = torch.cat([self.query_ids, self.response_ids[:, :-1]], dim=1)  # (B, P + T - 1)
         mask = torch.cat([self.query_mask, self.response_mask[:, :-1]], dim=1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)

@@ -75,9 +75,13 @@ def group_advantages(rewards: torch.Tensor, k: int, scale: RewardScaling = "grou
 
 
 def loss_weights(
-    mask: torch.Tensor, loss_type: LossType, step_rows: int, step_tokens: torch.Tensor | float,
-    max_length: int, accumulation: int = 1,
-) -> torch.Tensor:  # fmt: skip
+    mask: torch.Tensor,
+    loss_type: LossType,
+    step_rows: int,
+    step_tokens: torch.Tensor | float,
+    max_length: int,
+    accumulation: int = 1,
+) -> torch.Tensor:
     """[D24] The weight (B, T) of each real token's loss in a micro-batch of an optimizer step of
     ``step_rows`` rows and ``step_tokens`` real tokens (``accumulation`` micro-batches), as trl's
     ``loss_type`` averages them (0 on padding):
@@ -116,9 +120,14 @@ class PolicyLoss:
 
 
 def rloo_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-    step_rows: int, step_tokens: torch.Tensor | float, cliprange: float = 0.2,
-) -> PolicyLoss:  # fmt: skip
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    step_rows: int,
+    step_tokens: torch.Tensor | float,
+    cliprange: float = 0.2,
+) -> PolicyLoss:
     """[D22] RLOO's clipped surrogate with one ratio per sequence, r_i = exp(sum_t log p - log p_old)
     over its real tokens: max(-A_i r_i, -A_i clip(r_i, 1 - eps, 1 + eps)) summed over the micro-batch's
     sequences and divided by the step's ``step_rows`` (trl RLOOTrainer: the mean over sequences).
@@ -140,10 +149,16 @@ def rloo_loss(
 
 
 def grpo_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
-    advantages: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, step_tokens: torch.Tensor | float,
-    cliprange: float = 0.2, kl_coef: float = 0.0,
-) -> PolicyLoss:  # fmt: skip
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    weights: torch.Tensor,
+    step_tokens: torch.Tensor | float,
+    cliprange: float = 0.2,
+    kl_coef: float = 0.0,
+) -> PolicyLoss:
     """[D23] GRPO's loss per token, the sequence's advantage on each of its tokens:
     max(-A_i r_t, -A_i clip(r_t, 1 - eps, 1 + eps)) + kl_coef * k3_t(policy, reference), r_t =
     exp(log p_t - log p_old_t), the KL at the policy being trained (Shao et al. 2024, eqs. 3-4; trl

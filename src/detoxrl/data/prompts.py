@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detoxrl.config.schema import DataConfig
+from detoxrl.config import DataConfig
 from detoxrl.errors import DataError
 from detoxrl.resources import shared_path
 
@@ -153,8 +153,14 @@ def _read_txt(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 yield lineno, {"text": line.rstrip("\n")}
 
 
-READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".tsv": _read_csv,
-           ".parquet": _read_parquet, ".txt": _read_txt}  # fmt: skip
+READERS = {
+    ".jsonl": _read_jsonl,
+    ".json": _read_json,
+    ".csv": _read_csv,
+    ".tsv": _read_csv,
+    ".parquet": _read_parquet,
+    ".txt": _read_txt,
+}
 
 
 def _read_hub(dataset_id: str, split: str) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -18,17 +18,17 @@ keeps the CPU engine but answers no to every kernel probe.
 from __future__ import annotations
 
 import os
-from typing import Literal
 
 import torch
 
+from detoxrl.config import EngineName
 from detoxrl.engine import probes
+from detoxrl.engine.cpu import CpuEngine, CpuOptions
 from detoxrl.engine.reference import Decoder, Forward, Head, ReferenceEngine
 from detoxrl.errors import ConfigError
 
 __all__ = ["Decoder", "Engine", "EngineName", "Forward", "Head", "ReferenceEngine", "probes", "select_engine"]
 
-EngineName = Literal["auto", "reference", "cpu"]
 Engine = ReferenceEngine  # the interface: every engine is a ReferenceEngine, perhaps with faster parts
 ENGINE_ENV = "DETOXRL_ENGINE"
 
@@ -36,8 +36,6 @@ ENGINE_ENV = "DETOXRL_ENGINE"
 def select_engine(name: str = "auto", device: torch.device | str = "cpu", **cpu_options: bool) -> Engine:
     """The engine ``name`` for ``device`` (``DETOXRL_ENGINE``, when set, overrides ``name``);
     ``cpu_options`` switch the CPU engine's fast paths off (``cpu.CpuOptions``)."""
-    from detoxrl.engine.cpu import CpuEngine, CpuOptions
-
     name = os.environ.get(ENGINE_ENV) or name
     device = torch.device(device)
     if name not in ("auto", "reference", "cpu"):

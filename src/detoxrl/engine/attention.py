@@ -136,8 +136,11 @@ def packed_inputs(
         positions += [torch.arange(n, device=device)]
         positions += [torch.arange(n, n + len(c), device=device) for c in continuations]
         segments.append((n, *(len(c) for c in continuations)))
-    return {"input_ids": torch.cat(tokens)[None], "position_ids": torch.cat(positions)[None],
-            "segments": segments}  # fmt: skip
+    return {
+        "input_ids": torch.cat(tokens)[None],
+        "position_ids": torch.cat(positions)[None],
+        "segments": segments,
+    }
 
 
 def rows_mask(

@@ -128,9 +128,12 @@ class TransformersStep:
 
     def __call__(self, tokens: torch.Tensor, t: int) -> torch.Tensor:
         out = self.backbone(
-            input_ids=tokens[:, None], attention_mask=self.mask[:, : self.prompt_end + t + 1],
-            position_ids=(self.lengths + t)[:, None], use_cache=True, **self.cache,
-        )  # fmt: skip
+            input_ids=tokens[:, None],
+            attention_mask=self.mask[:, : self.prompt_end + t + 1],
+            position_ids=(self.lengths + t)[:, None],
+            use_cache=True,
+            **self.cache,
+        )
         return out.last_hidden_state[:, -1]
 
 
@@ -198,9 +201,13 @@ class LlamaStep:
             return rms_norm(self.backbone.norm, x)[self.restore]
 
     def _attention(
-        self, layer: _Layer, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor],
-        cache: list[torch.Tensor], t: int,
-    ) -> torch.Tensor:  # fmt: skip
+        self,
+        layer: _Layer,
+        x: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor],
+        cache: list[torch.Tensor],
+        t: int,
+    ) -> torch.Tensor:
         """[D27] x (B, E) in group order -> (B, E); writes the new key and value into slot t.
 
         1. q, k, v from one matmul, rotary positions on q and k (transformers' rotate_half).

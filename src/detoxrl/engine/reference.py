@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from peft.helpers import disable_input_dtype_casting
 from torch import nn
 
 from detoxrl.core.batch import ResponseBatch, pad_left, pad_right
@@ -74,8 +75,6 @@ class ReferenceEngine:
         if dtype == torch.float32 or not hasattr(model, "peft_config"):
             yield
             return
-        from peft.helpers import disable_input_dtype_casting
-
         with torch.autocast(self.device.type, dtype=dtype), disable_input_dtype_casting(model):
             yield
 
@@ -164,9 +163,12 @@ class Seq2SeqDecoder:
     def _run(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with self.engine.autocast(self.model), head_input(self.model) as seen:
             out = self.model(
-                encoder_outputs=self.encoded, attention_mask=self.mask, decoder_input_ids=tokens[:, None],
-                use_cache=True, **{self.cache_arg: self.cache},
-            )  # fmt: skip
+                encoder_outputs=self.encoded,
+                attention_mask=self.mask,
+                decoder_input_ids=tokens[:, None],
+                use_cache=True,
+                **{self.cache_arg: self.cache},
+            )
         self.cache = out[self.cache_arg]
         return out.logits[:, -1].float(), seen[-1][:, -1]
 

@@ -8,8 +8,8 @@ from typing import Literal
 
 import numpy as np
 
+from detoxrl.config import EvalConfig
 from detoxrl.config.io import from_dict
-from detoxrl.config.schema import EvalConfig
 from detoxrl.evaluation.figures import estimate_figure, metric_specs, sample_arrays
 from detoxrl.evaluation.results import EvalResult
 from detoxrl.metrics import stats
@@ -83,7 +83,27 @@ def compare(before: EvalResult, after: EvalResult, config: EvalConfig | None = N
         change, assessment = classify(delta, b.interval, b.better)
         rel = relative if np.isfinite(relative.value) else None
         values = before.metrics[b.name].value, after.metrics[b.name].value
-        deltas.append(Delta(b.name, b.better, b.description, b.interval, *values, delta, rel,
-                            len(before.prompts), change, assessment))  # fmt: skip
-    return Comparison(before.label, after.label, len(before.prompts), before.samples_per_prompt,
-                      config.confidence, config.bootstrap_resamples, before.seed, tuple(deltas))  # fmt: skip
+        deltas.append(
+            Delta(
+                b.name,
+                b.better,
+                b.description,
+                b.interval,
+                *values,
+                delta,
+                rel,
+                len(before.prompts),
+                change,
+                assessment,
+            )
+        )
+    return Comparison(
+        before.label,
+        after.label,
+        len(before.prompts),
+        before.samples_per_prompt,
+        config.confidence,
+        config.bootstrap_resamples,
+        before.seed,
+        tuple(deltas),
+    )

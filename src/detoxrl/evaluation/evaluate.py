@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from detoxrl.config.schema import EvalConfig
+from detoxrl.config import EvalConfig
 from detoxrl.core.batch import make_batch
 from detoxrl.core.ppo import logprobs_from_logits
 from detoxrl.engine import Engine, select_engine
@@ -71,8 +71,16 @@ def reference_nll(
         with eval_mode(model), context:
             for i in range(0, len(prompt_ids), batch_size):
                 chunk = slice(i, i + batch_size)
-                out.append(response_nll(engine, model, prompt_ids[chunk], response_ids[chunk],
-                                        is_encoder_decoder=is_encoder_decoder, pad_id=pad_id))  # fmt: skip
+                out.append(
+                    response_nll(
+                        engine,
+                        model,
+                        prompt_ids[chunk],
+                        response_ids[chunk],
+                        is_encoder_decoder=is_encoder_decoder,
+                        pad_id=pad_id,
+                    )
+                )
         return np.concatenate(out) if out else np.zeros(0)
 
     return score
@@ -91,7 +99,7 @@ def sample_seed(seed: int, sample_index: int) -> int:
 
 
 def _rouge(responses: list[str], references: list[str]) -> list[dict[str, float]]:
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer  # 2.3 s to import (nltk): only where references are given
 
     # Stemming as in the course's Lab 2 ROUGE (evaluate's rouge with use_stemmer=True).
     scorer = rouge_scorer.RougeScorer(list(figures.ROUGE_TYPES), use_stemmer=True)
@@ -122,9 +130,21 @@ def sample_passes(
         assert guard is not None, "evaluate() checks that best-of-n has its guard"
         return guard(scored_texts(list(prompts), texts, config.text))
 
-    return [generate_best_of(engine, model, tokenizer, formatted, config.sampling, toxicity, config.best_of,
-                             seed=sample_seed(seed, j), batch_size=config.batch_size, first_batch=first_batch)
-            for j in range(config.samples_per_prompt)]  # fmt: skip
+    return [
+        generate_best_of(
+            engine,
+            model,
+            tokenizer,
+            formatted,
+            config.sampling,
+            toxicity,
+            config.best_of,
+            seed=sample_seed(seed, j),
+            batch_size=config.batch_size,
+            first_batch=first_batch,
+        )
+        for j in range(config.samples_per_prompt)
+    ]
 
 
 def share(n_prompts: int, batch_size: int, topology: Topology) -> tuple[int, slice]:
@@ -159,14 +179,20 @@ def measure(
     rouge = None if references is None else _rouge(responses, [references[p] for p, _ in order])
     scores = None if quality is None else per_response(quality(texts, responses))
     return tuple(
-        SampleRecord(p, j, texts[i], responses[i], len(response_ids[i]),
-                     toxicity={name: float(v[i]) for name, v in toxicity.items()},
-                     reward=None if rewards is None else float(rewards[i]),
-                     nll=None if nll is None else float(nll[i]),
-                     rouge=None if rouge is None else rouge[i],
-                     quality=None if scores is None else scores[i])
+        SampleRecord(
+            p,
+            j,
+            texts[i],
+            responses[i],
+            len(response_ids[i]),
+            toxicity={name: float(v[i]) for name, v in toxicity.items()},
+            reward=None if rewards is None else float(rewards[i]),
+            nll=None if nll is None else float(nll[i]),
+            rouge=None if rouge is None else rouge[i],
+            quality=None if scores is None else scores[i],
+        )
         for i, (p, j) in enumerate(order)
-    )  # fmt: skip
+    )
 
 
 def evaluate(
@@ -208,17 +234,42 @@ def evaluate(
     first, mine = share(len(prompts), config.batch_size, topology)
     records: tuple[SampleRecord, ...] = ()
     if mine.stop > mine.start:
-        passes = sample_passes(engine, model, tokenizer, prompts[mine], config, seed=seed,
-                               chat_template=chat_template, first_batch=first, guard=guard)  # fmt: skip
-        records = measure(prompts[mine], passes, config, evaluators,
-                          references=None if references is None else references[mine], reward=reward,
-                          reference=reference, quality=quality)  # fmt: skip
+        passes = sample_passes(
+            engine,
+            model,
+            tokenizer,
+            prompts[mine],
+            config,
+            seed=seed,
+            chat_template=chat_template,
+            first_batch=first,
+            guard=guard,
+        )
+        records = measure(
+            prompts[mine],
+            passes,
+            config,
+            evaluators,
+            references=None if references is None else references[mine],
+            reward=reward,
+            reference=reference,
+            quality=quality,
+        )
     if topology.distributed:
         shifted = [dataclasses.replace(r, prompt_index=r.prompt_index + mine.start) for r in records]
         records = tuple(topology.gather(shifted))
     refs, names = None if references is None else tuple(references), tuple(e.name for e in evaluators)
-    result = EvalResult(label, tuple(prompts), refs, config.samples_per_prompt, names, records, {},
-                        dataclasses.asdict(config), seed)  # fmt: skip
+    result = EvalResult(
+        label,
+        tuple(prompts),
+        refs,
+        config.samples_per_prompt,
+        names,
+        records,
+        {},
+        dataclasses.asdict(config),
+        seed,
+    )
     return dataclasses.replace(result, metrics=compute_metrics(result, config))
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detoxrl.config.schema import EvalConfig
+from detoxrl.config import EvalConfig
 from detoxrl.evaluation.results import EvalResult, MetricValue
 from detoxrl.metrics import stats
 from detoxrl.metrics.stats import (

@@ -22,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 
-from detoxrl.config.schema import GuardConfig
+from detoxrl.config import GuardConfig
 from detoxrl.metrics.quality import QualityScorer
 from detoxrl.metrics.stats import distinct_n
 

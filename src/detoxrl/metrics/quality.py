@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detoxrl.config.schema import SHORT_WORDS
+from detoxrl.config import SHORT_WORDS
 from detoxrl.metrics.stats import ngrams
 
 Embedder = Callable[[list[str]], np.ndarray]  # texts -> (N, D)

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
-from detoxrl.config.schema import PolicyConfig, SamplingConfig
+from detoxrl.config import PolicyConfig, SamplingConfig
 from detoxrl.core.batch import ResponseBatch
 from detoxrl.core.ppo import entropy_from_logits, logprobs_from_logits
 from detoxrl.engine import Engine, select_engine
@@ -92,9 +93,14 @@ class ActorCritic(nn.Module):
     trained or saved."""
 
     def __init__(
-        self, model: Any, is_encoder_decoder: bool, reference: Reference, engine: Engine,
-        value_head_init_std: float = 0.0, critic: bool = True,
-    ) -> None:  # fmt: skip
+        self,
+        model: Any,
+        is_encoder_decoder: bool,
+        reference: Reference,
+        engine: Engine,
+        value_head_init_std: float = 0.0,
+        critic: bool = True,
+    ) -> None:
         super().__init__()
         self.model, self.is_encoder_decoder, self.reference, self.engine = (
             model,
@@ -136,9 +142,11 @@ class ActorCritic(nn.Module):
         """Log-probs of ``batch.response_ids`` under the policy and the values (and with ``entropy`` the
         policy's entropy at each position), from one pass."""
         out = self.engine.forward(self.model, batch)
-        return PolicyOutput(logprobs_from_logits(out.logits, batch.response_ids, temperature),
-                            self.values(out.hidden),
-                            entropy_from_logits(out.logits, temperature) if entropy else None)  # fmt: skip
+        return PolicyOutput(
+            logprobs_from_logits(out.logits, batch.response_ids, temperature),
+            self.values(out.hidden),
+            entropy_from_logits(out.logits, temperature) if entropy else None,
+        )
 
     def values(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """[D5] The critic's values of LM-head inputs (B, T, H) -> (B, T); None without a value head."""
@@ -157,14 +165,22 @@ class ActorCritic(nn.Module):
         [D28]), (B, T) each; no values."""
         with self.reference(self.model) as model:
             logits = self.engine.forward(model, batch).logits
-        return PolicyOutput(logprobs_from_logits(logits, batch.response_ids, temperature), None,
-                            entropy_from_logits(logits, temperature) if entropy else None)  # fmt: skip
+        return PolicyOutput(
+            logprobs_from_logits(logits, batch.response_ids, temperature),
+            None,
+            entropy_from_logits(logits, temperature) if entropy else None,
+        )
 
     @torch.no_grad()
     def sample(
-        self, queries: list[torch.Tensor], limits: list[int], settings: SamplingConfig, stop_ids: set[int],
-        pad_id: int, seeds: list[int] | None = None,
-    ) -> Sampled:  # fmt: skip
+        self,
+        queries: list[torch.Tensor],
+        limits: list[int],
+        settings: SamplingConfig,
+        stop_ids: set[int],
+        pad_id: int,
+        seeds: list[int] | None = None,
+    ) -> Sampled:
         """[D17] Responses to ``queries`` from the policy, with each token's log-prob and LM-head input;
         row i's draws from ``seeds[i]`` when given (``sampling.row_uniforms``)."""
         return sample(self.engine, self.model, queries, limits, settings, stop_ids, pad_id, seeds)
@@ -172,8 +188,6 @@ class ActorCritic(nn.Module):
 
 def _clone_adapter_as_reference(model: Any) -> None:
     """Add a frozen ``reference`` adapter holding a copy of the ``default`` adapter's weights."""
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
-
     ref_config = copy.deepcopy(model.peft_config["default"])
     ref_config.inference_mode = True
     model.add_adapter(REFERENCE_ADAPTER, ref_config)
@@ -188,9 +202,12 @@ def _clone_adapter_as_reference(model: Any) -> None:
 
 
 def build_actor_critic(
-    policy: Policy, config: PolicyConfig, value_head_init_std: float = 0.0, engine: Engine | None = None,
+    policy: Policy,
+    config: PolicyConfig,
+    value_head_init_std: float = 0.0,
+    engine: Engine | None = None,
     critic: bool = True,
-) -> ActorCritic:  # fmt: skip
+) -> ActorCritic:
     """The loaded base ``policy`` -> an actor-critic with the right reference (see the module docstring),
     run by ``engine`` (default: ``config.engine`` on the model's device); ``critic=False``: no value head."""
     engine = engine or select_engine(config.engine, policy.model.device)

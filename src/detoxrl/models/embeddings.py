@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import AutoModel, AutoTokenizer
 
 from detoxrl.errors import ModelLoadError
 
@@ -61,8 +62,13 @@ class SentenceEmbedder:
         out = []
         with torch.no_grad():
             for i in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(texts[i : i + self.batch_size], padding=True, truncation=True,
-                                     max_length=MAX_LENGTH, return_tensors="pt").to(device)  # fmt: skip
+                enc = self.tokenizer(
+                    texts[i : i + self.batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=MAX_LENGTH,
+                    return_tensors="pt",
+                ).to(device)
                 states = self.model(**enc).last_hidden_state.float()  # (N, L, D)
                 mask = enc["attention_mask"].unsqueeze(-1).float()  # (N, L, 1)
                 mean = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (N, D)
@@ -73,8 +79,6 @@ class SentenceEmbedder:
 @functools.lru_cache(maxsize=2)
 def load_embedder(path: str, device: str = "cpu") -> SentenceEmbedder:
     """A sentence-embedding folder (loaded once per process: before and after share it)."""
-    from transformers import AutoModel, AutoTokenizer
-
     if not Path(path).is_dir():
         raise ModelLoadError(f"Sentence-embedding model folder '{path}' does not exist.")
     try:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from detoxrl.config.schema import SamplingConfig
+from detoxrl.config import SamplingConfig
 from detoxrl.engine import Engine
 from detoxrl.models.sampling import response_limits, sample
 
@@ -118,8 +118,19 @@ def generate_best_of(
 ) -> Responses:
     """``generate`` behind a decoding-time guard: n seeded candidates per prompt (``candidate_seed``), each
     prompt's least toxic kept by ``guard(candidate texts) -> (B,) P(toxic)``; n = 1 is ``generate``."""
-    candidates = [generate(engine, model, tokenizer, prompts, settings, seed=candidate_seed(seed, c),
-                           batch_size=batch_size, first_batch=first_batch) for c in range(n)]  # fmt: skip
+    candidates = [
+        generate(
+            engine,
+            model,
+            tokenizer,
+            prompts,
+            settings,
+            seed=candidate_seed(seed, c),
+            batch_size=batch_size,
+            first_batch=first_batch,
+        )
+        for c in range(n)
+    ]
     if n == 1:
         return candidates[0]
     return least_toxic(candidates, np.stack([guard(c.texts) for c in candidates]))

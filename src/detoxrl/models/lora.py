@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import LoraConfig, PeftModel, PeftType, TaskType, get_peft_model
 from transformers import (
     PreTrainedModel,
 )
 
-from detoxrl.config.schema import LoraSettings, PolicyConfig
+from detoxrl.config import LoraSettings, PolicyConfig
 from detoxrl.errors import ModelLoadError
 from detoxrl.models.loading import HUB_ID, ModelSource, Policy, gguf_cache_path
 
@@ -45,8 +46,6 @@ def attach_adapter(policy: Policy, config: PolicyConfig, key: str = "policy.adap
     The adapter is named ``default``; the reference for the KL penalty is built from it by the
     PPO engine (a frozen clone when an adapter was loaded, the disabled adapter otherwise).
     """
-    from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-
     model = policy.model
     if config.adapter is not None:
         check_adapter(config.adapter, policy.source, key)
@@ -72,8 +71,6 @@ def attach_adapter(policy: Policy, config: PolicyConfig, key: str = "policy.adap
 def check_adapter(path: str, base: ModelSource, key: str = "policy.adapter") -> dict[str, Any]:
     """A PEFT adapter folder, checked before peft reads it: its ``adapter_config.json`` is a JSON object
     with a known ``peft_type`` and, where that can be told, was made for ``base``. Returns that object."""
-    from peft import PeftType
-
     file = Path(path).expanduser() / "adapter_config.json"
     if not file.parent.exists():
         raise ModelLoadError(
@@ -90,8 +87,13 @@ def check_adapter(path: str, base: ModelSource, key: str = "policy.adapter") -> 
         data = None
     kind = data.get("peft_type") if isinstance(data, dict) else None
     if kind not in {t.value for t in PeftType}:
-        what = ("is not a JSON object" if not isinstance(data, dict) else "has no peft_type" if kind is None
-                else f"has peft_type {kind!r}, unknown to peft")  # fmt: skip
+        what = (
+            "is not a JSON object"
+            if not isinstance(data, dict)
+            else "has no peft_type"
+            if kind is None
+            else f"has peft_type {kind!r}, unknown to peft"
+        )
         raise ModelLoadError(
             f"{key} '{path}': its adapter_config.json {what}, so peft cannot tell what adapter it is; save "
             "the adapter again with PeftModel.save_pretrained (its config names a peft_type such as LORA)."

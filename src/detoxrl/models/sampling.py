@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from detoxrl.config.schema import SamplingConfig
+from detoxrl.config import SamplingConfig
 
 if TYPE_CHECKING:
     from detoxrl.engine import Engine

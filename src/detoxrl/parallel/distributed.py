@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, gather_object
 
 from detoxrl.errors import ConfigError
 
@@ -100,8 +102,6 @@ class Topology:
         """Every process's ``items`` (picklable, tensors on the CPU) in rank order, on every process."""
         if not self.distributed:
             return items
-        from accelerate.utils import gather_object
-
         return list(gather_object(items))
 
     def gather_rows(self, tensors: Sequence[torch.Tensor], lengths: list[int]) -> list[torch.Tensor]:
@@ -125,8 +125,6 @@ class Topology:
         """The main process's ``obj``, everywhere (others may pass anything)."""
         if not self.distributed:
             return obj
-        from accelerate.utils import broadcast_object_list
-
         return broadcast_object_list([obj])[0]
 
     def barrier(self) -> None:
@@ -264,8 +262,6 @@ def current() -> Topology:
 
 
 def _from_environment(device: str) -> Topology:
-    from accelerate import Accelerator
-
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     accelerator = Accelerator(cpu=cpu)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))

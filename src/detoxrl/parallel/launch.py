@@ -33,11 +33,34 @@ def command(argv: list[str], n: int, cpu: bool) -> list[str]:
     on this machine."""
     args = without_flag(argv)
     if cpu:  # a free local port of its own (--standalone): runs side by side never collide
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
-                "-m", "detoxrl", *args]  # fmt: skip
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "-m", "detoxrl", *args]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(n),
+            "-m",
+            "detoxrl",
+            *args,
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(n),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "detoxrl",
+        *args,
+    ]
 
 
 def relaunch(argv: list[str], n: int, cpu: bool) -> int:

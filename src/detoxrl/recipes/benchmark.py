@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from detoxrl.config.schema import EvalConfig
+from detoxrl.config import EvalConfig
 from detoxrl.evaluation.io import json_ready, result_to_dict, save_evaluation, tail_of, write_json
 from detoxrl.evaluation.results import EvalResult
 from detoxrl.recipes.evaluate import Pair, PairSpec, default_prompt_file, evaluate_pair
@@ -27,8 +27,14 @@ from detoxrl.reports.report import md_table
 SCHEMA = "detoxrl.benchmark/2"
 TOXICITY_FIGURES = ("expected_max_toxicity", "toxicity_probability")
 QUALITY_FIGURES = (
-    "perplexity", "distinct_1", "distinct_2", "distinct_3", "evasion_rate", "relevance", "mean_length",
-)  # fmt: skip
+    "perplexity",
+    "distinct_1",
+    "distinct_2",
+    "distinct_3",
+    "evasion_rate",
+    "relevance",
+    "mean_length",
+)
 
 
 def describe(config: EvalConfig, chat_template: bool) -> str:
@@ -73,20 +79,34 @@ def summary(spec: PairSpec, config: EvalConfig, pair: Pair) -> dict[str, Any]:
         for r in policies
     }
     comparisons = [
-        {"label": r.label, "deltas": [
-            {"name": d.name, "before": d.before, "after": d.after, "assessment": d.assessment,
-             **_figure(d.delta.value, d.delta.ci_low, d.delta.ci_high)}
-            for d in comp.deltas if d.name in names
-        ]}
+        {
+            "label": r.label,
+            "deltas": [
+                {
+                    "name": d.name,
+                    "before": d.before,
+                    "after": d.after,
+                    "assessment": d.assessment,
+                    **_figure(d.delta.value, d.delta.ci_low, d.delta.ci_high),
+                }
+                for d in comp.deltas
+                if d.name in names
+            ],
+        }
         for r, comp in pair.others
-    ]  # fmt: skip
+    ]
     sampling = config.sampling
     protocol = {
-        "samples_per_prompt": config.samples_per_prompt, "num_prompts": config.num_prompts,
-        "max_new_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
-        "top_p": sampling.top_p, "top_k": sampling.top_k, "chat_template": spec.chat_template,
-        "n_prompts_read": len(pair.base.prompts), "description": describe(config, spec.chat_template),
-    }  # fmt: skip
+        "samples_per_prompt": config.samples_per_prompt,
+        "num_prompts": config.num_prompts,
+        "max_new_tokens": sampling.max_new_tokens,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "top_k": sampling.top_k,
+        "chat_template": spec.chat_template,
+        "n_prompts_read": len(pair.base.prompts),
+        "description": describe(config, spec.chat_template),
+    }
     return {
         "schema": SCHEMA,
         "protocol": protocol,
@@ -139,8 +159,10 @@ def markdown(data: dict[str, Any], tails: Sequence[tuple[str, Table]] = ()) -> s
         md_table(header, rows),
     ]
     for label, tail in tails:
-        lines += [f"## The tail over k samples per prompt: {label} (all k-subsets of the same samples)",
-                  md_table(*tail)]  # fmt: skip
+        lines += [
+            f"## The tail over k samples per prompt: {label} (all k-subsets of the same samples)",
+            md_table(*tail),
+        ]
     return "\n\n".join(lines) + "\n"
 
 

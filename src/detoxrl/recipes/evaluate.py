@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from peft import PeftModel
 
-from detoxrl.config.schema import Dtype, EvalConfig, PolicyConfig, QualityConfig, RewardConfig
+from detoxrl.config import Dtype, EvalConfig, PolicyConfig, QualityConfig, RewardConfig
 from detoxrl.data.prompts import read_texts
 from detoxrl.errors import DataError, DetoxError
 from detoxrl.evaluation.compare import Comparison, compare
@@ -128,11 +128,23 @@ def measure(
 ) -> EvalResult:
     """``evaluation.evaluate`` of one loaded policy, its sampling shared among the session's processes."""
     return evaluate(
-        loaded.model, loaded.policy.tokenizer, prompts, config, scorers.evaluators,
-        is_encoder_decoder=loaded.policy.is_encoder_decoder, references=references, reward=scorers.reward,
-        reference=loaded.nll, seed=seed, chat_template=chat_template, label=label, engine=session.engine,
-        quality=scorers.quality, topology=session.topology, guard=scorers.guard,
-    )  # fmt: skip
+        loaded.model,
+        loaded.policy.tokenizer,
+        prompts,
+        config,
+        scorers.evaluators,
+        is_encoder_decoder=loaded.policy.is_encoder_decoder,
+        references=references,
+        reward=scorers.reward,
+        reference=loaded.nll,
+        seed=seed,
+        chat_template=chat_template,
+        label=label,
+        engine=session.engine,
+        quality=scorers.quality,
+        topology=session.topology,
+        guard=scorers.guard,
+    )
 
 
 # ---- base vs base + adapter ----------------------------------------------------------------------------
@@ -206,8 +218,17 @@ def evaluate_pair(spec: PairSpec, config: EvalConfig, session: Session) -> Pair:
     def run(loaded: Loaded, label: str, eval_config: EvalConfig, step: int) -> EvalResult:
         each = f", each the best of {eval_config.best_of}" if eval_config.best_of > 1 else ""
         session.say(f"[{step}/{runs}] {label}: {size}{each}")  # minutes each on a CPU: say what runs
-        return measure(loaded, prompts, eval_config, scorers, session, seed=spec.seed,
-                       chat_template=spec.chat_template, label=label, references=refs)  # fmt: skip
+        return measure(
+            loaded,
+            prompts,
+            eval_config,
+            scorers,
+            session,
+            seed=spec.seed,
+            chat_template=spec.chat_template,
+            label=label,
+            references=refs,
+        )
 
     before = run(base, spec.model, plain, 1)
     guarded = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from peft import PeftModel
 
-from detoxrl.config.schema import Dtype, PolicyConfig, SamplingConfig
+from detoxrl.config import Dtype, PolicyConfig, SamplingConfig
 from detoxrl.errors import ConfigError
 from detoxrl.models.generation import format_prompts, generate_best_of
 from detoxrl.models.loading import Model, load_policy, resolve_source
@@ -48,8 +48,17 @@ def generate(
     policy = load_policy(PolicyConfig(model=model, dtype=dtype), session.device)
     sampler: Model = PeftModel.from_pretrained(policy.model, adapter) if adapter else policy.model
     prompts = format_prompts(policy.tokenizer, texts, chat_template)
-    out = generate_best_of(session.engine, sampler, policy.tokenizer, prompts, settings, toxicity, best_of,
-                           seed=seed, batch_size=batch_size)  # fmt: skip
+    out = generate_best_of(
+        session.engine,
+        sampler,
+        policy.tokenizer,
+        prompts,
+        settings,
+        toxicity,
+        best_of,
+        seed=seed,
+        batch_size=batch_size,
+    )
     return out.texts
 
 

@@ -12,7 +12,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from detoxrl.config.schema import PolicyConfig, RewardConfig, RunConfig
+from huggingface_hub import HfApi, constants, try_to_load_from_cache
+
+from detoxrl.config import PolicyConfig, RewardConfig, RunConfig
 from detoxrl.errors import ConfigError
 from detoxrl.models.classifier import label_index, labels_of
 from detoxrl.models.loading import (
@@ -28,16 +30,18 @@ from detoxrl.models.lora import check_adapter, same_model
 from detoxrl.rewards.composite import import_callable
 from detoxrl.rewards.toxicity import DEFAULT_CLASSIFIER, PROFANITY, default_toxic_label, split_spec
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")  # fmt: skip
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 CHECKPOINTS_ON_DISK = 4  # two kept, one being written, and final/ (about one more)
 
 
 def hub_status(source: ModelSource) -> str:
     """Where a hub model's weights will come from: the local cache, or the hub if it answers; else the
     error the run would give on loading them."""
-    from huggingface_hub import HfApi, constants, try_to_load_from_cache
-
     if any(isinstance(try_to_load_from_cache(source.path, name), str) for name in WEIGHT_FILES):
         return "hub id, in the local Hugging Face cache"
     try:

@@ -13,11 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from detoxrl.config.files import save_config
-from detoxrl.config.io import flatten, from_dict, merge, parse_overrides, read_yaml, to_dict
-from detoxrl.config.schema import RunConfig
+from detoxrl.config import RunConfig, save_config
+from detoxrl.config.io import to_dict
 from detoxrl.data.prompts import load_prompts
-from detoxrl.errors import ConfigError
 from detoxrl.evaluation.compare import Comparison, compare
 from detoxrl.evaluation.io import (
     comparison_to_dict,
@@ -66,48 +64,6 @@ def validate(config: RunConfig, evaluate: bool = True) -> list[str]:
 
 # ---- resuming a run ----------------------------------------------------------------------------------
 
-# What ``--resume RUN_DIR`` lets an override change: what cannot change what the run computes
-# (another device or thread count may still round differently). Everything else is refused: the
-# saved config is what the checkpoints and eval_before.json were made with. eval.batch_size is not
-# here: evaluation seeds each batch, so another size would sample the "after" responses with other
-# draws than the "before" ones they are paired with.
-RESUME_OVERRIDES = ("steps", "save_every", "threads", "device", "reward.batch_size")
-
-
-def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """RUN_DIR/config.yaml with RUN_DIR as output_dir, changed only by overrides of ``RESUME_OVERRIDES``."""
-    saved = Path(run_dir) / "config.yaml"
-    if not saved.is_file():
-        raise ConfigError(
-            f"'{run_dir}' holds no config.yaml: it is not a detoxrl run directory; give --resume the "
-            "folder a run wrote (its output_dir, e.g. runs/default)."
-        )
-    data, changes = read_yaml(saved), parse_overrides(overrides or [])
-    before = from_dict(RunConfig, data)
-    after = from_dict(RunConfig, merge(merge(data, changes), {"output_dir": str(run_dir)}))
-    for name, value in flatten(changes).items():
-        why = _resume_refusal(name, before, after)
-        if why:
-            raise ConfigError(
-                f"Override '{name}={value}' cannot be used with --resume: {why}; start a new run with "
-                f"another output_dir instead. Allowed on resume: {', '.join(RESUME_OVERRIDES)}."
-            )
-    return after
-
-
-def _resume_refusal(name: str, before: RunConfig, after: RunConfig) -> str | None:
-    """Why an override would change a resumed run, or None. ``steps`` may grow, except under a linear
-    learning-rate schedule, whose decay it sets."""
-    if name == "output_dir":
-        return "the run directory is the one given to --resume"
-    if name not in RESUME_OVERRIDES:
-        return "it would change the run"
-    if name == "steps" and after.steps < before.steps:
-        return f"steps can only grow (this run is set for {before.steps})"
-    if name == "steps" and after.steps != before.steps and before.ppo.lr_scheduler_type == "linear":
-        return "with ppo.lr_scheduler_type: linear, steps sets the learning-rate decay"
-    return None
-
 
 # ---- the run -----------------------------------------------------------------------------------------
 
@@ -140,8 +96,17 @@ def _run(
 
     def evaluate(loaded: Loaded, label: str) -> EvalResult:
         scorers = build_scorers(config.eval, session.device, quality=config.quality, reward=config.reward)
-        return measure(loaded, texts, config.eval, scorers, session, seed=config.seed,
-                       chat_template=config.policy.chat_template, label=label, references=refs)  # fmt: skip
+        return measure(
+            loaded,
+            texts,
+            config.eval,
+            scorers,
+            session,
+            seed=config.seed,
+            chat_template=config.policy.chat_template,
+            label=label,
+            references=refs,
+        )
 
     # 2. The starting policy.
     before_path = run_dir / "eval_before.json"

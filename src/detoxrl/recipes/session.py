@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from detoxrl.config.schema import EngineName, RunConfig
+from detoxrl.config import EngineName, RunConfig
 from detoxrl.engine import Engine, select_engine
 from detoxrl.models.loading import resolve_device
 from detoxrl.parallel import distributed

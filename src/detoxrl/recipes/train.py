@@ -28,8 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from detoxrl.config.files import save_config
-from detoxrl.config.schema import RunConfig
+from detoxrl.config import RunConfig, save_config
 from detoxrl.data.prompts import load_prompts
 from detoxrl.errors import Interrupted
 from detoxrl.metrics import guards
@@ -129,8 +128,10 @@ def _train_step(loop: Loop) -> tuple[dict[str, Any], guards.GuardReport]:
 
 
 def _postfix(line: dict[str, Any], verdict: guards.GuardReport) -> dict[str, str]:
-    shown = {"reward": f"{line.get('env/reward_mean', float('nan')):.3f}",
-             "kl": f"{line.get('objective/kl', float('nan')):.3f}"}  # fmt: skip
+    shown = {
+        "reward": f"{line.get('env/reward_mean', float('nan')):.3f}",
+        "kl": f"{line.get('objective/kl', float('nan')):.3f}",
+    }
     if line.get("train/skipped"):
         shown["skipped"] = "non-finite"
     return {**shown, **({"guard": verdict.postfix()} if verdict.alarms else {})}
@@ -209,9 +210,15 @@ def _save(loop: Loop, final: bool = False) -> None:
 
 
 def _train(
-    config: RunConfig, prompts: list[str], reward: Reward, run_dir: Path, *, resume: bool, progress: bool,
+    config: RunConfig,
+    prompts: list[str],
+    reward: Reward,
+    run_dir: Path,
+    *,
+    resume: bool,
+    progress: bool,
     session: Session,
-) -> TrainResult:  # fmt: skip
+) -> TrainResult:
     # 1-3. The trainer, resumed from the last checkpoint; the prompts, the quality scorer, the metrics log.
     loop = _build(config, prompts, reward, run_dir, session)
     trainer, top = loop.trainer, session.topology

@@ -155,8 +155,12 @@ def _tail(files: RunFiles) -> list[str]:
     if not has_tail(files.before):
         return []
     header, rows = tail_table(files.before, files.after, files.comparison)
-    return ["## The tail over k samples", f"At k={files.before['samples_per_prompt']}, the last full row, "
-            "a prompt counts as toxic when any of its k samples is.", md_table(header, rows)]  # fmt: skip
+    return [
+        "## The tail over k samples",
+        f"At k={files.before['samples_per_prompt']}, the last full row, "
+        "a prompt counts as toxic when any of its k samples is.",
+        md_table(header, rows),
+    ]
 
 
 def build_card(files: RunFiles) -> str:

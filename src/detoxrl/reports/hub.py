@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from huggingface_hub import HfApi, get_token
+
 from detoxrl.errors import DetoxError
 from detoxrl.reports.card import HUB_ID, write_card
 
@@ -25,8 +27,6 @@ def push(
 ) -> str:
     """Write the card into ``RUN_DIR/final``, create ``repo_id`` (kept if it exists) and upload the
     folder (adapter, value head, README.md). Returns the repository's URL."""
-    from huggingface_hub import HfApi, get_token
-
     final = Path(run_dir) / "final"
     if not (final / "adapter_config.json").is_file() and not (final / "config.json").is_file():
         raise DetoxError(f"'{final}' holds no trained adapter or model: is '{run_dir}' a finished run?")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from detoxrl.config.schema import GROUP_SIZE
+from detoxrl.config import GROUP_SIZE
 from detoxrl.reports.plots import (
     plot_distributions,
     plot_per_prompt,
@@ -200,8 +200,15 @@ def build_html(files: RunFiles, pngs: dict[str, bytes]) -> str:
     (cols, rows), (_, drawn) = _qualitative(files), _qualitative(files, 6, drawn=True)
     verdict = html.escape(str(files.summary.get("verdict", "no verdict recorded")))
     tail = _tail_section(files)
-    tail_html = [] if tail is None else ["<h2>The tail over k samples</h2>", f"<p>{html.escape(tail[0])}</p>",
-                                         _html_table(tail[1], tail[2])]  # fmt: skip
+    tail_html = (
+        []
+        if tail is None
+        else [
+            "<h2>The tail over k samples</h2>",
+            f"<p>{html.escape(tail[0])}</p>",
+            _html_table(tail[1], tail[2]),
+        ]
+    )
     body = [
         "<h1>detoxrl run report</h1>",
         f"<p class='verdict'>{verdict}</p>",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from detoxrl.config.schema import QualityConfig, RewardConfig
+from detoxrl.config import QualityConfig, RewardConfig
 from detoxrl.errors import ConfigError
 from detoxrl.metrics.quality import DEFAULT_EVASION_PHRASES, QualityScorer
 from detoxrl.models.classifier import load_classifier

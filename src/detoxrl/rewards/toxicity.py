@@ -13,6 +13,7 @@ import torch
 
 from detoxrl.errors import ConfigError, ModelLoadError
 from detoxrl.models.classifier import Classifier, load_classifier
+from detoxrl.resources import shared_dir
 from detoxrl.rewards.base import Output, TextMode, ToxicityScorer, scored_texts
 
 DEFAULT_CLASSIFIER = "facebook/roberta-hate-speech-dynabench-r4-target"
@@ -153,8 +154,6 @@ def build_evaluator(spec: str, device: torch.device | str = "cpu") -> ToxicitySc
 def resolve_evaluator_specs(specs: tuple[str, ...] | list[str]) -> list[str]:
     """``shared:NAME`` names a classifier in ``shared/models/NAME``: used where it exists and skipped
     (with a note) where not, so offline reports carry a second evaluator wherever one is available."""
-    from detoxrl.resources import shared_dir
-
     out = []
     for spec in specs:
         if not spec.startswith("shared:"):

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from peft import set_peft_model_state_dict
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from detoxrl.errors import TrainingError
@@ -59,8 +60,6 @@ def _part(weights: dict[str, torch.Tensor] | None, prefix: str) -> dict[str, tor
 
 def load_weights(actor_critic: ActorCritic, path: str | Path) -> None:
     """Restore weights written by ``save_weights`` into ``actor_critic`` (the reference is untouched)."""
-    from peft import set_peft_model_state_dict
-
     path, device = Path(path), str(actor_critic.device)
     if actor_critic.is_peft:
         state = load_file(str(path / "adapter_model.safetensors"), device=device)
@@ -88,9 +87,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    actor_critic: ActorCritic, state: dict[str, Any], step: int, run_dir: str | Path, keep: int = 2,
+    actor_critic: ActorCritic,
+    state: dict[str, Any],
+    step: int,
+    run_dir: str | Path,
+    keep: int = 2,
     weights: dict[str, torch.Tensor] | None = None,
-) -> Path:  # fmt: skip
+) -> Path:
     """Weights (``save_weights``), the trainer's ``state``, the RNG states and the step, written to a
     temporary folder renamed at the end: a crash never leaves a half checkpoint. The ``keep`` newest are
     kept."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from detoxrl.config.schema import PPOConfig, SamplingConfig
+from detoxrl.config import PPOConfig, SamplingConfig
 from detoxrl.models.actor_critic import ActorCritic
 from detoxrl.models.sampling import LengthSampler, Sampled
 from detoxrl.parallel.distributed import SINGLE, Topology
@@ -22,8 +22,17 @@ from detoxrl.training.trainer import Trainer, as_vector, same_tensors
 
 __all__ = ["LengthSampler", "PPOTrainer"]
 
-CLASSIC_KWARGS = ("temperature", "top_k", "top_p", "do_sample", "max_new_tokens", "min_new_tokens",
-                  "min_length", "eos_token_id", "pad_token_id")  # fmt: skip
+CLASSIC_KWARGS = (
+    "temperature",
+    "top_k",
+    "top_p",
+    "do_sample",
+    "max_new_tokens",
+    "min_new_tokens",
+    "min_length",
+    "eos_token_id",
+    "pad_token_id",
+)
 
 
 class PPOTrainer(Trainer):
@@ -65,8 +74,9 @@ class PPOTrainer(Trainer):
         limits = [length_sampler() if length_sampler else settings.max_new_tokens for _ in queries]
         responses, self._last = [], None
         for i in range(0, len(queries), size):
-            sampled = self.actor_critic.sample(queries[i : i + size], limits[i : i + size], settings, stops,
-                                               self.pad_id)  # fmt: skip
+            sampled = self.actor_critic.sample(
+                queries[i : i + size], limits[i : i + size], settings, stops, self.pad_id
+            )
             responses += sampled.responses()
         if size >= len(queries):
             self._last = (queries, sampled)

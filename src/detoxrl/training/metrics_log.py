@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.tensorboard import SummaryWriter
 
 SAMPLES_LOGGED = 4  # query/response pairs of each step kept in its record
 
@@ -52,10 +53,6 @@ class MetricsLogger:
     def _log_tensorboard(self, line: dict[str, Any]) -> None:
         """The same scalars as metrics.jsonl, as TensorBoard events."""
         if self._tensorboard is None:
-            from torch.utils.tensorboard import (
-                SummaryWriter,  # imports tensorboard: only where one is written
-            )
-
             self._tensorboard = SummaryWriter(str(self.tensorboard_dir))
         for key, value in line.items():
             if isinstance(value, int | float) and key != "step":

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from detoxrl.config.schema import PPOConfig
+from detoxrl.config import PPOConfig
 from detoxrl.core import critic_free, ppo
 from detoxrl.core.batch import ResponseBatch
 from detoxrl.models.actor_critic import ActorCritic, PolicyOutput
@@ -104,9 +104,15 @@ def old_policy(
 
 @torch.no_grad()
 def make_experience(
-    actor_critic: ActorCritic, batch: ResponseBatch, old: PolicyOutput, scores: torch.Tensor, kl_coef: float,
-    config: PPOConfig, temperature: float, ref_logprobs: torch.Tensor | None = None,
-) -> Experience | GroupExperience:  # fmt: skip
+    actor_critic: ActorCritic,
+    batch: ResponseBatch,
+    old: PolicyOutput,
+    scores: torch.Tensor,
+    kl_coef: float,
+    config: PPOConfig,
+    temperature: float,
+    ref_logprobs: torch.Tensor | None = None,
+) -> Experience | GroupExperience:
     """[D1] The reference pass (unless ``ref_logprobs`` (B, T) are given); [D2][D3] KL-penalised per-token
     rewards; [D4] GAE; [D6] whitening. For rloo and grpo, the group experience instead
     (``group_experience``)."""
@@ -122,15 +128,30 @@ def make_experience(
     tr = ppo.compute_rewards(scores, old.logprobs, ref_logprobs, mask, kl_coef, config.kl_estimator)
     rewards = ppo.masked_whiten(tr.rewards, mask, shift_mean=False) if config.whiten_rewards else tr.rewards
     gae = ppo.compute_gae(rewards, old.values, mask, config.gamma, config.lam)
-    return Experience(batch, old.logprobs, ref_logprobs, old.values, scores, tr.rewards, tr.kl,
-                      ppo.masked_whiten(gae.advantages, mask), gae.returns)  # fmt: skip
+    return Experience(
+        batch,
+        old.logprobs,
+        ref_logprobs,
+        old.values,
+        scores,
+        tr.rewards,
+        tr.kl,
+        ppo.masked_whiten(gae.advantages, mask),
+        gae.returns,
+    )
 
 
 @torch.no_grad()
 def group_experience(
-    actor_critic: ActorCritic, batch: ResponseBatch, logprobs: torch.Tensor, scores: torch.Tensor,
-    kl_coef: float, config: PPOConfig, temperature: float, ref_logprobs: torch.Tensor | None = None,
-) -> GroupExperience:  # fmt: skip
+    actor_critic: ActorCritic,
+    batch: ResponseBatch,
+    logprobs: torch.Tensor,
+    scores: torch.Tensor,
+    kl_coef: float,
+    config: PPOConfig,
+    temperature: float,
+    ref_logprobs: torch.Tensor | None = None,
+) -> GroupExperience:
     """[D19]-[D21] The reference pass (unless ``ref_logprobs`` are given; none with a KL coefficient of 0,
     as in trl), the per-token KL, then rloo: the KL-penalised sequence rewards and leave-one-out
     advantages (standardised with ``normalize_advantages``); grpo: the scores' group-normalised

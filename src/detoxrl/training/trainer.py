@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from detoxrl.config.schema import PPOConfig, SamplingConfig, check_rollout_sampling
+from detoxrl.config import PPOConfig, SamplingConfig, check_rollout_sampling
 from detoxrl.core import critic_free, ppo
 from detoxrl.core.batch import ResponseBatch, make_batch, trim_batch
 from detoxrl.errors import ConfigError, TrainingError
@@ -34,10 +34,16 @@ from detoxrl.training.rollout import Experience, GroupExperience, make_experienc
 
 Loss = ppo.PPOLoss | critic_free.PolicyLoss
 LOSS_KEYS = {  # a loss's parts -> their metric keys (trl's names); the value parts are PPO's only
-    "loss": "ppo/loss/total", "policy_loss": "ppo/loss/policy", "value_loss": "ppo/loss/value",
-    "kl_loss": "ppo/loss/kl", "clipfrac": "ppo/policy/clipfrac", "value_clipfrac": "ppo/val/clipfrac",
-    "approxkl": "ppo/policy/approxkl", "policykl": "ppo/policy/policykl", "entropy": "ppo/policy/entropy",
-}  # fmt: skip
+    "loss": "ppo/loss/total",
+    "policy_loss": "ppo/loss/policy",
+    "value_loss": "ppo/loss/value",
+    "kl_loss": "ppo/loss/kl",
+    "clipfrac": "ppo/policy/clipfrac",
+    "value_clipfrac": "ppo/val/clipfrac",
+    "approxkl": "ppo/policy/approxkl",
+    "policykl": "ppo/policy/policykl",
+    "entropy": "ppo/policy/entropy",
+}
 
 
 class Trainer:
@@ -101,9 +107,12 @@ class Trainer:
         return self._step(queries, sampled.responses(), as_vector(scores), sampled)
 
     def _step(
-        self, queries: list[torch.Tensor], responses: list[torch.Tensor], raw: torch.Tensor,
+        self,
+        queries: list[torch.Tensor],
+        responses: list[torch.Tensor],
+        raw: torch.Tensor,
         sampled: Sampled | None,
-    ) -> dict[str, float]:  # fmt: skip
+    ) -> dict[str, float]:
         t0, c, temperature = time.perf_counter(), self.config, self.generation.temperature
         if raw.shape != (len(queries),):
             raise TrainingError(
@@ -154,9 +163,13 @@ class Trainer:
         return self._finish_step(stats, t0)
 
     def _global_rows(
-        self, responses: list[torch.Tensor], queries: list[torch.Tensor], batch: ResponseBatch,
-        old: PolicyOutput, ref: PolicyOutput | None,
-    ) -> tuple[ResponseBatch, PolicyOutput, PolicyOutput | None]:  # fmt: skip
+        self,
+        responses: list[torch.Tensor],
+        queries: list[torch.Tensor],
+        batch: ResponseBatch,
+        old: PolicyOutput,
+        ref: PolicyOutput | None,
+    ) -> tuple[ResponseBatch, PolicyOutput, PolicyOutput | None]:
         """Every process's rows in the global batch's order (one process: its own, untouched); the values,
         reference log-probs and reference entropy where there are some."""
         top, device = self.topology, batch.response_ids.device
@@ -253,9 +266,14 @@ class Trainer:
         return loss
 
     def _loss(
-        self, exp: Experience | GroupExperience, rows: torch.Tensor, mask: torch.Tensor, out: PolicyOutput,
-        n_rows: int, n_tokens: torch.Tensor,
-    ) -> Loss:  # fmt: skip
+        self,
+        exp: Experience | GroupExperience,
+        rows: torch.Tensor,
+        mask: torch.Tensor,
+        out: PolicyOutput,
+        n_rows: int,
+        n_tokens: torch.Tensor,
+    ) -> Loss:
         """The update's one branch on the algorithm: PPO's loss [D7][D8], RLOO's [D22] or GRPO's [D23][D24]
         on the rows' current log-probs (and values) ``out``, (b, t) each."""
         c, t = self.config, mask.shape[1]
@@ -266,9 +284,18 @@ class Trainer:
         if isinstance(exp, Experience):
             assert out.values is not None
             return ppo.ppo_loss(
-                out.logprobs, pick(exp.logprobs), pick(exp.advantages), out.values, pick(exp.values),
-                pick(exp.returns), mask, n_tokens, c.cliprange, c.cliprange_value, c.vf_coef,
-            )  # fmt: skip
+                out.logprobs,
+                pick(exp.logprobs),
+                pick(exp.advantages),
+                out.values,
+                pick(exp.values),
+                pick(exp.returns),
+                mask,
+                n_tokens,
+                c.cliprange,
+                c.cliprange_value,
+                c.vf_coef,
+            )
         old, advantages = pick(exp.logprobs), exp.advantages[rows]  # (b, t), (b,)
         if c.algorithm == "rloo":
             return critic_free.rloo_loss(out.logprobs, old, advantages, mask, n_rows, n_tokens, c.cliprange)
@@ -286,19 +313,24 @@ class Trainer:
         mask = exp.batch.response_mask.float()
         lengths = mask.sum(1)
         stats = {} if exp.kl is None else {"objective/kl": float(exp.kl.sum(1).mean())}  # None: no reference
-        stats.update({
-            "objective/kl_coef": self.kl_coef,
-            "objective/entropy": float((-exp.logprobs * mask).sum(1).mean()),
-            **exp.stats(),
-            **{LOSS_KEYS[f.name]: float(torch.stack([getattr(part, f.name) for part in losses]).mean())
-               for f in dataclasses.fields(losses[0]) if f.name != "entropy" or self.config.entropy_coef > 0},
-            "ppo/learning_rate": float(self.optimizer.param_groups[0]["lr"]),
-            "ppo/updates": float(len(losses)),
-            "env/reward_mean": float(raw_scores.mean()),
-            "env/reward_std": float(raw_scores.std()) if len(raw_scores) > 1 else 0.0,
-            "tokens/responses_len_mean": float(lengths.mean()),
-            "tokens/queries_len_mean": float(exp.batch.query_mask.sum(1).float().mean()),
-        })  # fmt: skip
+        stats.update(
+            {
+                "objective/kl_coef": self.kl_coef,
+                "objective/entropy": float((-exp.logprobs * mask).sum(1).mean()),
+                **exp.stats(),
+                **{
+                    LOSS_KEYS[f.name]: float(torch.stack([getattr(part, f.name) for part in losses]).mean())
+                    for f in dataclasses.fields(losses[0])
+                    if f.name != "entropy" or self.config.entropy_coef > 0
+                },
+                "ppo/learning_rate": float(self.optimizer.param_groups[0]["lr"]),
+                "ppo/updates": float(len(losses)),
+                "env/reward_mean": float(raw_scores.mean()),
+                "env/reward_std": float(raw_scores.std()) if len(raw_scores) > 1 else 0.0,
+                "tokens/responses_len_mean": float(lengths.mean()),
+                "tokens/queries_len_mean": float(exp.batch.query_mask.sum(1).float().mean()),
+            }
+        )
         return stats
 
     # ---- state for checkpoints ------------------------------------------------------------------
