@@ -104,7 +104,9 @@ def test_d23_grpo_loss_clips_per_token_and_adds_k3_to_the_reference() -> None:
     logprobs[0, 2] = NAN  # garbage in padding
     advantages = torch.tensor([1.0, -0.5])
     weights = critic_free.loss_weights(mask, "dapo", step_rows=2, step_tokens=3.0, max_length=3)
-    out = critic_free.grpo_loss(logprobs, old, ref, advantages, mask, weights, 3.0, 0.2, kl_coef=0.1)
+    out = critic_free.grpo_loss(
+        logprobs, old, ref, advantages, mask, weights=weights, step_tokens=3.0, cliprange=0.2, kl_coef=0.1
+    )
     # tokens: max(-2, -1.2) = -1.2 (clipped), max(-1, -1) = -1, max(0.5, 0.5) = 0.5; mean over 3
     assert out.policy_loss.item() == pytest.approx((-1.2 - 1.0 + 0.5) / 3)
     k3 = (2 - 1) - math.log(2)  # (q/p - 1) - log(q/p) at the second token, 0 elsewhere
@@ -112,7 +114,9 @@ def test_d23_grpo_loss_clips_per_token_and_adds_k3_to_the_reference() -> None:
     assert out.loss.item() == pytest.approx((-1.2 - 1.0 + 0.5) / 3 + 0.1 * k3 / 3)
     assert out.clipfrac.item() == pytest.approx(1 / 3)
     assert out.approxkl.item() == pytest.approx(0.5 * math.log(2) ** 2 / 3)
-    no_reference = critic_free.grpo_loss(logprobs, old, None, advantages, mask, weights, 3.0, 0.2, 0.0)
+    no_reference = critic_free.grpo_loss(
+        logprobs, old, None, advantages, mask, weights=weights, step_tokens=3.0, cliprange=0.2, kl_coef=0.0
+    )
     assert no_reference.kl_loss.item() == 0.0 and no_reference.loss.item() == pytest.approx(-1.7 / 3)
 
 
@@ -121,9 +125,11 @@ def test_d22_d23_a_ratio_of_one_gives_minus_the_mean_advantage() -> None:
     lengths = torch.tensor([3, 1, 4, 2])
     mask = (torch.arange(4) < lengths[:, None]).long()
     logprobs, advantages = torch.randn(4, 4), torch.randn(4)
-    rloo = critic_free.rloo_loss(logprobs, logprobs.clone(), advantages, mask, 4, mask.sum())
+    rloo = critic_free.rloo_loss(logprobs, logprobs.clone(), advantages, mask, 4, step_tokens=mask.sum())
     weights = critic_free.loss_weights(mask, "grpo", 4, mask.sum(), 4)
-    grpo = critic_free.grpo_loss(logprobs, logprobs.clone(), None, advantages, mask, weights, mask.sum())
+    grpo = critic_free.grpo_loss(
+        logprobs, logprobs.clone(), None, advantages, mask, weights=weights, step_tokens=mask.sum()
+    )
     for out in (rloo, grpo):
         assert out.policy_loss.item() == pytest.approx(-advantages.mean().item(), abs=1e-6)
         assert out.clipfrac.item() == 0 and out.approxkl.item() == 0
@@ -153,7 +159,7 @@ def test_d24_micro_batches_add_up_to_the_step_except_bnpo(loss_type: critic_free
     x = torch.randn(4, 5)
 
     def loss(rows: slice, accumulation: int) -> float:
-        w = critic_free.loss_weights(mask[rows], loss_type, 4, mask.sum(), 5, accumulation)
+        w = critic_free.loss_weights(mask[rows], loss_type, 4, mask.sum(), 5, accumulation=accumulation)
         return float(ppo.masked_sum(x[rows] * w, mask[rows]))
 
     whole, split = loss(slice(0, 4), 1), loss(slice(0, 2), 2) + loss(slice(2, 4), 2)

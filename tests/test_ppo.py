@@ -133,7 +133,17 @@ def test_d7_d8_ppo_loss_hand_computed() -> None:
         torch.tensor([[2.0, 0.0]]),
     )
     out = ppo.ppo_loss(
-        logprobs, old, advantages, values, old_values, returns, torch.ones(1, 2), 2.0, 0.2, 0.2, 0.1
+        logprobs,
+        old,
+        advantages,
+        values,
+        old_values,
+        returns=returns,
+        mask=torch.ones(1, 2),
+        n_tokens=2.0,
+        cliprange=0.2,
+        cliprange_value=0.2,
+        vf_coef=0.1,
     )
     # token 0: max(-1*2, -1*1.2) = -1.2 (clipped); token 1: max(2*1, 2*1) = 2.0  -> mean 0.4
     assert out.policy_loss.item() == pytest.approx(0.4)
@@ -150,7 +160,7 @@ def test_d7_ratio_one_gives_minus_mean_advantage_and_padding_is_ignored() -> Non
     lp = torch.tensor([[-1.0, -2.0, -3.0, 55.0], [-1.0, -1.0, 9.0, -9.0]])
     adv = torch.tensor([[1.0, 2.0, 3.0, 100.0], [4.0, 5.0, 100.0, 100.0]])
     zeros = torch.zeros(2, 4)
-    out = ppo.ppo_loss(lp, lp.clone(), adv, zeros, zeros, zeros, MASK, MASK.sum())
+    out = ppo.ppo_loss(lp, lp.clone(), adv, zeros, zeros, returns=zeros, mask=MASK, n_tokens=MASK.sum())
     assert out.policy_loss.item() == pytest.approx(-3.0)
     assert out.clipfrac.item() == 0 and out.approxkl.item() == 0
 
@@ -164,7 +174,14 @@ def test_d14_micro_batches_normalised_by_step_tokens_reproduce_the_full_batch_me
 
     def loss(rows: slice, n_tokens: torch.Tensor) -> torch.Tensor:
         return ppo.ppo_loss(
-            theta[rows] - 1.0, old[rows], adv[rows], theta[rows], old_v[rows], ret[rows], mask[rows], n_tokens
+            theta[rows] - 1.0,
+            old[rows],
+            adv[rows],
+            theta[rows],
+            old_v[rows],
+            returns=ret[rows],
+            mask=mask[rows],
+            n_tokens=n_tokens,
         ).loss
 
     full = loss(slice(0, 4), mask.sum())

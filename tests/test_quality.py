@@ -121,11 +121,11 @@ def test_the_scorer_gives_every_key_and_the_classifier_hook_adds_evasions() -> N
 
 
 def test_relevance_is_skipped_with_a_note_without_the_embedding_wheel(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(embeddings, "minilm_dir", lambda: None)
     scorer = build_quality(QualityConfig())
-    assert scorer.embed is None and "relevance skipped" in capsys.readouterr().out
+    assert scorer.embed is None and "relevance skipped" in caplog.text
     assert "relevance" not in scorer(["a prompt"], ["a response"])
 
 

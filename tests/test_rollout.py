@@ -65,7 +65,9 @@ def test_experience_holds_the_kl_penalised_rewards_and_whitened_advantages(tiny_
     batch = make_batch(QUERIES, responses, 0, False)
     old = old_policy(ac, batch, 1.0)
     old = type(old)(old.logprobs + 0.5 * batch.response_mask, old.values)  # the policy moved by 0.5 nats
-    exp = make_experience(ac, batch, old, torch.tensor([1.0, 2.0, 3.0]), 0.1, PPOConfig(), 1.0)
+    exp = make_experience(
+        ac, batch, old, torch.tensor([1.0, 2.0, 3.0]), 0.1, config=PPOConfig(), temperature=1.0
+    )
     mask = batch.response_mask
     assert torch.allclose(exp.kl, 0.5 * mask)  # k1 = logprob - ref_logprob on real tokens
     last = mask.sum(1) - 1
@@ -93,7 +95,7 @@ def test_group_experience_holds_sequence_rewards_and_group_advantages(
     moved = type(old)(old.logprobs + 0.5 * batch.response_mask, None)  # the policy moved by 0.5 nats a token
     scores = torch.tensor([1.0, 2.0, 3.0, 5.0])
     config = PPOConfig(algorithm=algorithm, num_generations=2, batch_size=4, mini_batch_size=2)  # type: ignore[arg-type]
-    exp = make_experience(ac, batch, moved, scores, 0.1, config, 1.0)
+    exp = make_experience(ac, batch, moved, scores, 0.1, config=config, temperature=1.0)
     assert isinstance(exp, GroupExperience) and exp.kl is not None
     assert torch.allclose(exp.kl.sum(1), 0.5 * torch.tensor([3.0, 2.0, 1.0, 4.0]))  # k1 over real tokens
     if algorithm == "rloo":

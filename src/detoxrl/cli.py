@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 import warnings
@@ -453,10 +454,21 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _show_notes() -> None:
+    """The library logs (``detoxrl.*`` loggers); the command line shows its notes on stderr, one line each."""
+    library = logging.getLogger("detoxrl")
+    if not library.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("note: %(message)s"))
+        library.addHandler(handler)
+        library.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # peft asks transformers a deprecated question at every adapter it attaches: noise, not news for a user
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    _show_notes()
     args = None
     try:
         args = parse(list(sys.argv[1:] if argv is None else argv))

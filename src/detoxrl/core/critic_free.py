@@ -80,6 +80,7 @@ def loss_weights(
     step_rows: int,
     step_tokens: torch.Tensor | float,
     max_length: int,
+    *,
     accumulation: int = 1,
 ) -> torch.Tensor:
     """[D24] The weight (B, T) of each real token's loss in a micro-batch of an optimizer step of
@@ -125,6 +126,7 @@ def rloo_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     step_rows: int,
+    *,
     step_tokens: torch.Tensor | float,
     cliprange: float = 0.2,
 ) -> PolicyLoss:
@@ -154,6 +156,7 @@ def grpo_loss(
     ref_logprobs: torch.Tensor | None,
     advantages: torch.Tensor,
     mask: torch.Tensor,
+    *,
     weights: torch.Tensor,
     step_tokens: torch.Tensor | float,
     cliprange: float = 0.2,

@@ -112,6 +112,7 @@ def compute_rewards(
     ref_logprobs: torch.Tensor,
     mask: torch.Tensor,
     kl_coef: float,
+    *,
     estimator: KLEstimator = "k1",
 ) -> TokenRewards:
     """[D3] ``-kl_coef * kl_t`` on every real token, plus the scalar score (B,) on the last real token.
@@ -181,6 +182,7 @@ def ppo_loss(
     advantages: torch.Tensor,
     values: torch.Tensor,
     old_values: torch.Tensor,
+    *,
     returns: torch.Tensor,
     mask: torch.Tensor,
     n_tokens: torch.Tensor | float,

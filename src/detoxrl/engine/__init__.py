@@ -24,10 +24,20 @@ import torch
 from detoxrl.config import EngineName
 from detoxrl.engine import probes
 from detoxrl.engine.cpu import CpuEngine, CpuOptions
-from detoxrl.engine.reference import Decoder, Forward, Head, ReferenceEngine
+from detoxrl.engine.reference import Decoder, Forward, Head, Model, ReferenceEngine
 from detoxrl.errors import ConfigError
 
-__all__ = ["Decoder", "Engine", "EngineName", "Forward", "Head", "ReferenceEngine", "probes", "select_engine"]
+__all__ = [
+    "Decoder",
+    "Engine",
+    "EngineName",
+    "Forward",
+    "Head",
+    "Model",
+    "ReferenceEngine",
+    "probes",
+    "select_engine",
+]
 
 Engine = ReferenceEngine  # the interface: every engine is a ReferenceEngine, perhaps with faster parts
 ENGINE_ENV = "DETOXRL_ENGINE"

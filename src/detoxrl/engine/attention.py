@@ -69,6 +69,7 @@ def causal_attention(
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
+    *,
     dropout: float = 0.0,
     scaling: float | None = None,
     segments: list[Segment] | None = None,

@@ -33,7 +33,15 @@ from detoxrl.core.batch import ResponseBatch, distinct
 from detoxrl.engine import probes
 from detoxrl.engine.attention import CAUSAL_ROWS, packed_inputs
 from detoxrl.engine.decoding import FusedCache, Linear, LlamaStep, PromptCache, TransformersStep, prepacked
-from detoxrl.engine.reference import Decoder, Forward, Head, ReferenceEngine, cache_name, plain_causal_lm
+from detoxrl.engine.reference import (
+    Decoder,
+    Forward,
+    Head,
+    Model,
+    ReferenceEngine,
+    cache_name,
+    plain_causal_lm,
+)
 
 HEAD_SLICE = 2048  # vocabulary rows per slice of the float32 LM head: 13 instead of 18 ms for 16 rows
 
@@ -81,7 +89,7 @@ class CpuEngine(ReferenceEngine):
         detached = weight.detach()
         return lambda x: F.linear(x, detached)
 
-    def packs(self, model: Any) -> tuple[Any, Any] | None:
+    def packs(self, model: Model) -> tuple[Any, Any] | None:
         """(backbone, LM) when ``model``'s rows can run packed end to end (then its attention is
         ``attention.causal_attention``, which sends anything masked on to SDPA); else None."""
         parts = plain_causal_lm(model)
@@ -94,7 +102,7 @@ class CpuEngine(ReferenceEngine):
             lm.set_attn_implementation(CAUSAL_ROWS)
         return parts
 
-    def head(self, model: Any) -> Head:
+    def head(self, model: Model) -> Head:
         """The float32 LM head in slices of ``HEAD_SLICE`` vocabulary rows, which stay in cache (13 instead
         of 18 ms for 16 rows of SmolLM2 on 2 cores); a frozen head is sliced and converted once."""
         head = model.get_output_embeddings()
@@ -113,7 +121,7 @@ class CpuEngine(ReferenceEngine):
             self._heads[head] = logits
         return logits
 
-    def sampling_head(self, model: Any, rows: int) -> Head:
+    def sampling_head(self, model: Model, rows: int) -> Head:
         """The float32 LM head for ``rows`` rows without gradients, prepacked where that works (6.3 instead
         of 13.6 ms for 16 rows of SmolLM2); a frozen head is prepacked once per row count."""
         head = model.get_output_embeddings()
@@ -130,7 +138,7 @@ class CpuEngine(ReferenceEngine):
             kept[rows] = logits
         return kept[rows]
 
-    def forward(self, model: Any, batch: ResponseBatch) -> Forward:
+    def forward(self, model: Model, batch: ResponseBatch) -> Forward:
         """[D13][D17][D25] The rows' real tokens packed into one sequence, no padding, each distinct prompt
         once followed by the response[:-1] of every row that shares it (position ids restart at each
         prompt; attention keeps each response to its prompt and itself) -> logits and hidden states at
@@ -157,7 +165,7 @@ class CpuEngine(ReferenceEngine):
         hidden = torch.cat([packed, packed.new_zeros(1, packed.shape[1])])[index.to(packed.device)]
         return Forward(self.head(parts[1])(hidden), hidden)
 
-    def decoder(self, model: Any, prompts: list[torch.Tensor], max_new_tokens: int) -> Decoder:
+    def decoder(self, model: Model, prompts: list[torch.Tensor], max_new_tokens: int) -> Decoder:
         if plain_causal_lm(model) is None:
             return super().decoder(model, prompts, max_new_tokens)
         return BufferDecoder(self, model, prompts, max_new_tokens)
@@ -172,7 +180,7 @@ class BufferDecoder:
     reads a prompt once for all its rows [D27]) or a ``TransformersStep`` per token, and the prepacked
     sampling head."""
 
-    def __init__(self, engine: CpuEngine, model: Any, prompts: list[torch.Tensor], max_new: int) -> None:
+    def __init__(self, engine: CpuEngine, model: Model, prompts: list[torch.Tensor], max_new: int) -> None:
         self.engine, self.model, self.prompts, self.max_new = engine, model, prompts, max_new
         self.backbone, lm = plain_causal_lm(model)  # type: ignore[misc]
         self.packed = engine.packs(model) is not None

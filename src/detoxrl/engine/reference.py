@@ -29,6 +29,10 @@ from detoxrl.core.batch import ResponseBatch, pad_left, pad_right
 
 Head = Callable[[torch.Tensor], torch.Tensor]  # final hidden states (..., H) -> float32 logits (..., V)
 
+# A model as the library passes it around: a transformers PreTrainedModel, or a peft PeftModel wrapping one
+# (with its adapters). One name for the idea; the libraries' own classes are too loosely typed to check.
+Model = Any
+
 
 @dataclass(frozen=True)
 class Forward:
@@ -66,7 +70,7 @@ class ReferenceEngine:
         return f"engine: {self.name} (plain transformers + peft on {self.device})"
 
     @contextmanager
-    def autocast(self, model: Any) -> Iterator[None]:
+    def autocast(self, model: Model) -> Iterator[None]:
         """[D18] With bf16/fp16 base weights and float32 LoRA weights (the optimiser's master copy), run
         the adapter's matmuls in the base dtype too: autocast casts the small LoRA matrices per call
         instead of PEFT casting every activation to float32 and back. LM head, value head, log-probs
@@ -78,7 +82,7 @@ class ReferenceEngine:
         with torch.autocast(self.device.type, dtype=dtype), disable_input_dtype_casting(model):
             yield
 
-    def head(self, model: Any) -> Head:
+    def head(self, model: Model) -> Head:
         """The LM head of ``model`` in float32, autocast or not: log-probs are never taken from bf16 logits
         (spaced 0.0625 apart between 8 and 16). A frozen head in another dtype is converted once."""
         head = model.get_output_embeddings()
@@ -88,7 +92,7 @@ class ReferenceEngine:
             self._heads[head] = _float32_linear(head.weight.detach().float(), head.bias)
         return self._heads[head]
 
-    def forward(self, model: Any, batch: ResponseBatch) -> Forward:
+    def forward(self, model: Model, batch: ResponseBatch) -> Forward:
         """[D13] One teacher-forced pass of ``batch`` (on the model's device) -> logits and hidden states
         at the T response positions."""
         t = batch.response_ids.shape[1]
@@ -103,7 +107,7 @@ class ReferenceEngine:
                 out = model(**batch.teacher_forcing(start), **extra)
         return Forward(out.logits[:, -t:].float(), seen[-1][:, -t:])
 
-    def decoder(self, model: Any, prompts: list[torch.Tensor], max_new_tokens: int) -> Decoder:
+    def decoder(self, model: Model, prompts: list[torch.Tensor], max_new_tokens: int) -> Decoder:
         """A decoder over ``prompts`` (1-D token ids on the model's device) with room for
         ``max_new_tokens`` new tokens per row."""
         if model.config.is_encoder_decoder:
@@ -116,7 +120,7 @@ class CausalDecoder:
     over transformers' own KV cache, position ids counting real tokens (as ``forward`` counts them)."""
 
     def __init__(
-        self, engine: ReferenceEngine, model: Any, prompts: list[torch.Tensor], max_new: int
+        self, engine: ReferenceEngine, model: Model, prompts: list[torch.Tensor], max_new: int
     ) -> None:
         self.engine, self.model, self.parts = engine, model, plain_causal_lm(model)
         self.ids, mask = pad_left(prompts, 0)  # (B, P)
@@ -154,7 +158,7 @@ class Seq2SeqDecoder:
     """Encoder-decoder: the prompts (right-padded) through the encoder once, then the decoder from its
     start token, one token per row and step, over transformers' KV cache."""
 
-    def __init__(self, engine: ReferenceEngine, model: Any, prompts: list[torch.Tensor]) -> None:
+    def __init__(self, engine: ReferenceEngine, model: Model, prompts: list[torch.Tensor]) -> None:
         self.engine, self.model, self.cache_arg = engine, model, cache_name(model)
         self.ids, self.mask = pad_right(prompts, 0)  # (B, P)
         self.encoded: Any = None
@@ -193,7 +197,7 @@ def _float32_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> Head:
 
 
 @contextmanager
-def head_input(model: Any) -> Iterator[list[torch.Tensor]]:
+def head_input(model: Model) -> Iterator[list[torch.Tensor]]:
     """The inputs of ``model``'s LM head during the block: the final hidden states, whatever the
     architecture (post-norm, scaled for T5)."""
     seen: list[torch.Tensor] = []
@@ -204,7 +208,7 @@ def head_input(model: Any) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
-def plain_causal_lm(model: Any) -> tuple[Any, Any] | None:
+def plain_causal_lm(model: Model) -> tuple[Any, Any] | None:
     """(backbone, causal LM) when ``model`` (PEFT-wrapped or not) is a decoder-only LM whose logits are
     just its LM head applied to the backbone's last hidden state; else None (encoder-decoders, and
     models that soft-cap or scale their logits or use sliding-window attention)."""
@@ -219,7 +223,7 @@ def plain_causal_lm(model: Any) -> tuple[Any, Any] | None:
     return backbone, lm
 
 
-def compute_dtype(model: Any) -> torch.dtype:
+def compute_dtype(model: Model) -> torch.dtype:
     """The dtype of the base weights (that of the input embeddings)."""
     dtype: torch.dtype = model.get_input_embeddings().weight.dtype
     return dtype

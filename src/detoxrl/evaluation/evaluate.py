@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from detoxrl.config import EvalConfig
 from detoxrl.core.batch import make_batch
 from detoxrl.core.ppo import logprobs_from_logits
-from detoxrl.engine import Engine, select_engine
+from detoxrl.engine import Engine, Model, select_engine
 from detoxrl.evaluation import figures
 from detoxrl.evaluation.figures import compute_metrics
 from detoxrl.evaluation.results import EvalResult, SampleRecord
@@ -38,7 +37,7 @@ TEXT_QUALITY = QualityScorer()  # evasion phrases, repetition, short responses; 
 @torch.no_grad()
 def response_nll(
     engine: Engine,
-    model: Any,
+    model: Model,
     prompt_ids: list[torch.Tensor],
     response_ids: list[torch.Tensor],
     *,
@@ -54,7 +53,7 @@ def response_nll(
 
 def reference_nll(
     engine: Engine,
-    model: Any,
+    model: Model,
     tokenizer: PreTrainedTokenizerBase,
     *,
     is_encoder_decoder: bool,
@@ -111,7 +110,7 @@ def _rouge(responses: list[str], references: list[str]) -> list[dict[str, float]
 
 def sample_passes(
     engine: Engine,
-    model: Any,
+    model: Model,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     config: EvalConfig,
@@ -137,8 +136,8 @@ def sample_passes(
             tokenizer,
             formatted,
             config.sampling,
-            toxicity,
-            config.best_of,
+            guard=toxicity,
+            n=config.best_of,
             seed=sample_seed(seed, j),
             batch_size=config.batch_size,
             first_batch=first_batch,
@@ -196,7 +195,7 @@ def measure(
 
 
 def evaluate(
-    model: Any,
+    model: Model,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     config: EvalConfig,

@@ -26,7 +26,7 @@ from torch import nn
 from detoxrl.config import PolicyConfig, SamplingConfig
 from detoxrl.core.batch import ResponseBatch
 from detoxrl.core.ppo import entropy_from_logits, logprobs_from_logits
-from detoxrl.engine import Engine, select_engine
+from detoxrl.engine import Engine, Model, select_engine
 from detoxrl.models.loading import Policy
 from detoxrl.models.lora import attach_adapter, count_parameters
 from detoxrl.models.sampling import Sampled, sample
@@ -73,7 +73,7 @@ class Reference:
         self.frozen_copy = frozen_copy  # a plain attribute: never a submodule, never trained
 
     @contextmanager
-    def __call__(self, model: Any) -> Iterator[Any]:
+    def __call__(self, model: Model) -> Iterator[Any]:
         if self.kind == "frozen_copy":
             yield self.frozen_copy
         elif self.kind == "disabled_adapter":
@@ -94,11 +94,12 @@ class ActorCritic(nn.Module):
 
     def __init__(
         self,
-        model: Any,
+        model: Model,
         is_encoder_decoder: bool,
         reference: Reference,
         engine: Engine,
         value_head_init_std: float = 0.0,
+        *,
         critic: bool = True,
     ) -> None:
         super().__init__()
@@ -179,14 +180,17 @@ class ActorCritic(nn.Module):
         settings: SamplingConfig,
         stop_ids: set[int],
         pad_id: int,
+        *,
         seeds: list[int] | None = None,
     ) -> Sampled:
         """[D17] Responses to ``queries`` from the policy, with each token's log-prob and LM-head input;
         row i's draws from ``seeds[i]`` when given (``sampling.row_uniforms``)."""
-        return sample(self.engine, self.model, queries, limits, settings, stop_ids, pad_id, seeds)
+        return sample(
+            self.engine, self.model, queries, limits, settings, stop_ids=stop_ids, pad_id=pad_id, seeds=seeds
+        )
 
 
-def _clone_adapter_as_reference(model: Any) -> None:
+def _clone_adapter_as_reference(model: Model) -> None:
     """Add a frozen ``reference`` adapter holding a copy of the ``default`` adapter's weights."""
     ref_config = copy.deepcopy(model.peft_config["default"])
     ref_config.inference_mode = True
@@ -217,9 +221,13 @@ def build_actor_critic(
             raise ValueError("policy.adapter needs policy.use_lora: true (an adapter is a LoRA adapter).")
         frozen = copy.deepcopy(policy.model).eval().requires_grad_(False)
         reference = Reference("frozen_copy", frozen)
-        return ActorCritic(policy.model, enc_dec, reference, engine, value_head_init_std, critic)
+        return ActorCritic(policy.model, enc_dec, reference, engine, value_head_init_std, critic=critic)
     model = attach_adapter(policy, config)
     if config.adapter is None:
-        return ActorCritic(model, enc_dec, Reference("disabled_adapter"), engine, value_head_init_std, critic)
+        return ActorCritic(
+            model, enc_dec, Reference("disabled_adapter"), engine, value_head_init_std, critic=critic
+        )
     _clone_adapter_as_reference(model)
-    return ActorCritic(model, enc_dec, Reference("frozen_adapter"), engine, value_head_init_std, critic)
+    return ActorCritic(
+        model, enc_dec, Reference("frozen_adapter"), engine, value_head_init_std, critic=critic
+    )

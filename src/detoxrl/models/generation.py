@@ -9,14 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from detoxrl.config import SamplingConfig
-from detoxrl.engine import Engine
+from detoxrl.engine import Engine, Model
 from detoxrl.models.sampling import response_limits, sample
 
 
@@ -50,7 +49,7 @@ def tokenize_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> 
     return [torch.tensor(ids, dtype=torch.long) for ids in encoded]
 
 
-def stop_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+def stop_ids(model: Model, tokenizer: PreTrainedTokenizerBase) -> set[int]:
     """The ids that end a response: the model's and tokenizer's EOS, and for decoder-only models the
     BOS too. Chat models such as SmolLM2 sometimes open a new turn (``<|im_start|>``, their BOS)
     instead of closing theirs; text after that belongs to an imagined next speaker."""
@@ -72,7 +71,7 @@ def decode(tokenizer: PreTrainedTokenizerBase, responses: list[torch.Tensor]) ->
 
 def generate(
     engine: Engine,
-    model: Any,
+    model: Model,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
     settings: SamplingConfig,
@@ -92,7 +91,9 @@ def generate(
                 torch.manual_seed(seed * 1_000_003 + b)
             chunk = prompt_ids[start : start + batch_size]
             limits = response_limits(settings, len(chunk))
-            responses += sample(engine, model, chunk, limits, settings, stops, pad_id).responses()
+            responses += sample(
+                engine, model, chunk, limits, settings, stop_ids=stops, pad_id=pad_id
+            ).responses()
     return Responses(prompt_ids, responses, decode(tokenizer, responses))
 
 
@@ -105,13 +106,13 @@ def candidate_seed(seed: int, candidate: int) -> int:
 
 def generate_best_of(
     engine: Engine,
-    model: Any,
+    model: Model,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
     settings: SamplingConfig,
+    *,
     guard: Callable[[list[str]], np.ndarray],
     n: int,
-    *,
     seed: int = 0,
     batch_size: int = 16,
     first_batch: int = 0,
@@ -149,7 +150,7 @@ def least_toxic(candidates: list[Responses], toxicity: np.ndarray) -> Responses:
 
 
 @contextmanager
-def eval_mode(model: Any) -> Iterator[None]:
+def eval_mode(model: Model) -> Iterator[None]:
     """``model`` in eval mode (dropout off) for the block, its mode restored after."""
     was_training = model.training
     model.eval()

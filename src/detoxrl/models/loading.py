@@ -51,11 +51,6 @@ class ModelSource:
     gguf_file: str | None = None
 
 
-# A model as the library passes it around: a transformers PreTrainedModel, or a peft PeftModel wrapping one
-# (with its adapters). One name for the idea; the libraries' own classes are too loosely typed to check.
-Model = Any
-
-
 @dataclass
 class Policy:
     """A loaded language model with its tokenizer, ready for generation."""

@@ -18,12 +18,13 @@ Shapes: B prompts, T new tokens, H hidden size, V vocabulary.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from detoxrl.config import SamplingConfig
+from detoxrl.engine import Model
 
 if TYPE_CHECKING:
     from detoxrl.engine import Engine
@@ -110,6 +111,7 @@ def sample_tokens(
     top_k: int = 0,
     top_p: float = 1.0,
     banned: torch.Tensor | None = None,
+    *,
     uniform: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row from float32 logits (B, V) -> (tokens (B,), their log-probs (B,)).
@@ -167,10 +169,11 @@ def row_uniforms(seeds: list[int], n: int) -> torch.Tensor:
 @torch.no_grad()
 def sample(
     engine: Engine,
-    model: Any,
+    model: Model,
     prompts: list[torch.Tensor],
     limits: list[int],
     settings: SamplingConfig,
+    *,
     stop_ids: set[int],
     pad_id: int,
     seeds: list[int] | None = None,
@@ -194,7 +197,7 @@ def sample(
             banned = torch.zeros_like(logits, dtype=torch.bool).index_fill_(1, stop, True)
         uniform = None if uniforms is None else uniforms[:, t : t + 1]
         token, logprob = sample_tokens(
-            logits, settings.temperature, settings.top_k, settings.top_p, banned, uniform
+            logits, settings.temperature, settings.top_k, settings.top_p, banned, uniform=uniform
         )
         tokens.append(token.masked_fill(ended, pad_id))
         logprobs.append(logprob.masked_fill(ended, 0.0))

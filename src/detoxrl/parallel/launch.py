@@ -8,9 +8,12 @@ torchrun; inside, the same ``accelerate.Accelerator`` runs either way (distribut
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
+
+log = logging.getLogger(__name__)
 
 FLAG = "--num-processes"
 
@@ -67,7 +70,9 @@ def relaunch(argv: list[str], n: int, cpu: bool) -> int:
     """Run ``detoxrl argv`` as ``n`` processes and return the launcher's exit code. Ctrl-C reaches the
     processes (they stop after their step, as one process does) while this one waits for them."""
     cmd = command(argv, n, cpu)
-    print(f"launching {n} processes: {' '.join(cmd[1:4])} ... -m detoxrl {' '.join(without_flag(argv))}")
+    log.info(
+        "launching %d processes: %s ... -m detoxrl %s", n, " ".join(cmd[1:4]), " ".join(without_flag(argv))
+    )
     # a handler that does nothing, not SIG_IGN, which the processes would inherit
     previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
     try:

@@ -17,6 +17,7 @@ from peft import PeftModel
 
 from detoxrl.config import Dtype, EvalConfig, PolicyConfig, QualityConfig, RewardConfig
 from detoxrl.data.prompts import read_texts
+from detoxrl.engine import Model
 from detoxrl.errors import DataError, DetoxError
 from detoxrl.evaluation.compare import Comparison, compare
 from detoxrl.evaluation.evaluate import NLLFn, evaluate, reference_nll
@@ -30,7 +31,7 @@ from detoxrl.evaluation.io import (
 )
 from detoxrl.evaluation.results import EvalResult
 from detoxrl.metrics.quality import QualityScorer
-from detoxrl.models.loading import Model, Policy, load_policy, resolve_source
+from detoxrl.models.loading import Policy, load_policy, resolve_source
 from detoxrl.models.lora import attach_adapter, check_adapter
 from detoxrl.recipes.session import Session
 from detoxrl.reports.report import md_table

@@ -8,9 +8,10 @@ import numpy as np
 from peft import PeftModel
 
 from detoxrl.config import Dtype, PolicyConfig, SamplingConfig
+from detoxrl.engine import Model
 from detoxrl.errors import ConfigError
 from detoxrl.models.generation import format_prompts, generate_best_of
-from detoxrl.models.loading import Model, load_policy, resolve_source
+from detoxrl.models.loading import load_policy, resolve_source
 from detoxrl.models.lora import check_adapter
 from detoxrl.recipes.session import Session
 from detoxrl.rewards.toxicity import build_evaluator, resolve_evaluator_specs
@@ -54,8 +55,8 @@ def generate(
         policy.tokenizer,
         prompts,
         settings,
-        toxicity,
-        best_of,
+        guard=toxicity,
+        n=best_of,
         seed=seed,
         batch_size=batch_size,
     )

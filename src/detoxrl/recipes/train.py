@@ -176,7 +176,9 @@ def _build(config: RunConfig, prompts: list[str], reward: Reward, run_dir: Path,
     #    step and the reward's memory of recent rollouts (novelty) from the last checkpoint.
     checkpoint = top.broadcast(latest_checkpoint(run_dir))  # none in a new run: run_directory made sure
     state = load_checkpoint(actor_critic, checkpoint) if checkpoint else None
-    trainer = Trainer(config.ppo, actor_critic, policy.tokenizer, config.generation, config.steps, top)
+    trainer = Trainer(
+        config.ppo, actor_critic, policy.tokenizer, config.generation, config.steps, topology=top
+    )
     if state is not None:
         trainer.load_state_dict(state)
         for part, memory in zip(remembering(reward), state.get("reward_memory", []), strict=False):
@@ -205,7 +207,7 @@ def _save(loop: Loop, final: bool = False) -> None:
     if top.is_main and final:
         save_weights(ac, run_dir / "final", weights)
     elif top.is_main:
-        save_checkpoint(ac, state, trainer.step_count, run_dir, loop.config.keep_checkpoints, weights)
+        save_checkpoint(ac, state, trainer.step_count, run_dir, loop.config.keep_checkpoints, weights=weights)
     top.barrier()
 
 

@@ -5,6 +5,7 @@ outputs. Knows nothing of RL."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from detoxrl.errors import ConfigError, ModelLoadError
 from detoxrl.models.classifier import Classifier, load_classifier
 from detoxrl.resources import shared_dir
 from detoxrl.rewards.base import Output, TextMode, ToxicityScorer, scored_texts
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CLASSIFIER = "facebook/roberta-hate-speech-dynabench-r4-target"
 
@@ -164,7 +167,7 @@ def resolve_evaluator_specs(specs: tuple[str, ...] | list[str]) -> list[str]:
         if path is not None and (path / "config.json").is_file():
             out.append(str(path))
         else:
-            print(f"note: evaluator '{spec}' skipped: no shared/models folder here (set DETOXRL_SHARED)")
+            log.warning("evaluator '%s' skipped: no shared/models folder here (set DETOXRL_SHARED)", spec)
     if not out:
         raise ConfigError("No evaluator is available: set eval.evaluators (e.g. [profanity]).")
     return out

@@ -92,6 +92,7 @@ def save_checkpoint(
     step: int,
     run_dir: str | Path,
     keep: int = 2,
+    *,
     weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Weights (``save_weights``), the trainer's ``state``, the RNG states and the step, written to a

@@ -46,11 +46,12 @@ class PPOTrainer(Trainer):
         tokenizer: Any,
         generation: SamplingConfig | None = None,
         total_steps: int | None = None,
+        *,
         metrics_path: str | Path | None = None,
         tensorboard_dir: str | Path | None = None,
         topology: Topology = SINGLE,
     ) -> None:
-        super().__init__(config, actor_critic, tokenizer, generation, total_steps, topology)
+        super().__init__(config, actor_critic, tokenizer, generation, total_steps, topology=topology)
         self.logger = MetricsLogger(metrics_path, tensorboard_dir)
         # The classic API's one cache: the last generate()'s queries and sampling pass, whose log-probs
         # and values step() reuses when handed exactly those responses [D17].

@@ -109,6 +109,7 @@ def make_experience(
     old: PolicyOutput,
     scores: torch.Tensor,
     kl_coef: float,
+    *,
     config: PPOConfig,
     temperature: float,
     ref_logprobs: torch.Tensor | None = None,
@@ -120,12 +121,19 @@ def make_experience(
     scores = scores.to(mask.device).float()
     if config.algorithm != "ppo":
         return group_experience(
-            actor_critic, batch, old.logprobs, scores, kl_coef, config, temperature, ref_logprobs
+            actor_critic,
+            batch,
+            old.logprobs,
+            scores,
+            kl_coef,
+            config=config,
+            temperature=temperature,
+            ref_logprobs=ref_logprobs,
         )
     assert old.values is not None, "PPO's actor-critic has a value head (PPOTrainer checks)"
     if ref_logprobs is None:
         ref_logprobs = actor_critic.reference_logprobs(batch, temperature)
-    tr = ppo.compute_rewards(scores, old.logprobs, ref_logprobs, mask, kl_coef, config.kl_estimator)
+    tr = ppo.compute_rewards(scores, old.logprobs, ref_logprobs, mask, kl_coef, estimator=config.kl_estimator)
     rewards = ppo.masked_whiten(tr.rewards, mask, shift_mean=False) if config.whiten_rewards else tr.rewards
     gae = ppo.compute_gae(rewards, old.values, mask, config.gamma, config.lam)
     return Experience(
@@ -148,6 +156,7 @@ def group_experience(
     logprobs: torch.Tensor,
     scores: torch.Tensor,
     kl_coef: float,
+    *,
     config: PPOConfig,
     temperature: float,
     ref_logprobs: torch.Tensor | None = None,

@@ -59,6 +59,7 @@ class Trainer:
         tokenizer: Any,
         generation: SamplingConfig | None = None,
         total_steps: int | None = None,
+        *,
         topology: Topology = SINGLE,
     ) -> None:
         self.config, self.actor_critic, self.tokenizer = config, actor_critic, tokenizer
@@ -100,7 +101,7 @@ class Trainer:
         when given), as ``generation`` says."""
         ac = self.actor_critic
         with self.topology.gathered(self.train_module):
-            return ac.sample(queries, limits, self.generation, self.stop_ids, self.pad_id, seeds)
+            return ac.sample(queries, limits, self.generation, self.stop_ids, self.pad_id, seeds=seeds)
 
     def learn(self, queries: list[torch.Tensor], sampled: Sampled, scores: torch.Tensor) -> dict[str, float]:
         """One PPO step on the responses of ``sampled`` with their scores (B,)."""
@@ -141,7 +142,9 @@ class Trainer:
             ref = ac.reference_pass(batch, temperature, floor) if reference else None
         batch, old, ref = self._global_rows(responses, queries, batch, old, ref)
         ref_logprobs, ref_entropy = (None, None) if ref is None else (ref.logprobs, ref.entropy)
-        exp = make_experience(ac, batch, old, scores, self.kl_coef, c, temperature, ref_logprobs)
+        exp = make_experience(
+            ac, batch, old, scores, self.kl_coef, config=c, temperature=temperature, ref_logprobs=ref_logprobs
+        )
         exp = dataclasses.replace(exp, ref_entropy=ref_entropy)
         t1 = time.perf_counter()
         # 3. ppo_epochs passes over shuffled mini-batches [D7][D8][D14][D15] ([D22]-[D25]); an optimizer
@@ -251,7 +254,7 @@ class Trainer:
         batch = trim_batch(exp.batch.select(rows), self.actor_critic.is_encoder_decoder)
         coef = self.config.entropy_coef
         out = self.train_module(batch, self.generation.temperature, coef > 0)
-        loss = self._loss(exp, rows, batch.response_mask, out, n_rows, n_tokens)
+        loss = self._loss(exp, rows, batch.response_mask, out, n_rows, n_tokens=n_tokens)
         if coef > 0:  # [D26] an entropy bonus, a token mean over the optimizer step ([D28] or a floor)
             assert out.entropy is not None
             mask, t = batch.response_mask, batch.response_mask.shape[1]
@@ -272,6 +275,7 @@ class Trainer:
         mask: torch.Tensor,
         out: PolicyOutput,
         n_rows: int,
+        *,
         n_tokens: torch.Tensor,
     ) -> Loss:
         """The update's one branch on the algorithm: PPO's loss [D7][D8], RLOO's [D22] or GRPO's [D23][D24]
@@ -289,21 +293,33 @@ class Trainer:
                 pick(exp.advantages),
                 out.values,
                 pick(exp.values),
-                pick(exp.returns),
-                mask,
-                n_tokens,
-                c.cliprange,
-                c.cliprange_value,
-                c.vf_coef,
+                returns=pick(exp.returns),
+                mask=mask,
+                n_tokens=n_tokens,
+                cliprange=c.cliprange,
+                cliprange_value=c.cliprange_value,
+                vf_coef=c.vf_coef,
             )
         old, advantages = pick(exp.logprobs), exp.advantages[rows]  # (b, t), (b,)
         if c.algorithm == "rloo":
-            return critic_free.rloo_loss(out.logprobs, old, advantages, mask, n_rows, n_tokens, c.cliprange)
+            return critic_free.rloo_loss(
+                out.logprobs, old, advantages, mask, n_rows, step_tokens=n_tokens, cliprange=c.cliprange
+            )
         ref = None if exp.ref_logprobs is None else pick(exp.ref_logprobs)
         max_length, accumulation = self.generation.max_new_tokens, c.gradient_accumulation_steps
-        weights = critic_free.loss_weights(mask, c.loss_type, n_rows, n_tokens, max_length, accumulation)
+        weights = critic_free.loss_weights(
+            mask, c.loss_type, n_rows, n_tokens, max_length, accumulation=accumulation
+        )
         return critic_free.grpo_loss(
-            out.logprobs, old, ref, advantages, mask, weights, n_tokens, c.cliprange, self.kl_coef
+            out.logprobs,
+            old,
+            ref,
+            advantages,
+            mask,
+            weights=weights,
+            step_tokens=n_tokens,
+            cliprange=c.cliprange,
+            kl_coef=self.kl_coef,
         )
 
     def _stats(
