@@ -21,7 +21,7 @@ from detoxrl.rundir import latest_checkpoint
 from detoxrl.training.checkpoint import VALUE_HEAD_FILE
 from detoxrl.training.classic import PPOTrainer
 from detoxrl.training.trainer import Trainer
-from test_trainer import (
+from helpers import (
     PROMPTS,
     assert_learns,
     assert_resume_repeats_the_run,

@@ -33,7 +33,7 @@ from detoxrl.rewards.build import build_reward
 from detoxrl.rundir import latest_checkpoint
 
 PROMPTS = ["you are a kind", "the movie was", "what a lovely day", "i hate waiting"] * 4
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

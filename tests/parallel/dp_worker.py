@@ -1,6 +1,6 @@
-"""The processes of tests/test_distributed.py, started by torch's launcher (2 processes over gloo):
+"""The processes of tests/parallel/test_distributed.py, started by torch's launcher (2 processes over gloo):
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/dp_worker.py WORK MODEL
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/parallel/dp_worker.py WORK MODEL
 
 trains 2 steps into WORK/two (the first step's experience saved to WORK/two-experience.pt), resumes a copy
 of it to 3 steps on these processes (WORK/two-resumed), evaluates the model with the processes sharing
@@ -8,8 +8,8 @@ the prompts (WORK/two-eval.json), then trains 2 steps again with the model shard
 WORK/fsdp-experience.pt). The test runs the same on one process and compares. Shared settings
 (``tiny_config``, the reward, the evaluator) live here, so that both sides use them.
 
-On a GPU machine, ``accelerate launch --use_fsdp --fsdp_version 2 ... tests/dp_worker.py WORK MODEL cuda``
-trains 2 steps into WORK/accelerate with accelerate's own FSDP2 wrapping (a gpu-marked test).
+On a GPU machine, ``accelerate launch --use_fsdp --fsdp_version 2 ... tests/parallel/dp_worker.py WORK
+MODEL cuda`` trains 2 steps into WORK/accelerate with accelerate's own FSDP2 wrapping (a gpu-marked test).
 """
 
 from __future__ import annotations

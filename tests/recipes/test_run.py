@@ -247,7 +247,7 @@ def test_dry_run_finds_a_hub_model_in_the_local_cache(
     shutil.copytree(tiny_causal_dir, snapshot)
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
-    src = Path(__file__).resolve().parents[1] / "src"
+    src = Path(__file__).resolve().parents[2] / "src"
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(src), str(tmp_path)])}  # fmt: skip
     argv = [

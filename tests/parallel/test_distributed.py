@@ -2,8 +2,8 @@
 rewards and advantages, the same first update (LoRA and value head weights), runs that resume on 2 or on 1
 process and continue as if never stopped, and a sharded evaluation equal to the one-process one.
 
-One launch of tests/dp_worker.py (2 processes, tiny model, about 20 s) is shared by the tests of this file;
-the one-process runs happen in the test process. Printed: the largest differences (the closing note)."""
+One launch of tests/parallel/dp_worker.py (2 processes, tiny model, about 20 s) is shared by the tests of this
+file; the one-process runs happen in the test process. Printed: the largest differences (the closing note)."""
 
 from __future__ import annotations
 
@@ -15,16 +15,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import dp_worker
 import pytest
 import torch
 from safetensors.torch import load_file
 
-import dp_worker
 from detoxrl.parallel.distributed import SINGLE, Topology
 from detoxrl.parallel.launch import command, without_flag
 from detoxrl.recipes.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).with_name("dp_worker.py")
 TOLERANCE = 1e-5  # float32 sums in another order (8 rows per process instead of 16)
 # The weights: rows whose prompts tokenize alike share one pass of the prompt [D25] where they meet in a
 # pass, which differs between one and two processes; the gradients then agree to float32 rounding, which
@@ -47,7 +48,7 @@ def two_processes(tiny_causal_dir: Path, tmp_path_factory: pytest.TempPathFactor
     """WORK with what 2 processes wrote: two/ (2 steps), two-experience.pt, two-resumed/ (2 -> 3 steps on
     2 processes), two-eval.json."""
     work = tmp_path_factory.mktemp("dp")
-    launch(*command(["placeholder"], 2, cpu=True)[:6], str(ROOT / "tests" / "dp_worker.py"), str(work),
+    launch(*command(["placeholder"], 2, cpu=True)[:6], str(WORKER), str(work),
            str(tiny_causal_dir))  # fmt: skip
     return work
 
@@ -190,7 +191,7 @@ def test_accelerates_fsdp2_on_a_gpu_reproduces_one_process(tiny_causal_dir: Path
     launch(sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2",
            "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP", "--num_processes", str(n),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(ROOT / "tests" / "dp_worker.py"), str(tmp_path), str(tiny_causal_dir), "cuda")  # fmt: skip
+           str(WORKER), str(tmp_path), str(tiny_causal_dir), "cuda")  # fmt: skip
     gaps = compare_with_one_process(tmp_path, "accelerate", tiny_causal_dir, "auto", tmp_path / "one", "cuda")
     print(f"1 plain process vs {n} FSDP2 (accelerate) on CUDA:", gaps)
 
@@ -215,8 +216,9 @@ def test_cli_run_on_two_processes_writes_a_complete_run(
     run_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``detoxrl run --num-processes 2`` end to end: torch's launcher, evaluation shared out, the report."""
-    from detoxrl.cli import main
     from test_run import RUN_FILES
+
+    from detoxrl.cli import main
 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "src"), str(tmp_path)]))
     assert main(["run", "--config", str(run_config), "--num-processes", "2", "quality.relevance=false"]) == 0

@@ -4,24 +4,31 @@ classic generate / step / log_stats API in a user's own loop."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
 from detoxrl.config import PolicyConfig, PPOConfig, RunConfig, SamplingConfig
 from detoxrl.errors import TrainingError
-from detoxrl.models.actor_critic import build_actor_critic
 from detoxrl.models.loading import load_policy
 from detoxrl.recipes.train import train
 from detoxrl.rundir import latest_checkpoint
 from detoxrl.training.checkpoint import VALUE_HEAD_FILE
-from detoxrl.training.classic import LengthSampler, PPOTrainer
+from detoxrl.training.classic import LengthSampler
 from detoxrl.training.metrics_log import MetricsLogger
+from helpers import (
+    PROMPTS,
+    assert_learns,
+    assert_resume_repeats_the_run,
+    make_trainer,
+    penalty_reward,
+    read_metrics,
+    run_config,
+    text_length_reward,
+    words_reward,
+)
 
-PROMPTS = ["you are a kind", "the movie was", "what a lovely day", "i hate waiting"] * 4
 REQUIRED_STATS = [
     "objective/kl", "objective/kl_coef", "objective/entropy", "ppo/returns/mean",
     "ppo/policy/advantages_mean", "ppo/policy/clipfrac", "ppo/policy/approxkl", "ppo/loss/policy",
@@ -29,64 +36,7 @@ REQUIRED_STATS = [
     "tokens/responses_len_mean", "time/forward", "time/update",
 ]  # fmt: skip
 
-
-def words_reward(words: set[str]) -> Any:
-    """Reward = how many of the response's tokens are in ``words`` (the tiny tokenizer is word-level)."""
-
-    def reward(prompts: list[str], responses: list[str]) -> torch.Tensor:
-        return torch.tensor([float(sum(w in words for w in r.split())) for r in responses])
-
-    return reward
-
-
-def penalty_reward(words: set[str]) -> Any:
-    """Reward = minus the number of penalised tokens in the response."""
-
-    def reward(prompts: list[str], responses: list[str]) -> torch.Tensor:
-        return torch.tensor([-float(sum(w in words for w in r.split())) for r in responses])
-
-    return reward
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def text_length_reward(prompts: list[str], responses: list[str]) -> torch.Tensor:
-    return torch.tensor([float(len(r)) for r in responses])
-
-
-def run_config(model: Path, steps: int, **ppo: Any) -> RunConfig:
-    settings: dict[str, Any] = {
-        "learning_rate": 1e-2,
-        "batch_size": 16,
-        "mini_batch_size": 8,
-        "ppo_epochs": 4,
-    }
-    settings["init_kl_coef"] = 0.1
-    return RunConfig(
-        policy=PolicyConfig(model=str(model), chat_template=False),
-        generation=SamplingConfig(min_new_tokens=8, max_new_tokens=8, length_sampling="fixed"),
-        ppo=PPOConfig(**{**settings, **ppo}),
-        steps=steps,
-        save_every=1000,
-    )
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def assert_learns(records: list[dict[str, Any]], min_gain: float) -> tuple[float, float]:
-    """The reward of the last 5 steps beats that of the first 3 by ``min_gain``; KL finite and bounded."""
-    rewards = [r["env/reward_mean"] for r in records]
-    before, after = sum(rewards[:3]) / 3, sum(rewards[-5:]) / 5
-    kls = [r["objective/kl"] for r in records]
-    # The first rollout precedes any update; decoder-only old log-probs come from the sampling pass
-    # (KV cache), the reference's from a full pass: equal up to float32 rounding.
-    assert abs(records[0]["objective/kl"]) < 1e-4
-    assert all(math.isfinite(k) for k in kls) and max(kls) < 40.0, kls
-    assert after - before > min_gain, rewards
-    return before, after
 
 
 def test_decoder_only_learns_to_say_the_rewarded_words(sharp_causal_dir: Path, tmp_path: Path) -> None:
@@ -109,29 +59,6 @@ def test_encoder_decoder_learns_to_avoid_penalised_tokens(tiny_seq2seq_dir: Path
     before, after = assert_learns(result.metrics, min_gain=0.5)
     assert after > before * 2 / 3  # the penalty falls by at least a third
     print(f"encoder-decoder: reward {before:.3f} -> {after:.3f}")
-
-
-def assert_resume_repeats_the_run(config: RunConfig, tmp_path: Path) -> list[dict[str, Any]]:
-    """``config`` (4 steps) trained straight, and for 2 steps then resumed to 4: every logged figure of every
-    step and the final adapter equal. Returns the straight run's records."""
-    reward = text_length_reward  # varies from the first step (a rare word's count can be 0 throughout)
-    train(config, PROMPTS, reward, tmp_path / "straight", progress=False)
-    train(RunConfig(**{**vars(config), "steps": 2}), PROMPTS, reward, tmp_path / "split", progress=False)
-    assert latest_checkpoint(tmp_path / "split") is not None
-    train(config, PROMPTS, reward, tmp_path / "split", resume=True, progress=False)
-    straight, split = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "split")
-    assert [r["step"] for r in split] == [1, 2, 3, 4]
-    for a, b in zip(straight, split, strict=True):
-        assert a["samples"] == b["samples"]
-        for key in a:
-            if key != "samples" and not key.startswith("time/"):
-                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
-    from safetensors.torch import load_file
-
-    w1 = load_file(tmp_path / "straight" / "final" / "adapter_model.safetensors")
-    w2 = load_file(tmp_path / "split" / "final" / "adapter_model.safetensors")
-    assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
-    return straight
 
 
 def test_resume_continues_exactly_as_if_never_stopped(tiny_causal_dir: Path, tmp_path: Path) -> None:
@@ -233,14 +160,6 @@ def test_non_finite_steps_in_a_row_stop_training_with_the_last_good_checkpoint(
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]  # step 3 logged as skipped, then the stop
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-000003"
     assert all(torch.equal(good[k], v) for k, v in adapter_of(tmp_path / "checkpoint-000003").items())
-
-
-def make_trainer(model_dir: Path, **ppo: Any) -> PPOTrainer:
-    policy_config = PolicyConfig(model=str(model_dir), chat_template=False)
-    policy = load_policy(policy_config)
-    ac = build_actor_critic(policy, policy_config)
-    config = PPOConfig(**{"batch_size": 8, "mini_batch_size": 4, "learning_rate": 1e-2, **ppo})
-    return PPOTrainer(config, ac, policy.tokenizer, SamplingConfig(max_new_tokens=6))
 
 
 def test_classic_api_in_a_users_own_loop(tiny_seq2seq_dir: Path, tmp_path: Path) -> None:

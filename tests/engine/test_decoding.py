@@ -18,7 +18,7 @@ from detoxrl.engine.decoding import LlamaStep, PromptCache, TransformersStep, ll
 from detoxrl.engine.reference import cache_name, plain_causal_lm
 from detoxrl.models.actor_critic import build_actor_critic
 from detoxrl.models.loading import load_policy
-from test_sampling import QUERIES, perturbed
+from helpers import QUERIES, perturbed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -18,7 +18,7 @@ from detoxrl.engine import ReferenceEngine
 from detoxrl.engine.attention import CAUSAL_ROWS
 from detoxrl.engine.cpu import CpuEngine, CpuOptions
 from detoxrl.errors import ConfigError
-from detoxrl.models.actor_critic import ActorCritic, build_actor_critic
+from detoxrl.models.actor_critic import build_actor_critic
 from detoxrl.models.loading import load_policy
 from detoxrl.models.sampling import (
     LengthSampler,
@@ -29,24 +29,9 @@ from detoxrl.models.sampling import (
     sample_tokens,
 )
 from detoxrl.training.classic import PPOTrainer
-
-QUERIES = [torch.tensor(q) for q in ([5, 10, 6, 27], [4, 9, 50, 42, 17, 7, 39], [12, 13])]
+from helpers import QUERIES, perturbed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def perturbed(path: Path, engine: CpuEngine | None = None, **config: object) -> tuple[ActorCritic, object]:
-    """An actor-critic whose adapter and value head are not at their (trivial) initial values."""
-    policy_config = PolicyConfig(model=str(path), **config)  # type: ignore[arg-type]
-    policy = load_policy(policy_config)
-    torch.manual_seed(0)
-    ac = build_actor_critic(policy, policy_config, engine=engine)
-    with torch.no_grad():
-        for name, p in ac.model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.3)
-        ac.value_head.summary.weight.normal_(0, 0.5)
-    return ac, policy.tokenizer
 
 
 def test_sample_tokens_draws_from_the_tempered_distribution_and_filters() -> None:
