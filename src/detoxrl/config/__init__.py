@@ -51,4 +51,4 @@ __all__ = [
     "preset_path",
     "resume_config",
     "save_config",
-]  # fmt: skip  (a list of names reads better in rows than one per line)
+]

@@ -89,7 +89,7 @@ class ProfanityReward:
 
 def profanity_probabilities(texts: list[str]) -> np.ndarray:
     """P(offensive) (N,) from alt-profanity-check; imported lazily (it loads a pickled model, ~2 s)."""
-    from profanity_check import predict_prob
+    from profanity_check import predict_prob  # 1.8 s to import (it unpickles its model): when first used
 
     if not texts:
         return np.zeros(0)
