@@ -31,6 +31,7 @@ from detoxrl.config import (
     load_config,
     resume_config,
 )
+from detoxrl.config.docs import render
 from detoxrl.data.prompts import read_texts
 from detoxrl.errors import ConfigError, DetoxError, Interrupted
 
@@ -241,6 +242,20 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """The resolved config as commented YAML: to read every key, or to write a file to edit."""
+    source = " ".join(
+        ["detoxrl config", *(f"--{k} {getattr(args, k)}" for k in ("preset", "config") if getattr(args, k))]
+    )
+    text = render(_run_config(args), header=" ".join([source, *args.overrides]))
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}: edit it, then detoxrl run --config {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     for name, line in list_presets().items():
         print(f"{name:<10} {line}")
@@ -294,4 +309,4 @@ def main(argv: list[str] | None = None) -> int:
 
 VERBS = {"generate": cmd_generate, "score": cmd_score, "evaluate": cmd_evaluate, "train": cmd_train}
 VERBS |= {"run": cmd_run, "report": cmd_report, "benchmark": cmd_benchmark, "push": cmd_push}
-VERBS |= {"presets": cmd_presets}
+VERBS |= {"presets": cmd_presets, "config": cmd_config}

@@ -194,7 +194,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     _generate_parser(sub)
     _score_parser(sub)
     _evaluate_parser(sub)
-    _run_parser(sub, "train", "detoxify a policy with RL, no evaluation (dataclass defaults)", None)
+    _run_parser(sub, "train", "detoxify a policy with RL, no evaluation (the default preset)", "default")
     _run_parser(sub, "run", "the whole lab: evaluate, RL, evaluate again, report (default preset)", "default")
     rp = sub.add_parser("report", help="rebuild report.md and report.html of a run from its files alone")
     rp.add_argument("run_dir")
@@ -206,6 +206,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     ph.add_argument("--private", action="store_true")
     ph.set_defaults(verb="push")
     sub.add_parser("presets", help="list the shipped presets").set_defaults(verb="presets")
+    c = sub.add_parser(
+        "config", help="print a preset (or file) resolved with overrides: every key, commented"
+    )
+    c.add_argument("--preset", help="a shipped preset (see 'detoxrl presets'); 'default' without --config")
+    c.add_argument("--config", help="a YAML config file (over the preset)")
+    c.add_argument("--out", help="write it to this file (then edit it and pass it to --config)")
+    c.add_argument("overrides", nargs="*", help="config overrides such as steps=30 ppo.learning_rate=1e-4")
+    c.set_defaults(verb="config", default_preset="default", resume=None)
     return parser, dict(sub.choices)
 
 

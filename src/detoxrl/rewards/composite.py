@@ -4,8 +4,10 @@ evasion and degeneration terms. Knows nothing of RL."""
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -66,10 +68,17 @@ def import_callable(spec: str) -> Callable[..., object]:
     """``"package.module:function"`` (a form RewardConfig checks) -> the function, or a ConfigError
     saying what is missing."""
     module_name, _, attr = spec.partition(":")
+    here = str(Path.cwd())  # a module beside the user, as ``python -c 'import mine'`` would find it
     try:
+        sys.path.insert(0, here)
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ConfigError(f"Callable reward '{spec}': cannot import module '{module_name}' ({e}).") from None
+        raise ConfigError(
+            f"Callable reward '{spec}': cannot import module '{module_name}' ({e}): put {module_name}.py in "
+            f"the working folder ({here}) or on PYTHONPATH."
+        ) from None
+    finally:
+        sys.path.remove(here)
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError(f"Callable reward '{spec}': module '{module_name}' has no function '{attr}'.")
