@@ -120,7 +120,7 @@ def test_dry_run_checks_everything_and_runs_nothing(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "data: 30 training prompts, 10 held-out prompts"
     assert [line.split(":")[0] for line in lines[1:]] == [
-        "policy", "device", "reward", "evaluator", "disk", "config OK"
+        "policy", "device", "reward", "evaluator", "disk", "trackers", "config OK"
     ]  # fmt: skip
     assert lines[1].endswith("(local folder; llama)") and lines[3] == "reward: callable tiny_rewards:calm"
     assert not (tmp_path / "run").exists()
@@ -322,3 +322,29 @@ def test_the_dry_run_names_each_weighted_part_of_a_summed_reward() -> None:
         "reward.components[1]: evasion (weight 3)",
         "reward.components[2]: relevance (weight 2)",
     ]
+
+
+def test_report_to_sends_metrics_to_the_trackers_named_and_a_missing_one_is_one_line(
+    run_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    assert main(["run", "--config", str(run_config), "steps=1", "report_to=[]"]) == 0
+    assert not (tmp_path / "run" / "tensorboard").exists()  # metrics.jsonl alone
+    missing = next(t for t in ("aim", "swanlab", "dvclive", "clearml") if importlib.util.find_spec(t) is None)
+    capsys.readouterr()
+    argv = [
+        "run",
+        "--config",
+        str(run_config),
+        f"report_to=[tensorboard, {missing}]",
+        "output_dir=" + str(tmp_path / "b"),
+    ]
+    assert main([*argv, "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    need = f"pip install {missing} (or 'detoxrl[{missing}]'), or drop it from report_to."
+    assert (
+        err
+        == f"detoxrl: error: Config key 'report_to' names {missing}, whose package is not installed: {need}"
+    )
+    assert main(argv) == 2 and not (tmp_path / "b").exists()  # the same line before anything is written

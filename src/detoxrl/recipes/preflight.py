@@ -29,6 +29,7 @@ from detoxrl.models.loading import (
 from detoxrl.models.lora import check_adapter, same_model
 from detoxrl.rewards.composite import import_callable
 from detoxrl.rewards.toxicity import DEFAULT_CLASSIFIER, PROFANITY, default_toxic_label, split_spec
+from detoxrl.training.metrics_log import check_trackers
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -170,4 +171,5 @@ def check(config: RunConfig, evaluators: list[str] | None) -> list[str]:
     if evaluators is not None:
         lines += evaluator_lines(evaluators)
     lines.append(disk_line(config, model_config))
-    return lines
+    check_trackers(config.report_to)
+    return [*lines, f"trackers: {', '.join(config.report_to) or 'none (metrics.jsonl alone)'}"]

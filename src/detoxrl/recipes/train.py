@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from detoxrl.config import RunConfig, save_config
+from detoxrl.config.io import flatten, to_dict
 from detoxrl.data.prompts import load_prompts
 from detoxrl.errors import Interrupted
 from detoxrl.metrics import guards
@@ -43,7 +44,7 @@ from detoxrl.rewards.build import build_quality, build_reward
 from detoxrl.rewards.novelty import remembering
 from detoxrl.rundir import latest_checkpoint, read_metrics, run_directory, truncate_metrics
 from detoxrl.training.checkpoint import load_checkpoint, save_checkpoint, save_weights
-from detoxrl.training.metrics_log import MetricsLogger, record
+from detoxrl.training.metrics_log import MetricsLogger, build_trackers, check_trackers, record
 from detoxrl.training.rollout import batch_indices, sample_seeds
 from detoxrl.training.trainer import Trainer
 
@@ -151,6 +152,7 @@ def train(
     ``reward(prompts, responses) -> (B,)``, in ``session`` (default: ``session.setup(config)``)."""
     if not prompts:
         raise ValueError("train() needs at least one prompt.")
+    check_trackers(config.report_to)  # before anything is written
     session = session or setup(config)
     run_dir = Path(out_dir or config.output_dir)
     with run_directory(run_dir, resume, evaluation=False, command="train", owner=session.is_main):
@@ -189,9 +191,17 @@ def _build(config: RunConfig, prompts: list[str], reward: Reward, run_dir: Path,
         policy.tokenizer, format_prompts(policy.tokenizer, prompts, config.policy.chat_template)
     )
     main = session.is_main  # the others log nothing
-    logger = MetricsLogger(
-        run_dir / "metrics.jsonl" if main else None, run_dir / "tensorboard" if main else None
-    )
+    logger = MetricsLogger()
+    if main:
+        name = config.run_name or run_dir.resolve().name
+        trackers = build_trackers(
+            config.report_to,
+            run_dir / "tensorboard",
+            project=config.project,
+            run_name=name,
+            config=flatten(to_dict(config)),
+        )
+        logger = MetricsLogger(run_dir / "metrics.jsonl", trackers)
     history = top.broadcast(read_metrics(run_dir) if main else [])
     quality = build_quality(config.quality, engine.device)
     return Loop(config, run_dir, trainer, prompts, queries, reward, quality, logger, history)
@@ -245,6 +255,7 @@ def _train(
                 _save(loop)
             if signalled or stopped_early:
                 break
+    loop.logger.finish()
     if signalled:
         signum = stop.signal or signal.SIGTERM  # another process's signal stopped this one
         where = latest_checkpoint(run_dir)
