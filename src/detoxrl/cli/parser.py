@@ -74,7 +74,7 @@ def _add_best_of_args(p: argparse.ArgumentParser, what: str) -> None:
 
 def _add_eval_args(p: argparse.ArgumentParser, defaults: EvalConfig, k_flag: str) -> None:
     """The evaluation flags, each an EvalConfig field (``defaults`` shown in the help)."""
-    p.add_argument("--prompts", help="a .jsonl or text file (default: shared RTP challenging_toxic.jsonl)")
+    p.add_argument("--prompts", help="a .jsonl or text file (default: the rtp preset's held-out prompts)")
     p.add_argument("--field", default="prompt.text", help="prompt field of a .jsonl file (dotted path)")
     p.add_argument(
         "--n",
