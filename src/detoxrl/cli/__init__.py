@@ -34,6 +34,7 @@ from detoxrl.config import (
 from detoxrl.config.docs import render
 from detoxrl.data.prompts import read_texts
 from detoxrl.errors import ConfigError, DetoxError, Interrupted
+from detoxrl.parallel.launch import accelerate_config, relaunch
 
 DEFAULT_EVALUATORS = ("profanity", "shared:minilm-toxicity")  # the shared MiniLM where the folder is
 
@@ -186,7 +187,6 @@ def _launched(args: argparse.Namespace, config: RunConfig) -> int | None:
     this returns; else None (run here)."""
     from detoxrl.models.loading import resolve_device
     from detoxrl.parallel.distributed import launched
-    from detoxrl.parallel.launch import relaunch
 
     n = args.num_processes
     if n is not None and n < 1:
@@ -256,6 +256,12 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_accelerate_config(args: argparse.Namespace) -> int:
+    """accelerate launch --config_file "$(detoxrl accelerate-config fsdp)" -m detoxrl run ..."""
+    print(accelerate_config(args.name))
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     for name, line in list_presets().items():
         print(f"{name:<10} {line}")
@@ -309,4 +315,4 @@ def main(argv: list[str] | None = None) -> int:
 
 VERBS = {"generate": cmd_generate, "score": cmd_score, "evaluate": cmd_evaluate, "train": cmd_train}
 VERBS |= {"run": cmd_run, "report": cmd_report, "benchmark": cmd_benchmark, "push": cmd_push}
-VERBS |= {"presets": cmd_presets, "config": cmd_config}
+VERBS |= {"presets": cmd_presets, "config": cmd_config, "accelerate-config": cmd_accelerate_config}

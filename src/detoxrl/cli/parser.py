@@ -206,6 +206,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     ph.add_argument("--private", action="store_true")
     ph.set_defaults(verb="push")
     sub.add_parser("presets", help="list the shipped presets").set_defaults(verb="presets")
+    a = sub.add_parser(
+        "accelerate-config", help="the path of a shipped accelerate config (for --config_file)"
+    )
+    a.add_argument("name", choices=["multi_gpu", "fsdp", "zero2", "zero3"])
+    a.set_defaults(verb="accelerate-config")
     c = sub.add_parser(
         "config", help="print a preset (or file) resolved with overrides: every key, commented"
     )
