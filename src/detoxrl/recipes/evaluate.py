@@ -109,7 +109,9 @@ def build_scorers(
 ) -> Scorers:
     """The evaluators and guard of ``config`` (``shared:NAME`` resolved), the quality scorer, the reward."""
     evaluators = [build_evaluator(spec, device) for spec in resolve_evaluator_specs(config.evaluators)]
-    guard = build_evaluator(resolve_evaluator_specs([config.guard])[0], device) if config.guard else None
+    guard = None
+    if config.guard:  # the one classifier best-of-n picks by: it must be here
+        guard = build_evaluator(resolve_evaluator_specs([config.guard], strict=True)[0], device)
     built = None if reward is None else build_reward(reward, device)
     return Scorers(evaluators, build_quality(quality, device), built, guard)
 
