@@ -271,7 +271,7 @@ def test_the_config_reference_in_docs_is_current() -> None:
 
     docs = Path(__file__).resolve().parents[2] / "docs" / "config.md"
     assert docs.read_text() == markdown(), (
-        "regenerate: python -c 'from detoxrl.config.docs import markdown; ...'"
+        "regenerate: python -m detoxrl.config.docs > docs/config.md"
     )
     fields = [line for line in markdown().splitlines() if line.startswith("| `")]
     assert all(not line.endswith("|  |") for line in fields), "every key has a doc"
