@@ -12,6 +12,7 @@ import yaml
 from detoxrl.cli import main
 from detoxrl.reports import hub
 from detoxrl.reports.card import _settings, front_matter, hub_id
+from detoxrl.rundir import VALUE_HEAD_FILE
 
 
 @pytest.fixture
@@ -93,9 +94,10 @@ def test_push_fails_with_one_line_offline_without_a_token_and_without_a_hub(
     assert "OWNER/NAME" in capsys.readouterr().err
 
 
-def test_push_creates_the_repository_and_uploads_adapter_and_card(
+def test_push_creates_the_repository_and_uploads_adapter_and_card_without_the_value_head(
     run_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from huggingface_hub.utils import filter_repo_objects
 
     calls: list[tuple[str, dict[str, Any]]] = []
 
@@ -108,12 +110,9 @@ def test_push_creates_the_repository_and_uploads_adapter_and_card(
             return f"https://huggingface.co/{repo_id}"
 
         def upload_folder(self, **kwargs: Any) -> None:
-            calls.append(
-                (
-                    "upload_folder",
-                    {**kwargs, "files": sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())},
-                )
-            )
+            names = sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())
+            sent = filter_repo_objects(names, ignore_patterns=kwargs.get("ignore_patterns"))  # as the hub's
+            calls.append(("upload_folder", {**kwargs, "files": set(sent)}))
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_TOKEN", "hf_test")
@@ -128,4 +127,8 @@ def test_push_creates_the_repository_and_uploads_adapter_and_card(
         "exist_ok": True,
     }
     assert upload["repo_id"] == "me/detoxified" and Path(upload["folder_path"]) == run_dir / "final"
-    assert {"README.md", "adapter_config.json", "adapter_model.safetensors"} <= set(upload["files"])
+    assert {"README.md", "adapter_config.json", "adapter_model.safetensors"} <= upload["files"]
+    assert (run_dir / "final" / VALUE_HEAD_FILE).is_file() and VALUE_HEAD_FILE not in upload["files"]
+    calls.clear()
+    assert main(["push", str(run_dir), "me/detoxified", "--with-value-head"]) == 0
+    assert VALUE_HEAD_FILE in calls[-1][1]["files"] and calls[1][1]["private"] is False

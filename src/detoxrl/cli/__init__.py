@@ -238,7 +238,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_push(args: argparse.Namespace) -> int:
     from detoxrl.reports.hub import push
 
-    print(f"pushed {args.run_dir}/final to {push(args.run_dir, args.repo_id, private=args.private)}")
+    url = push(args.run_dir, args.repo_id, private=args.private, with_value_head=args.with_value_head)
+    print(f"pushed {args.run_dir}/final to {url}")
     return 0
 
 

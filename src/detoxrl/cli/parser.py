@@ -204,6 +204,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     ph.add_argument("run_dir")
     ph.add_argument("repo_id", help="OWNER/NAME on the hub")
     ph.add_argument("--private", action="store_true")
+    ph.add_argument(
+        "--with-value-head", action="store_true", help="upload PPO's value head too (to continue training)"
+    )
     ph.set_defaults(verb="push")
     sub.add_parser("presets", help="list the shipped presets").set_defaults(verb="presets")
     a = sub.add_parser(

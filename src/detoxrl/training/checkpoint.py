@@ -23,9 +23,9 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from detoxrl.errors import TrainingError
 from detoxrl.models.actor_critic import ActorCritic
-from detoxrl.rundir import CHECKPOINT_PREFIX
+from detoxrl.rundir import CHECKPOINT_PREFIX, VALUE_HEAD_FILE
 
-VALUE_HEAD_FILE = "value_head.safetensors"
+__all__ = ["VALUE_HEAD_FILE", "load_checkpoint", "load_weights", "save_checkpoint", "save_weights"]
 
 
 def save_weights(
