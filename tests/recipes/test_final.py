@@ -62,6 +62,9 @@ def test_a_finished_runs_final_loads_from_a_copied_folder_with_auto_peft_and_pip
     out = pipeline("text-generation", model=model, tokenizer=tokenizer)("you are a", **greedy)
     again = pipeline("text-generation", model=str(copy))("you are a", **greedy)  # the folder alone
     assert out[0]["generated_text"].startswith("you are a") and again == out
+    usage = (copy / "README.md").read_text().split("## How to use")[1].split("```python\n")[1].split("```")[0]
+    assert "AutoPeftModelForCausalLM" in usage
+    exec(usage.replace("OWNER/NAME", str(copy)), {})  # the card's own snippet runs as written
 
 
 def test_a_seq2seq_runs_final_loads_from_a_copied_folder_with_auto_peft(

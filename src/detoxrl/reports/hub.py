@@ -38,7 +38,7 @@ def push(
         raise DetoxError(f"'{final}' holds no trained adapter or model: is '{run_dir}' a finished run?")
     if not HUB_ID.fullmatch(repo_id):
         raise DetoxError(f"'{repo_id}' is not a hub repository id: write it as OWNER/NAME.")
-    write_card(run_dir)
+    write_card(run_dir, repo_id=repo_id)
     if os.environ.get("HF_HUB_OFFLINE", "").upper() in TRUE:
         raise DetoxError("HF_HUB_OFFLINE is set: unset it to push to the Hugging Face hub.")
     token = token or get_token()
