@@ -263,6 +263,15 @@ def cmd_accelerate_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """The run's base with its final adapter merged, saved as a plain transformers model with its card."""
+    from detoxrl.recipes.export import export
+
+    out = export(args.run_dir, args.out)
+    print(f"wrote {out}: the merged model, its tokenizer and README.md (transformers loads it without peft)")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     for name, line in list_presets().items():
         print(f"{name:<10} {line}")
@@ -316,4 +325,9 @@ def main(argv: list[str] | None = None) -> int:
 
 VERBS = {"generate": cmd_generate, "score": cmd_score, "evaluate": cmd_evaluate, "train": cmd_train}
 VERBS |= {"run": cmd_run, "report": cmd_report, "benchmark": cmd_benchmark, "push": cmd_push}
-VERBS |= {"presets": cmd_presets, "config": cmd_config, "accelerate-config": cmd_accelerate_config}
+VERBS |= {
+    "export": cmd_export,
+    "presets": cmd_presets,
+    "config": cmd_config,
+    "accelerate-config": cmd_accelerate_config,
+}
