@@ -20,6 +20,7 @@ PARSED_ONLY = {
     "evaluate": "samples hundreds of responses (tests/evaluation runs it on a tiny model)",
     "benchmark": "samples thousands of responses (tests/recipes/test_benchmark.py runs it on a tiny model)",
     "push": "needs the hub (tests/reports/test_card.py fakes it)",
+    "export": "needs a finished run (tests/recipes/test_export.py exports a tiny one)",
 }
 
 

@@ -63,6 +63,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 CHECKPOINT_PREFIX = "checkpoint-"
+VALUE_HEAD_FILE = "value_head.safetensors"  # PPO's critic, beside the adapter in final/ and checkpoints
 _ACTIVE: set[Path] = set()  # run folders inside a run_directory block now
 
 

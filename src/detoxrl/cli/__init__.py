@@ -238,7 +238,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_push(args: argparse.Namespace) -> int:
     from detoxrl.reports.hub import push
 
-    print(f"pushed {args.run_dir}/final to {push(args.run_dir, args.repo_id, private=args.private)}")
+    url = push(args.run_dir, args.repo_id, private=args.private, with_value_head=args.with_value_head)
+    print(f"pushed {args.run_dir}/final to {url}")
     return 0
 
 
@@ -259,6 +260,15 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_accelerate_config(args: argparse.Namespace) -> int:
     """accelerate launch --config_file "$(detoxrl accelerate-config fsdp)" -m detoxrl run ..."""
     print(accelerate_config(args.name))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """The run's base with its final adapter merged, saved as a plain transformers model with its card."""
+    from detoxrl.recipes.export import export
+
+    out = export(args.run_dir, args.out)
+    print(f"wrote {out}: the merged model, its tokenizer and README.md (transformers loads it without peft)")
     return 0
 
 
@@ -315,4 +325,9 @@ def main(argv: list[str] | None = None) -> int:
 
 VERBS = {"generate": cmd_generate, "score": cmd_score, "evaluate": cmd_evaluate, "train": cmd_train}
 VERBS |= {"run": cmd_run, "report": cmd_report, "benchmark": cmd_benchmark, "push": cmd_push}
-VERBS |= {"presets": cmd_presets, "config": cmd_config, "accelerate-config": cmd_accelerate_config}
+VERBS |= {
+    "export": cmd_export,
+    "presets": cmd_presets,
+    "config": cmd_config,
+    "accelerate-config": cmd_accelerate_config,
+}

@@ -204,7 +204,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     ph.add_argument("run_dir")
     ph.add_argument("repo_id", help="OWNER/NAME on the hub")
     ph.add_argument("--private", action="store_true")
+    ph.add_argument(
+        "--with-value-head", action="store_true", help="upload PPO's value head too (to continue training)"
+    )
     ph.set_defaults(verb="push")
+    ex = sub.add_parser(
+        "export", help="write a run's base with its adapter merged (weights, tokenizer, card): no peft needed"
+    )
+    ex.add_argument("run_dir")
+    ex.add_argument("out", help="a new (or empty) folder for the merged model")
+    ex.set_defaults(verb="export")
     sub.add_parser("presets", help="list the shipped presets").set_defaults(verb="presets")
     a = sub.add_parser(
         "accelerate-config", help="the path of a shipped accelerate config (for --config_file)"

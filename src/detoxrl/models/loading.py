@@ -30,7 +30,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from detoxrl.config import DEVICE, DEVICES, PolicyConfig
+from detoxrl.config import BUILTIN_BASES, DEVICE, DEVICES, PolicyConfig
 from detoxrl.engine.probes import native_bf16
 from detoxrl.errors import ConfigError, DetoxError, ModelLoadError
 from detoxrl.resources import cache_dir, shared_path
@@ -173,6 +173,20 @@ def local_folder(spec: str) -> ModelSource:
     if source.gguf_file is not None:
         return ModelSource(spec, source.kind, str(_gguf_cache(source)))
     return source
+
+
+def recorded_base(source: ModelSource) -> str:
+    """What an adapter trained on ``source`` records as its base (``base_model_name_or_path``), so that
+    ``AutoPeftModelForCausalLM.from_pretrained(adapter)`` finds it on another machine where it can be found:
+    a built-in model's hub id (its wheel holds a dequantized 4-bit copy of that repository: the card says
+    so), a hub id as given, a local folder's absolute path, and for a .gguf file the absolute path of its
+    dequantized safetensors copy (transformers loads a GGUF file only given its file name as well)."""
+    if source.kind == "builtin":
+        return BUILTIN_BASES[source.spec].hub_id
+    if source.kind == "hub":
+        return source.spec
+    folder = gguf_cache_path(source) if source.gguf_file is not None else Path(source.path)
+    return str(folder.expanduser().resolve())
 
 
 def load_model_config(source: ModelSource, role: str = "policy") -> Any:

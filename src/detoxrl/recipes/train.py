@@ -36,7 +36,7 @@ from detoxrl.metrics import guards
 from detoxrl.metrics.quality import QualityScorer
 from detoxrl.models.actor_critic import build_actor_critic
 from detoxrl.models.generation import decode, format_prompts, tokenize_prompts
-from detoxrl.models.loading import load_policy
+from detoxrl.models.loading import load_policy, recorded_base
 from detoxrl.models.sampling import response_limits
 from detoxrl.recipes.session import Session, setup
 from detoxrl.rewards.base import Reward
@@ -52,7 +52,7 @@ from detoxrl.training.trainer import Trainer
 @dataclass(frozen=True)
 class TrainResult:
     run_dir: Path
-    final_dir: Path  # PEFT adapter (or full model) + value_head.safetensors (PPO's)
+    final_dir: Path  # PEFT adapter (or full model) + tokenizer + value_head.safetensors (PPO's)
     metrics: list[dict[str, Any]]  # the records of the steps this call ran
     stopped_early: bool = False  # the quality guard stopped training (quality.guard.early_stop)
 
@@ -96,6 +96,7 @@ class Loop:
     quality: QualityScorer
     logger: MetricsLogger
     history: list[dict[str, Any]]  # every step's record, from the first (a resumed run's included)
+    base: str  # what the saved adapters record as their base (models.loading.recorded_base)
 
 
 def _train_step(loop: Loop) -> tuple[dict[str, Any], guards.GuardReport]:
@@ -204,20 +205,23 @@ def _build(config: RunConfig, prompts: list[str], reward: Reward, run_dir: Path,
         logger = MetricsLogger(run_dir / "metrics.jsonl", trackers)
     history = top.broadcast(read_metrics(run_dir) if main else [])
     quality = build_quality(config.quality, engine.device)
-    return Loop(config, run_dir, trainer, prompts, queries, reward, quality, logger, history)
+    base = recorded_base(policy.source)
+    return Loop(config, run_dir, trainer, prompts, queries, reward, quality, logger, history, base)
 
 
 def _save(loop: Loop, final: bool = False) -> None:
-    """A checkpoint (or the final weights) by the main process, the others waiting till it is there."""
+    """A checkpoint (or the final weights with the tokenizer) by the main process, the others waiting till
+    it is there. Both record the base as ``loop.base``, so that they load on another machine."""
     trainer, run_dir = loop.trainer, loop.run_dir
     top, ac = trainer.topology, trainer.actor_critic
     weights = top.full_state_dict(trainer.train_module)  # sharded: gathered by every process; else None
     memory = [part.state_dict() for part in remembering(loop.reward)]
     state = {**trainer.state_dict(), "reward_memory": memory}
     if top.is_main and final:
-        save_weights(ac, run_dir / "final", weights)
+        save_weights(ac, run_dir / "final", weights, base=loop.base, tokenizer=trainer.tokenizer)
     elif top.is_main:
-        save_checkpoint(ac, state, trainer.step_count, run_dir, loop.config.keep_checkpoints, weights=weights)
+        keep = loop.config.keep_checkpoints
+        save_checkpoint(ac, state, trainer.step_count, run_dir, keep, weights=weights, base=loop.base)
     top.barrier()
 
 
@@ -263,7 +267,8 @@ def _train(
             f"stopped by {signal.Signals(signum).name} after step {trainer.step_count} of {config.steps}"
         )
         raise Interrupted(f"{message} ({where} holds it)", 128 + signum, str(run_dir))
-    # 5. The final adapter (+ PPO's value head): ``PeftModel.from_pretrained(base, final_dir)`` loads it.
+    # 5. The final adapter (+ its tokenizer, PPO's value head): ``AutoPeftModelForCausalLM.from_pretrained``
+    #    (or ...ForSeq2SeqLM) loads it wherever its recorded base can be found.
     if trainer.step_count % config.save_every and not stopped_early:
         _save(loop)
     _save(loop, final=True)
