@@ -270,9 +270,7 @@ def test_the_config_reference_in_docs_is_current() -> None:
     from detoxrl.config.docs import markdown
 
     docs = Path(__file__).resolve().parents[2] / "docs" / "config.md"
-    assert docs.read_text() == markdown(), (
-        "regenerate: python -m detoxrl.config.docs > docs/config.md"
-    )
+    assert docs.read_text() == markdown(), "regenerate: python -m detoxrl.config.docs > docs/config.md"
     fields = [line for line in markdown().splitlines() if line.startswith("| `")]
     assert all(not line.endswith("|  |") for line in fields), "every key has a doc"
 
