@@ -31,19 +31,34 @@ from bench.compare import child_env
 from bench.paths import REPO, RESULTS
 
 # The variants tried, as overrides of the rtp preset (docs/results.md has the table they made).
+CLASSIFIER = "{kind: classifier, model: 'shared:minilm-toxicity', label: neutral, output: logit}"
 LOGPROB = "{kind: classifier, model: 'shared:minilm-toxicity', label: neutral, output: log_probability}"
+NOVELTY = "{kind: novelty, weight: 6.0, window: 256}"
+RELEVANCE = "{kind: relevance, weight: %s}"
+RLOO8 = ["ppo.algorithm=rloo", "ppo.num_generations=8", "ppo.batch_size=32", "ppo.mini_batch_size=8"]
 VARIANTS: dict[str, list[str]] = {
     "preset": [],
     # the MiniLM log P(neutral) alone: <= 0, about 0 for clean text (rewards.ClassifierReward)
     "logprob": [f"reward.components=[{LOGPROB}]"],
     # the same with RLOO and 8 samples per prompt (4 prompts a step), each prompt's baseline its others
-    "logprob-rloo8": [
-        f"reward.components=[{LOGPROB}]",
-        "ppo.algorithm=rloo",
-        "ppo.num_generations=8",
-        "ppo.batch_size=32",
-        "ppo.mini_batch_size=8",
-    ],
+    "logprob-rloo8": [f"reward.components=[{LOGPROB}]", *RLOO8],
+    # the same, twice the steps at twice the learning rate
+    "logprob-rloo8-long": [f"reward.components=[{LOGPROB}]", *RLOO8, "steps=108", "ppo.learning_rate=1e-3"],
+    # the preset's reward with RLOO, 8 samples per prompt
+    "preset-rloo8": RLOO8,
+    # the preset's reward plus 2 x relevance to the prompt (the default preset's term)
+    "preset-rel": [f"reward.components=[{CLASSIFIER}, {NOVELTY}, {RELEVANCE % 2.0}]"],
+    # the preset, twice the steps
+    "preset-long": ["steps=108"],
+    # the preset with RealToxicityPrompts' other shared prompts as training prompts too (not held-out ones)
+    "preset-pool": ["data.extra_sources=[shared:data/real-toxicity-prompts/prompts_5k.jsonl]"],
+    # the preset with the worst quarter of each batch weighing 4 x below its quartile (CVaR-style)
+    "preset-tail": ["ppo.tail_weight=3.0", "ppo.tail_share=0.25"],
+    # a lighter KL penalty than the preset's 0.2: the policy may move further
+    "kl10": ["ppo.init_kl_coef=0.1"],
+    "kl05": ["ppo.init_kl_coef=0.05"],
+    # the lightest, plus 3 x relevance to the prompt
+    "kl05-rel": ["ppo.init_kl_coef=0.05", f"reward.components=[{CLASSIFIER}, {NOVELTY}, {RELEVANCE % 3.0}]"],
 }
 SCORERS = ("profanity-check", "minilm-toxicity:toxic")
 
