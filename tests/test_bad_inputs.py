@@ -19,6 +19,7 @@ import pytest
 from detoxrl.cli import main
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+BOM = b"\xef\xbb\xbf"  # what Notepad and Excel put before UTF-8 text
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,31 @@ CASES = [
         f"{DRY} data.source={{malformed}}",
         "malformed.jsonl, line 2",
         "not valid JSON",
+    ),
+    # text that is not UTF-8 (a Latin-1 editor's bytes)
+    case(
+        "data: latin-1 file",
+        f"{DRY} data.source={{latin}}",
+        "latin.jsonl, line 2 (byte 53): byte 0xe9 is not UTF-8",
+        "iconv -f latin1 -t utf-8",
+        "data.encoding=latin-1",
+    ),
+    case("data: unknown encoding", f"{DRY} data.encoding=utf-9", "'data.encoding'", "got 'utf-9'"),
+    case(
+        "yaml: latin-1",
+        "run --dry-run --config {latin_config}",
+        "latin_config.yaml', line 2",
+        "save it as UTF-8",
+    ),
+    case(
+        "reward: module not UTF-8",
+        f"{DRY} reward.model=latin_rewards:calm",
+        "latin_rewards.py, line 2",
+        "can't decode byte 0xe9",
+        "re-encode it",
+    ),
+    case(
+        "score: latin-1 --file", "score --file {latin_lines}", "latin_lines.txt, line 2 (byte 8)", "re-encode"
     ),
     # models
     case("model: missing path", f"{DRY} policy.model=./no/such/model", "./no/such/model", "does not exist"),
@@ -224,11 +250,22 @@ def files(
         "empty_adapter/adapter_config.json": "{}",
         "other_adapter/adapter_config.json": json.dumps(other),
     }
+    raw = {  # "café" as Latin-1 writes it; the same prompts and config as UTF-8 with a byte-order mark
+        "latin.jsonl": b'{"prompt": {"text": "fine"}}\n{"prompt": {"text": "caf\xe9 au lait"}}\n',
+        "latin_config.yaml": b"steps: 2\n# caf\xe9\n",
+        "latin_rewards.py": b"def calm(prompts, responses):\n    return ['caf\xe9']\n",
+        "latin_lines.txt": b"fine\ncaf\xe9\n",
+        "bom.jsonl": BOM + prompts.read_bytes(),
+        "bom_config.yaml": BOM
+        + config.read_bytes().replace(str(prompts).encode(), str(tmp / "bom.jsonl").encode()),
+    }
     for name, text in texts.items():
         (tmp / name).parent.mkdir(exist_ok=True)
         (tmp / name).write_text(text)
+    for name, data in raw.items():
+        (tmp / name).write_bytes(data)
     earlier = _earlier_run(tmp / "earlier", config)
-    paths = {name.split(".")[0].split("/")[0]: str(tmp / name.split("/")[0]) for name in texts}
+    paths = {name.split(".")[0].split("/")[0]: str(tmp / name.split("/")[0]) for name in [*texts, *raw]}
     paths.update(tmp=str(tmp), config=str(config), earlier=str(earlier), causal=str(tiny_causal_dir),
                  seq2seq=str(tiny_seq2seq_dir), classifier=str(tiny_classifier_dir))  # fmt: skip
     with pytest.MonkeyPatch.context() as mp:
@@ -302,6 +339,15 @@ def test_dry_run_promises_nothing_the_run_then_breaks(
     assert not out.exists()  # a failed start leaves no half-made run behind
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_utf8_with_a_byte_order_mark_is_read_as_text(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Windows tools write a BOM before UTF-8: the prompts and the config read as if it were not there."""
+    assert main(["train", "--dry-run", "--config", files["bom_config"]]) == 0
+    assert "data: 16 training prompts, 4 held-out prompts" in capsys.readouterr().out
+
+
 IN_A_TERMINAL = [
     case("bad flag", "presets --bad", "--bad"),
     case("config value", f"{DRY} ppo.mini_batch_size=0", "'ppo.mini_batch_size'"),
@@ -316,3 +362,15 @@ def test_no_traceback_reaches_the_terminal(case: Case, files: dict[str, str]) ->
     out = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=files["tmp"], timeout=120)
     assert out.returncode == 2, out.stderr
     assert all(words in one_error_line(out.stderr) for words in case.words), out.stderr
+
+
+def test_standard_input_that_is_not_utf8_gets_one_line(files: dict[str, str]) -> None:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1"}
+    argv = [sys.executable, "-m", "detoxrl", "score", "--evaluator", "profanity"]
+    out = subprocess.run(argv, input=b"fine\ncaf\xe9\n", capture_output=True, env=env, timeout=120)
+    assert out.returncode == 2, out.stderr
+    line = one_error_line(out.stderr.decode())
+    assert line == (
+        "detoxrl: error: standard input, line 2 (byte 8): byte 0xe9 is not UTF-8 (invalid continuation "
+        "byte): give it UTF-8 text."
+    )

@@ -32,6 +32,7 @@ from detoxrl.config import (
     resume_config,
 )
 from detoxrl.data.prompts import read_texts
+from detoxrl.data.text import decode
 from detoxrl.errors import ConfigError, DetoxError, Interrupted
 
 DEFAULT_EVALUATORS = ("profanity", "shared:minilm-toxicity")  # the shared MiniLM where the folder is
@@ -46,7 +47,9 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
     if args.file:
         texts += read_texts(args.file, args.field)[0]
     if not texts and not sys.stdin.isatty():
-        texts = [ln for ln in sys.stdin.read().splitlines() if ln.strip()]
+        stdin = sys.stdin  # its bytes, decoded here: a byte that is not UTF-8 is one line, not a traceback
+        text = decode(stdin.buffer.read(), "standard input") if hasattr(stdin, "buffer") else stdin.read()
+        texts = [ln for ln in text.splitlines() if ln.strip()]
     if not texts:
         raise DetoxError("No input texts: pass them as arguments, with --file, or on standard input.")
     return texts

@@ -3,6 +3,7 @@ Knows nothing of models or data files (``--dry-run`` looks at those: recipes/pre
 
 from __future__ import annotations
 
+import codecs
 import re
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -32,6 +33,16 @@ TEMPLATE = Check(
     "a text holding '{text}'",
     "it marks where each prompt's text goes, e.g. 'Summarize: {text}'",
 )
+
+
+def _codec(name: object) -> bool:
+    try:
+        return isinstance(name, str) and bool(codecs.lookup(name))
+    except LookupError:
+        return False
+
+
+ENCODING = Check(_codec, "a text encoding Python knows", "e.g. utf-8, latin-1, cp1252 or utf-16")
 
 
 @dataclass(frozen=True)
@@ -146,6 +157,12 @@ class DataConfig:
 
     SECTION: ClassVar[str] = "data"
     source: str = param("builtin:heated", TEXT, "where the prompts are")
+    encoding: str = param(
+        "utf-8",
+        ENCODING,
+        "the encoding of local text files (.jsonl, .json, .csv, .tsv, .txt); utf-8 also reads a file that "
+        "starts with a byte-order mark",
+    )
     split: str = param("train", TEXT, "the split of a hub dataset")
     text_field: str = param("prompt", TEXT, "the prompt's field; dotted paths allowed (prompt.text)")
     reference_field: str | None = param(None, optional(TEXT), "a reference text's field, for ROUGE (summary)")
