@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -183,6 +184,27 @@ CASES = [
         "already holds a run",
         "--resume",
     ),
+    case("dry run over an earlier run", f"{DRY} output_dir={{earlier}}", "already holds a run", "--resume"),
+    # output folders
+    case("output_dir: a file", "run --config {config} output_dir={a_list}", "a_list.yaml') is a file"),
+    case("output_dir: a file, dry", f"{DRY} output_dir={{a_list}}", "a_list.yaml') is a file, not a folder"),
+    case(
+        "output_dir: under a file",
+        "train --config {config} output_dir={a_list}/run",
+        "cannot be created: '{a_list}' is a file",
+    ),
+    case(
+        "output_dir: a user's folder",
+        "run --config {config} output_dir={mine}",
+        "mine') holds files that are not a detoxrl run (config.yaml, notes/)",
+        "overwrite_output_dir=true",
+    ),
+    case(
+        "output_dir: a user's folder, dry",
+        f"{DRY} output_dir={{mine}}",
+        "not a detoxrl run",
+        "overwrite_output_dir",
+    ),
     # every verb
     case(
         "train: config", "train --dry-run --config {config} ppo.cliprange=0", "'ppo.cliprange'", "> 0, got 0"
@@ -264,9 +286,13 @@ def files(
         (tmp / name).write_text(text)
     for name, data in raw.items():
         (tmp / name).write_bytes(data)
+    (tmp / "mine" / "notes").mkdir(parents=True)  # a user's folder: their own config and notes, not a run
+    (tmp / "mine" / "config.yaml").write_text("steps: 2\n")
+    (tmp / "mine" / "notes" / "todo.txt").write_text("try the RTP preset\n")
     earlier = _earlier_run(tmp / "earlier", config)
     paths = {name.split(".")[0].split("/")[0]: str(tmp / name.split("/")[0]) for name in [*texts, *raw]}
-    paths.update(tmp=str(tmp), config=str(config), earlier=str(earlier), causal=str(tiny_causal_dir),
+    paths.update(tmp=str(tmp), config=str(config), earlier=str(earlier), mine=str(tmp / "mine"),
+                 causal=str(tiny_causal_dir),
                  seq2seq=str(tiny_seq2seq_dir), classifier=str(tiny_classifier_dir))  # fmt: skip
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(tmp))
@@ -289,9 +315,9 @@ def _earlier_run(run_dir: Path, config: Path) -> Path:
 
 
 def snapshot(folder: str) -> dict[str, str]:
-    """Every file under ``folder`` -> the SHA-256 of its bytes."""
+    """Every file under ``folder`` (but Python's caches) -> the SHA-256 of its bytes."""
     root = Path(folder)
-    files = sorted(p for p in root.rglob("*") if p.is_file())
+    files = sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
@@ -313,14 +339,14 @@ def test_the_matrix_is_at_least_30_cases_over_every_verb() -> None:
 def test_a_bad_input_gets_one_line_and_exit_code_2(
     case: Case, files: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    earlier = snapshot(files["earlier"])
+    earlier = snapshot(files["tmp"])  # the earlier run, the user's folder, every input file
     capsys.readouterr()
     code = main(case.argv(files))
     line = one_error_line(capsys.readouterr().err)
     assert code == 2
     for words in case.words:
         assert words.format(**files) in line, line
-    assert snapshot(files["earlier"]) == earlier
+    assert snapshot(files["tmp"]) == earlier
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -346,6 +372,23 @@ def test_utf8_with_a_byte_order_mark_is_read_as_text(
     """Windows tools write a BOM before UTF-8: the prompts and the config read as if it were not there."""
     assert main(["train", "--dry-run", "--config", files["bom_config"]]) == 0
     assert "data: 16 training prompts, 4 held-out prompts" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_disk_without_room_for_the_checkpoints_is_one_line_before_anything_runs(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tiny policy's checkpoints take ~0.2 MB each, and 4 are on disk at once; the disk has 64 kB."""
+    full = shutil._ntuple_diskusage(2**40, 2**40 - 2**16, 2**16)  # type: ignore[attr-defined]
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: full)
+    out = Path(files["tmp"]) / "full-disk"
+    argv = ["run", "--config", files["config"], f"output_dir={out}"]
+    assert main([*argv, "--dry-run"]) == 2
+    dry = one_error_line(capsys.readouterr().err)
+    assert f"Config key 'output_dir' ({out}) is on a disk with 0 MB free" in dry and "free some space" in dry
+    assert main(argv) == 2
+    assert one_error_line(capsys.readouterr().err) == f"{dry} (nothing was kept in '{out}')"
+    assert not out.exists()
 
 
 IN_A_TERMINAL = [

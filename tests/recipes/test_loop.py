@@ -26,7 +26,7 @@ from detoxrl.config import (
     RunConfig,
     SamplingConfig,
 )
-from detoxrl.errors import DataError, TrainingError
+from detoxrl.errors import ConfigError, DataError, TrainingError
 from detoxrl.recipes import train as loop
 from detoxrl.recipes.train import Reward, train
 from detoxrl.rewards.build import build_reward
@@ -67,9 +67,12 @@ def test_a_start_that_fails_leaves_nothing_and_the_same_command_then_runs(
         train(tiny(tiny_causal_dir, 2), PROMPTS, failing_at(1), run_dir, progress=False)
     assert not run_dir.exists()
     (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "notes.txt").write_text("a user's file")  # a folder that existed keeps its files
-    with pytest.raises(DataError, match="nothing was kept"):
+    (tmp_path / "mine" / "notes.txt").write_text("a user's file")  # not a run: refused, untouched
+    with pytest.raises(ConfigError, match=r"holds files that are not a detoxrl run \(notes.txt\)"):
         train(tiny(tiny_causal_dir, 2), PROMPTS, failing_at(1), tmp_path / "mine", progress=False)
+    overwrite = replace(tiny(tiny_causal_dir, 2), overwrite_output_dir=True)  # asked for: its files are kept
+    with pytest.raises(DataError, match="nothing was kept"):
+        train(overwrite, PROMPTS, failing_at(1), tmp_path / "mine", progress=False)
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
     assert len(train(tiny(tiny_causal_dir, 2), PROMPTS, failing_at(99), run_dir, progress=False).metrics) == 2
 

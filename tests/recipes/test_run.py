@@ -120,9 +120,10 @@ def test_dry_run_checks_everything_and_runs_nothing(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "data: 30 training prompts, 10 held-out prompts"
     assert [line.split(":")[0] for line in lines[1:]] == [
-        "policy", "device", "reward", "evaluator", "disk", "config OK"
+        "policy", "device", "reward", "evaluator", "output_dir", "disk", "config OK"
     ]  # fmt: skip
     assert lines[1].endswith("(local folder; llama)") and lines[3] == "reward: callable tiny_rewards:calm"
+    assert lines[5] == f"output_dir: {tmp_path / 'run'} (created by the run)"
     assert not (tmp_path / "run").exists()
 
 

@@ -210,7 +210,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = _run_config(args)
     if args.dry_run:
-        return _dry_run(validate(config, evaluate=False))
+        return _dry_run(validate(config, evaluate=False, resume=bool(args.resume)))
     launched = _launched(args, config)
     return launched if launched is not None else train_command(config, resume=bool(args.resume))
 
@@ -221,7 +221,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _run_config(args)
     if args.dry_run:
-        return _dry_run(validate(config))
+        return _dry_run(validate(config, resume=bool(args.resume)))
     launched = _launched(args, config)
     if launched is not None:
         return launched

@@ -46,10 +46,11 @@ class RunSummary:
     seconds: float
 
 
-def validate(config: RunConfig, evaluate: bool = True) -> list[str]:
+def validate(config: RunConfig, evaluate: bool = True, *, resume: bool = False) -> list[str]:
     """What ``--dry-run`` checks, without loading weights, one line each: the data, then the models,
-    adapter, labels, device and disk (preflight.py); the values themselves were checked when the config
-    was built. ``evaluate=False``: for ``train``, which evaluates nothing."""
+    adapter, labels, device, output_dir and disk (preflight.py); the values themselves were checked when
+    the config was built. ``evaluate=False``: for ``train``, which evaluates nothing; ``resume``: the run
+    continues in output_dir."""
     if evaluate:
         config.check_evaluation()
     prompts = load_prompts(config.data)
@@ -59,7 +60,7 @@ def validate(config: RunConfig, evaluate: bool = True) -> list[str]:
             f"note: eval.num_prompts={config.eval.num_prompts} but only {len(prompts.eval)} held out"
         )
     evaluators = resolve_evaluator_specs(config.eval.evaluators) if evaluate else None
-    return lines + preflight.check(config, evaluators)
+    return lines + preflight.check(config, evaluators, resume=resume)
 
 
 # ---- resuming a run ----------------------------------------------------------------------------------
@@ -73,7 +74,8 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
     start = time.perf_counter()
     config.check_evaluation()
     session, run_dir = setup(config), Path(config.output_dir)
-    with run_directory(run_dir, resume, evaluation=True, command="run", owner=session.is_main):
+    overwrite = config.overwrite_output_dir
+    with run_directory(run_dir, resume, True, "run", session.is_main, overwrite=overwrite):
         return _run(config, run_dir, session, resume=resume, progress=progress, start=start)
 
 
@@ -86,7 +88,8 @@ def _run(
     Step 4: evaluate the trained policy on the same prompts with the same seeds and scorers.
     Step 5: paired comparison, the qualitative table, the report and the model card.
     """
-    # 1. What runs, and how; the prompts; what scores them.
+    # 1. Room for the checkpoints; what runs, and how; the prompts; what scores them.
+    preflight.room_line(config, run_dir, resume=resume)
     if session.is_main:
         save_config(config, run_dir / "config.yaml", comment=session.engine.describe())
     prompts = load_prompts(config.data)

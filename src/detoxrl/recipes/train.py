@@ -37,6 +37,7 @@ from detoxrl.models.actor_critic import build_actor_critic
 from detoxrl.models.generation import decode, format_prompts, tokenize_prompts
 from detoxrl.models.loading import load_policy
 from detoxrl.models.sampling import response_limits
+from detoxrl.recipes.preflight import disk_line
 from detoxrl.recipes.session import Session, setup
 from detoxrl.rewards.base import Reward
 from detoxrl.rewards.build import build_quality, build_reward
@@ -153,7 +154,8 @@ def train(
         raise ValueError("train() needs at least one prompt.")
     session = session or setup(config)
     run_dir = Path(out_dir or config.output_dir)
-    with run_directory(run_dir, resume, evaluation=False, command="train", owner=session.is_main):
+    overwrite = config.overwrite_output_dir
+    with run_directory(run_dir, resume, False, "train", session.is_main, overwrite=overwrite):
         return _train(config, prompts, reward, run_dir, resume=resume, progress=progress, session=session)
 
 
@@ -169,6 +171,7 @@ def _build(config: RunConfig, prompts: list[str], reward: Reward, run_dir: Path,
         save_config(config, run_dir / "config.yaml", comment=engine.describe())
     # 2. The policy with its value head (PPO's only) and reference, the trainer.
     policy = load_policy(config.policy, engine.device)
+    disk_line(config, policy.model.config, folder=run_dir, resume=latest_checkpoint(run_dir) is not None)
     critic = config.ppo.algorithm == "ppo"
     actor_critic = build_actor_critic(policy, config.policy, config.ppo.value_head_init_std, engine, critic)
     session.say(actor_critic.describe())
