@@ -177,6 +177,15 @@ CASES = [
         "Allowed on resume",
     ),
     case("resume: fewer steps", "train --resume {earlier} steps=1", "'steps=1'", "only grow"),
+    case(
+        "resume: no whole checkpoint",
+        "train --resume {earlier}",
+        "No checkpoint of '{earlier}' can be resumed (checkpoint-000002: it holds no weights",
+        "start a new run",
+    ),
+    case(
+        "resume: no whole checkpoint, dry", "run --dry-run --resume {earlier}", "No checkpoint of '{earlier}'"
+    ),
     case("resume: with --preset", "run --resume {earlier} --preset default", "drop --preset"),
     case(
         "run over an earlier run",
@@ -231,9 +240,21 @@ CASES = [
     ),
     case("generate: device", "generate --model {causal} --device cuda:99 hi", "'cuda:99'", "device=cpu"),
     case(
+        "generate: adapter cut short",
+        "generate --model {causal} --adapter {cut_adapter} hi",
+        "--adapter '{cut_adapter}' cannot be loaded (SafetensorError",
+        "damaged",
+    ),
+    case(
         "score: unknown label", "score --evaluator {classifier}:rude hi", "no label 'rude'", "hate, nothate"
     ),
     case("report: unfinished run", "report {earlier}", "eval_after.json' is missing", "detoxrl run --resume"),
+    case(
+        "push: damaged final/",
+        "push {earlier} me/x",
+        "final' is damaged (it holds no weights",
+        "Nothing was pushed",
+    ),
     case("presets: bad flag", "presets --bad", "--bad", "--help"),
     case("run: bad flag", "run --dry-runn", "--dry-runn", "--help"),
 ]
@@ -290,8 +311,10 @@ def files(
     (tmp / "mine" / "config.yaml").write_text("steps: 2\n")
     (tmp / "mine" / "notes" / "todo.txt").write_text("try the RTP preset\n")
     earlier = _earlier_run(tmp / "earlier", config)
+    _cut_adapter(tmp / "cut_adapter", tiny_causal_dir)
     paths = {name.split(".")[0].split("/")[0]: str(tmp / name.split("/")[0]) for name in [*texts, *raw]}
     paths.update(tmp=str(tmp), config=str(config), earlier=str(earlier), mine=str(tmp / "mine"),
+                 cut_adapter=str(tmp / "cut_adapter"),
                  causal=str(tiny_causal_dir),
                  seq2seq=str(tiny_seq2seq_dir), classifier=str(tiny_classifier_dir))  # fmt: skip
     with pytest.MonkeyPatch.context() as mp:
@@ -314,6 +337,17 @@ def _earlier_run(run_dir: Path, config: Path) -> Path:
     return run_dir
 
 
+def _cut_adapter(folder: Path, model: Path) -> None:
+    """A LoRA adapter of the tiny policy whose weights file a full disk cut short."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"])
+    get_peft_model(AutoModelForCausalLM.from_pretrained(model), lora).save_pretrained(folder)
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50])
+
+
 def snapshot(folder: str) -> dict[str, str]:
     """Every file under ``folder`` (but Python's caches) -> the SHA-256 of its bytes."""
     root = Path(folder)
@@ -331,7 +365,7 @@ def one_error_line(err: str) -> str:
 def test_the_matrix_is_at_least_30_cases_over_every_verb() -> None:
     assert len(CASES) >= 30 and len({c.name for c in CASES}) == len(CASES)
     verbs = {c.command.split()[0] for c in CASES}
-    assert verbs == {"run", "train", "evaluate", "generate", "score", "report", "presets"}
+    assert verbs == {"run", "train", "evaluate", "generate", "score", "report", "push", "presets"}
 
 
 @pytest.mark.usefixtures("one_thread")

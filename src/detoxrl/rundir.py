@@ -1,13 +1,16 @@
 """A run directory's files: which make a run (and so may not be overwritten), reading them back, the block
-that starts or resumes a run in a folder, and trimming its metrics to a checkpoint. Knows nothing of
-models or torch."""
+that starts or resumes a run in a folder, trimming its metrics to a checkpoint, and whether a checkpoint's
+(or final/'s) files are whole. Knows nothing of models or torch."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
+import struct
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,12 +67,159 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 CHECKPOINT_PREFIX = "checkpoint-"
+DAMAGED_PREFIX = "damaged-"  # a damaged checkpoint set aside on resume: kept, never resumed nor rotated
+MANIFEST = "detoxrl-manifest.json"  # each file of a checkpoint or final/: its size and SHA-256
+UNLISTED = (MANIFEST, "README.md")  # the model card is rewritten after final/ (reports.card): not weights
 _ACTIVE: set[Path] = set()  # run folders inside a run_directory block now
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     found = sorted(p for p in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*") if (p / "state.pt").is_file())
     return found[-1] if found else None
+
+
+# ---- whole files: a manifest written with each checkpoint, checked on resume and by report ------------
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """The size and SHA-256 of every file under ``folder``, written last (the folder is renamed into place
+    after it): a checkpoint that a full disk, a killed copy or a bad sector damaged later is then told."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in UNLISTED)
+    listed = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    (folder / MANIFEST).write_text(json.dumps({"files": listed}, indent=1) + "\n")
+
+
+def _safetensors_damage(path: Path) -> str | None:
+    """A .safetensors file's own structure (8-byte header length, JSON header, data to its last offset),
+    read without torch: what a truncated or overwritten file breaks."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        length = struct.unpack("<Q", head)[0] if len(head) == 8 else size
+        if 8 + length > size:
+            return f"{path.name} is cut short ({size:,} bytes, less than its header)"
+        try:
+            header = json.loads(f.read(length))
+            end = max([t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"], default=0)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+            return f"{path.name} has an unreadable header"
+    if 8 + length + end != size:
+        return f"{path.name} has {size:,} of its {8 + length + end:,} bytes"
+    return None
+
+
+def _zip_damage(path: Path) -> str | None:
+    """A torch.save file (a zip archive) whose archive or a member's CRC does not check out."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return f"{path.name} is cut short or not an archive ({path.stat().st_size:,} bytes)"
+    return None if bad is None else f"{path.name} has a damaged member ({bad})"
+
+
+def damage(folder: Path) -> str | None:
+    """Why a checkpoint's or final/'s files would not load, in a few words, or None when they are whole: the
+    manifest's sizes and checksums where one was written, else (written before manifests) the files' own
+    structure. Reads every byte (a checksum), never loads a tensor."""
+    manifest = folder / MANIFEST
+    if manifest.is_file():
+        try:
+            listed = json.loads(manifest.read_text())["files"]
+            wanted = {name: (int(v["bytes"]), str(v["sha256"])) for name, v in listed.items()}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return f"its {MANIFEST} is unreadable"
+        for name, (size, digest) in wanted.items():
+            path = folder / name
+            if not path.is_file():
+                return f"{name} is missing"
+            if path.stat().st_size != size:
+                return f"{name} has {path.stat().st_size:,} of its {size:,} bytes"
+            if _sha256(path) != digest:
+                return f"{name} has changed since it was written (its SHA-256 differs)"
+        return None
+    if folder.name.startswith(CHECKPOINT_PREFIX) and not (folder / "state.pt").is_file():
+        return "state.pt is missing"
+    weights = sorted(folder.rglob("*.safetensors"))
+    if not weights:
+        return "it holds no weights (.safetensors)"
+    states = sorted(folder.rglob("*.pt"))
+    checks = [_safetensors_damage(p) for p in weights] + [_zip_damage(p) for p in states]
+    return next((why for why in checks if why is not None), None)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a resumed run continues: the newest checkpoint whose files are whole (None: from the start), and
+    the newer ones that are not, with why (newest first)."""
+
+    checkpoint: Path | None
+    damaged: tuple[tuple[Path, str], ...] = ()
+
+    def note(self) -> str | None:
+        """One line: which checkpoints are damaged, the step the run continues from, and what is run again."""
+        if not self.damaged or self.checkpoint is None:
+            return None
+        names = " and ".join(p.name for p, _ in self.damaged)
+        whys = "; ".join(why for _, why in self.damaged)
+        step, lost = _step(self.checkpoint), _step(self.damaged[0][0])
+        again = f"step {lost} is" if lost == step + 1 else f"steps {step + 1}-{lost} are"
+        verb = "is" if len(self.damaged) == 1 else "are"
+        return (
+            f"{names} {verb} damaged ({whys}): the run continues from step {step} ({self.checkpoint.name}), "
+            f"and {again} run again as before (the damaged files are kept, renamed "
+            f"{', '.join(DAMAGED_PREFIX + p.name for p, _ in self.damaged)})"
+        )
+
+
+def _step(checkpoint: Path) -> int:
+    return int(checkpoint.name.removeprefix(CHECKPOINT_PREFIX))
+
+
+def resume_point(run_dir: Path) -> ResumePoint:
+    """The newest checkpoint of ``run_dir`` that is whole (``damage``), and the newer ones that are not; a
+    TrainingError when there are checkpoints and none is whole."""
+    damaged: list[tuple[Path, str]] = []
+    for checkpoint in sorted(run_dir.glob(f"{CHECKPOINT_PREFIX}*"), reverse=True):
+        why = damage(checkpoint) if checkpoint.is_dir() else "not a folder"
+        if why is None:
+            return ResumePoint(checkpoint, tuple(damaged))
+        damaged.append((checkpoint, why))
+    if damaged:
+        listed = "; ".join(f"{p.name}: {why}" for p, why in damaged)
+        raise TrainingError(
+            f"No checkpoint of '{run_dir}' can be resumed ({listed}): start a new run with another "
+            "output_dir (the damaged files are left as they are)."
+        )
+    return ResumePoint(None)
+
+
+def final_damage(run_dir: Path) -> str | None:
+    """One line when the run's final/ is damaged, saying where the same weights still are, else None."""
+    final = Path(run_dir) / "final"
+    why = damage(final) if final.is_dir() else None
+    if why is None:
+        return None
+    newest = latest_checkpoint(run_dir)  # the last step's: a run checkpoints it before writing final/
+    if newest is not None and damage(newest) is None:
+        where = f"{newest.name}/policy holds the weights of step {_step(newest)} (copy it over final/)"
+    else:
+        where = "no whole checkpoint holds them either: train again"
+    return f"'{final}' is damaged ({why}): its weights cannot be loaded; {where}."
+
+
+def set_aside(point: ResumePoint) -> None:
+    """Rename the damaged checkpoints newer than the resume point (``DAMAGED_PREFIX``): kept for a look,
+    never resumed from, never counted among keep_checkpoints."""
+    for path, _ in point.damaged:
+        target = path.with_name(DAMAGED_PREFIX + path.name)
+        shutil.rmtree(target, ignore_errors=True)
+        path.rename(target)
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:

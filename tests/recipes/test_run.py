@@ -89,7 +89,9 @@ def test_k_samples_per_prompt_give_the_tail_curve_in_the_files_report_verdict_an
     assert "## The tail over k samples" in (run / "final" / "README.md").read_text()
 
 
-def test_report_is_rebuilt_from_the_files_alone(run_config: Path, tmp_path: Path) -> None:
+def test_report_is_rebuilt_from_the_files_alone(
+    run_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["run", "--config", str(run_config)]) == 0
     run = tmp_path / "run"
     first = (run / "report.md").read_text()
@@ -98,6 +100,24 @@ def test_report_is_rebuilt_from_the_files_alone(run_config: Path, tmp_path: Path
     assert main(["report", str(run)]) == 0
     assert (run / "report.md").read_text() == first
     assert (run / "report.html").is_file()
+    # A damaged final/ (a cut copy): the report says so, in one line and at its top; push refuses it.
+    weights = run / "final" / "adapter_model.safetensors"
+    size, data = weights.stat().st_size, weights.read_bytes()
+    weights.write_bytes(data[:64])
+    capsys.readouterr()
+    assert main(["report", str(run)]) == 0
+    line = (
+        f"'{run / 'final'}' is damaged (adapter_model.safetensors has 64 of its {size:,} bytes): its weights "
+        "cannot be loaded; checkpoint-000002/policy holds the weights of step 2 (copy it over final/)."
+    )
+    assert capsys.readouterr().err == f"note: {line}\n"
+    assert (run / "report.md").read_text().startswith(f"# detoxrl run report\n\n**Warning:** {line}\n")
+    assert main(["push", str(run), "me/detoxified"]) == 2
+    assert capsys.readouterr().err == f"detoxrl: error: {line} Nothing was pushed.\n"
+    assert (run / "checkpoint-000002" / "policy" / "adapter_model.safetensors").read_bytes() == data
+    weights.write_bytes(data)
+    assert main(["report", str(run)]) == 0
+    assert (run / "report.md").read_text() == first
 
 
 def test_run_refuses_to_overwrite_and_resumes_from_its_directory(

@@ -253,11 +253,24 @@ def cmd_presets(args: argparse.Namespace) -> int:
 # ---- the parser ------------------------------------------------------------------------------------------
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler that writes to ``sys.stderr`` as it is when a note is logged (a caller, or a test, may have
+    replaced it since the handler was made)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _show_notes() -> None:
     """The library logs (``detoxrl.*`` loggers); the command line shows its notes on stderr, one line each."""
     library = logging.getLogger("detoxrl")
     if not library.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("note: %(message)s"))
         library.addHandler(handler)
         library.setLevel(logging.INFO)

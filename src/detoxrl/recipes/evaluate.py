@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
 
 from detoxrl.config import Dtype, EvalConfig, PolicyConfig, QualityConfig, RewardConfig
 from detoxrl.data.prompts import read_texts
@@ -32,7 +31,7 @@ from detoxrl.evaluation.io import (
 from detoxrl.evaluation.results import EvalResult
 from detoxrl.metrics.quality import QualityScorer
 from detoxrl.models.loading import Policy, load_policy, resolve_source
-from detoxrl.models.lora import attach_adapter, check_adapter
+from detoxrl.models.lora import attach_adapter, check_adapter, load_adapter
 from detoxrl.recipes.session import Session
 from detoxrl.reports.report import md_table
 from detoxrl.resources import shared_dir
@@ -77,7 +76,7 @@ def load_trained(config: PolicyConfig, trained: str | Path, session: Session) ->
     if not config.use_lora:  # full fine-tuning: the trained weights, and the base as reference
         full: Any = type(policy.model).from_pretrained(trained, dtype=policy.model.dtype)
         return Loaded(policy, full.to(session.device), _nll(session, policy.model, policy))
-    model = PeftModel.from_pretrained(policy.model, str(trained), adapter_name="trained")
+    model = load_adapter(policy.model, trained, "The trained adapter", adapter_name="trained")
     if config.adapter is None:
         return Loaded(policy, model, _nll(session, model, policy, model.disable_adapter))
     model.load_adapter(config.adapter, adapter_name="reference")

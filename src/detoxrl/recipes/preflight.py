@@ -29,7 +29,7 @@ from detoxrl.models.loading import (
 from detoxrl.models.lora import check_adapter, same_model
 from detoxrl.rewards.composite import import_callable
 from detoxrl.rewards.toxicity import DEFAULT_CLASSIFIER, PROFANITY, default_toxic_label, split_spec
-from detoxrl.rundir import SHOWN, check_output_dir
+from detoxrl.rundir import SHOWN, check_output_dir, resume_point
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -179,7 +179,10 @@ def output_line(config: RunConfig, *, resume: bool, evaluation: bool) -> str:
     if not folder.exists():
         return f"output_dir: {folder} (created by the run)"
     if resume:
-        return f"output_dir: {folder} (resumed)"
+        point = resume_point(folder)
+        where = point.checkpoint.name if point.checkpoint else "the start: no checkpoint yet"
+        note = f"; note: {point.note()}" if point.damaged else ""
+        return f"output_dir: {folder} (resumed from {where}){note}"
     kept = sorted(p.name for p in folder.iterdir())
     return f"output_dir: {folder} ({'holds ' + ', '.join(kept[:SHOWN]) if kept else 'empty'})"
 

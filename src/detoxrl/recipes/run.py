@@ -36,7 +36,7 @@ from detoxrl.reports.card import write_card
 from detoxrl.reports.report import build_report, steps_line
 from detoxrl.rewards.build import build_reward
 from detoxrl.rewards.toxicity import resolve_evaluator_specs
-from detoxrl.rundir import read_metrics, run_directory
+from detoxrl.rundir import read_metrics, resume_point, run_directory
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,8 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
     start = time.perf_counter()
     config.check_evaluation()
     session, run_dir = setup(config), Path(config.output_dir)
+    if resume:
+        resume_point(run_dir)  # no whole checkpoint to continue from: said before anything runs
     overwrite = config.overwrite_output_dir
     with run_directory(run_dir, resume, True, "run", session.is_main, overwrite=overwrite):
         return _run(config, run_dir, session, resume=resume, progress=progress, start=start)

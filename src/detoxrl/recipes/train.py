@@ -14,6 +14,7 @@ processes: the checkpoint holds the run's state, not the processes'), and they s
 
 from __future__ import annotations
 
+import logging
 import random
 import signal
 import threading
@@ -42,11 +43,21 @@ from detoxrl.recipes.session import Session, setup
 from detoxrl.rewards.base import Reward
 from detoxrl.rewards.build import build_quality, build_reward
 from detoxrl.rewards.novelty import remembering
-from detoxrl.rundir import latest_checkpoint, read_metrics, run_directory, truncate_metrics
-from detoxrl.training.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from detoxrl.rundir import (
+    ResumePoint,
+    latest_checkpoint,
+    read_metrics,
+    resume_point,
+    run_directory,
+    set_aside,
+    truncate_metrics,
+)
+from detoxrl.training.checkpoint import load_checkpoint, save_checkpoint, save_final
 from detoxrl.training.metrics_log import MetricsLogger, record
 from detoxrl.training.rollout import batch_indices, sample_seeds
 from detoxrl.training.trainer import Trainer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -154,30 +165,43 @@ def train(
         raise ValueError("train() needs at least one prompt.")
     session = session or setup(config)
     run_dir = Path(out_dir or config.output_dir)
+    point = resume_point(run_dir) if resume else ResumePoint(None)  # no whole checkpoint: before anything
     overwrite = config.overwrite_output_dir
     with run_directory(run_dir, resume, False, "train", session.is_main, overwrite=overwrite):
-        return _train(config, prompts, reward, run_dir, resume=resume, progress=progress, session=session)
+        return _train(config, prompts, reward, run_dir, point=point, progress=progress, session=session)
 
 
-def _build(config: RunConfig, prompts: list[str], reward: Reward, run_dir: Path, session: Session) -> Loop:
-    """Steps 1-3 of ``_train``: the trainer (resumed from the last checkpoint: every process the same one,
-    the main process's choice), the prompts' tokens, the quality scorer, the metrics log."""
+def _build(
+    config: RunConfig,
+    prompts: list[str],
+    reward: Reward,
+    run_dir: Path,
+    session: Session,
+    *,
+    point: ResumePoint,
+) -> Loop:
+    """Steps 1-3 of ``_train``: the trainer (resumed from ``point``, the newest whole checkpoint: every
+    process the same one, the main process's choice), the prompts' tokens, the quality scorer, the metrics
+    log."""
     # 1. Seed once (every process alike); the engine written beside the resolved config by the main process,
-    #    which alone writes the run directory.
+    #    which alone writes the run directory; damaged checkpoints newer than the resume point set aside.
     top, engine = session.topology, session.engine
+    if point.damaged and session.is_main:
+        log.warning(point.note())
+        set_aside(point)
     torch.manual_seed(config.seed), random.seed(config.seed), np.random.seed(config.seed)
     session.say(f"{engine.describe()}\n{top.describe()}" if top.distributed else engine.describe())
     if session.is_main:
         save_config(config, run_dir / "config.yaml", comment=engine.describe())
     # 2. The policy with its value head (PPO's only) and reference, the trainer.
     policy = load_policy(config.policy, engine.device)
-    disk_line(config, policy.model.config, folder=run_dir, resume=latest_checkpoint(run_dir) is not None)
+    disk_line(config, policy.model.config, folder=run_dir, resume=point.checkpoint is not None)
     critic = config.ppo.algorithm == "ppo"
     actor_critic = build_actor_critic(policy, config.policy, config.ppo.value_head_init_std, engine, critic)
     session.say(actor_critic.describe())
     # 3. Resume: weights (before any wrapping shards them), optimizer, scheduler, KL controller, RNG states,
     #    step and the reward's memory of recent rollouts (novelty) from the last checkpoint.
-    checkpoint = top.broadcast(latest_checkpoint(run_dir))  # none in a new run: run_directory made sure
+    checkpoint = top.broadcast(point.checkpoint)  # none in a new run: run_directory made sure
     state = load_checkpoint(actor_critic, checkpoint) if checkpoint else None
     trainer = Trainer(
         config.ppo, actor_critic, policy.tokenizer, config.generation, config.steps, topology=top
@@ -208,7 +232,7 @@ def _save(loop: Loop, final: bool = False) -> None:
     memory = [part.state_dict() for part in remembering(loop.reward)]
     state = {**trainer.state_dict(), "reward_memory": memory}
     if top.is_main and final:
-        save_weights(ac, run_dir / "final", weights)
+        save_final(ac, run_dir / "final", weights)
     elif top.is_main:
         save_checkpoint(ac, state, trainer.step_count, run_dir, loop.config.keep_checkpoints, weights=weights)
     top.barrier()
@@ -220,12 +244,12 @@ def _train(
     reward: Reward,
     run_dir: Path,
     *,
-    resume: bool,
+    point: ResumePoint,
     progress: bool,
     session: Session,
 ) -> TrainResult:
-    # 1-3. The trainer, resumed from the last checkpoint; the prompts, the quality scorer, the metrics log.
-    loop = _build(config, prompts, reward, run_dir, session)
+    # 1-3. The trainer, resumed from the newest whole checkpoint; the prompts, quality scorer, metrics log.
+    loop = _build(config, prompts, reward, run_dir, session, point=point)
     trainer, top = loop.trainer, session.topology
     # 4. The loop: one step, a checkpoint every save_every steps and before any stop (signal, guard), which
     #    every process takes together.
