@@ -162,6 +162,31 @@ CASES = [
         "evaluator: missing", f"{DRY} eval.evaluators=[./no/classifier]", "./no/classifier", "does not exist"
     ),
     case("evaluator: none", f"{DRY} eval.evaluators=[]", "'eval.evaluators'", "non-empty list"),
+    # prompts and the model's positions (the tiny policy has 256)
+    case(
+        "prompt + response past the positions",
+        f"{DRY} data.max_prompt_tokens=250",
+        "'data.max_prompt_tokens' (250) and generation.max_new_tokens (64) add up to 314 tokens",
+        "256 positions",
+        "data.max_prompt_tokens=192 fits",
+    ),
+    case(
+        "response leaves no room",
+        f"{DRY} eval.sampling.max_new_tokens=300",
+        "'eval.sampling.max_new_tokens' (300) leaves no room for a prompt in the model's 256 positions",
+    ),
+    case(
+        "every prompt dropped",
+        "train --config {config} data.max_prompt_tokens=2 data.truncation=drop",
+        "Every one of the 16 training prompts is over 2 tokens and data.truncation is drop",
+        "nothing was kept",
+    ),
+    case(
+        "truncation: unknown",
+        f"{DRY} data.truncation=middle",
+        "'data.truncation'",
+        "['left', 'right', 'drop']",
+    ),
     # resume, and the earlier run itself
     case(
         "resume: not a run",
@@ -384,7 +409,10 @@ def test_a_bad_input_gets_one_line_and_exit_code_2(
 
 
 @pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("override", ["policy.model=google/flan-t5-base", "policy.adapter={empty_adapter}"])
+@pytest.mark.parametrize(
+    "override",
+    ["policy.model=google/flan-t5-base", "policy.adapter={empty_adapter}", "data.max_prompt_tokens=250"],
+)
 def test_dry_run_promises_nothing_the_run_then_breaks(
     override: str, files: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -241,7 +241,7 @@ def holds_run(run_dir: Path, evaluation: bool = True) -> bool:
 
 # What a run writes as it starts, before it holds a run: a folder holding only these (config.yaml with the
 # engine line that detoxrl writes first) is a start of ours that was killed (SIGKILL, out of memory).
-START_FILES = ("config.yaml", "metrics.jsonl", "eval_before.json", "tensorboard")
+START_FILES = ("config.yaml", "metrics.jsonl", "eval_before.json", "data.json", "tensorboard")
 SHOWN = 5  # a refusal names this many of the files a folder holds
 
 

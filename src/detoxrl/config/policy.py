@@ -178,6 +178,19 @@ class DataConfig:
     max_examples: int | None = param(
         None, optional(count(1)), "cap on prompts kept, after filters and shuffle"
     )
+    max_prompt_tokens: int | None = param(
+        None,
+        optional(count(1)),
+        "the most tokens a prompt may have as the policy sees it, templates included (trl's "
+        "max_prompt_length); null: 512 where the model's positions leave that beside the response tokens, "
+        "else what they leave",
+    )
+    truncation: Literal["left", "right", "drop"] = param(
+        "left",
+        doc="a prompt over max_prompt_tokens: left: its text's start is cut (a continuation keeps its end, "
+        "where the response follows); right: its end is cut; drop: it is left out. The templates stay whole; "
+        "the counts are printed at start and written into the run's data.json",
+    )
     extra_sources: tuple[str, ...] = param(
         (), TEXTS, "more training prompts (same fields and filters), never a held-out text"
     )

@@ -32,6 +32,7 @@ from detoxrl.evaluation.results import EvalResult
 from detoxrl.metrics.quality import QualityScorer
 from detoxrl.models.loading import Policy, load_policy, resolve_source
 from detoxrl.models.lora import attach_adapter, check_adapter, load_adapter
+from detoxrl.recipes.prompts import fit_default
 from detoxrl.recipes.session import Session
 from detoxrl.reports.report import md_table
 from detoxrl.resources import shared_dir
@@ -209,6 +210,7 @@ def evaluate_pair(spec: PairSpec, config: EvalConfig, session: Session) -> Pair:
     plain = dataclasses.replace(config, best_of=1, guard=None)
     scorers = build_scorers(config, session.device, quality=spec.quality, reward=spec.reward)
     base = load_start(policy_config, session)
+    prompts = fit_default(base.policy, prompts, config.sampling, chat_template=spec.chat_template)
     scorer = _scorer_nll(spec, base.policy, session)
     if scorer is not None:
         base = dataclasses.replace(base, nll=scorer)

@@ -12,6 +12,7 @@ from detoxrl.errors import ConfigError
 from detoxrl.models.generation import format_prompts, generate_best_of
 from detoxrl.models.loading import load_policy, resolve_source
 from detoxrl.models.lora import check_adapter, load_adapter
+from detoxrl.recipes.prompts import fit_default
 from detoxrl.recipes.session import Session
 from detoxrl.rewards.toxicity import build_evaluator, resolve_evaluator_specs
 
@@ -47,7 +48,8 @@ def generate(
 
     policy = load_policy(PolicyConfig(model=model, dtype=dtype), session.device)
     sampler: Model = load_adapter(policy.model, adapter, "--adapter") if adapter else policy.model
-    prompts = format_prompts(policy.tokenizer, texts, chat_template)
+    fitted = fit_default(policy, texts, settings, chat_template=chat_template)
+    prompts = format_prompts(policy.tokenizer, fitted, chat_template)
     out = generate_best_of(
         session.engine,
         sampler,

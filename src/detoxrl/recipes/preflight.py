@@ -17,6 +17,7 @@ from huggingface_hub import HfApi, constants, try_to_load_from_cache
 from detoxrl.config import PolicyConfig, RewardConfig, RunConfig
 from detoxrl.errors import ConfigError
 from detoxrl.models.classifier import label_index, labels_of
+from detoxrl.models.generation import positions
 from detoxrl.models.loading import (
     ModelSource,
     gguf_cache_path,
@@ -27,6 +28,7 @@ from detoxrl.models.loading import (
     torch_dtype,
 )
 from detoxrl.models.lora import check_adapter, same_model
+from detoxrl.recipes.prompts import limits
 from detoxrl.rewards.composite import import_callable
 from detoxrl.rewards.toxicity import DEFAULT_CLASSIFIER, PROFANITY, default_toxic_label, split_spec
 from detoxrl.rundir import SHOWN, check_output_dir, resume_point
@@ -165,10 +167,16 @@ def disk_line(
     return f"disk: ~{_size(one)} per checkpoint, ~{_size(count * one)} in all; {_size(free)} free at {where}"
 
 
-def room_line(config: RunConfig, folder: Path, *, resume: bool) -> str:
-    """``disk_line`` as a run starts, from the policy's config alone (no weights): before anything runs."""
-    model_config = load_model_config(resolve_source(config.policy.model))
-    return disk_line(config, model_config, folder=folder, resume=resume)
+def prompt_line(config: RunConfig, model_config: Any, *, evaluation: bool) -> str:
+    """The most tokens a prompt may have (in training, and evaluation), as the run will fit them; refused
+    as the run refuses it where a prompt and its response cannot fit in the model's positions."""
+    found = limits(config, model_config, evaluation=evaluation)
+    train, other = found["train"], found.get("eval", found["train"])
+    most = f"{train} tokens" if other == train else f"{train} tokens in training, {other} in evaluation"
+    total = positions(model_config)
+    room = f"the model has {total} positions" if total else "the model names no maximum"
+    done = "left out" if config.data.truncation == "drop" else f"truncated from the {config.data.truncation}"
+    return f"prompts: at most {most} ({room}); longer ones {done} (data.truncation)"
 
 
 def output_line(config: RunConfig, *, resume: bool, evaluation: bool) -> str:
@@ -191,6 +199,7 @@ def check(config: RunConfig, evaluators: list[str] | None, *, resume: bool = Fal
     """Every check but the data's, in the order a run meets them; ``evaluators`` None: training only."""
     device = resolve_device(config.device)
     lines, model_config = policy_lines(config.policy)
+    lines.append(prompt_line(config, model_config, evaluation=evaluators is not None))
     lines.append(f"device: {device}, policy dtype {str(torch_dtype(config.policy.dtype, device))[6:]}")
     lines += reward_lines(config.reward)
     if evaluators is not None:

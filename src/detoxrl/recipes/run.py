@@ -28,7 +28,9 @@ from detoxrl.evaluation.io import (
     write_table_csv,
 )
 from detoxrl.evaluation.results import EvalResult
+from detoxrl.models.loading import load_tokenizer_of
 from detoxrl.recipes import preflight
+from detoxrl.recipes import prompts as prompts_of
 from detoxrl.recipes.evaluate import Loaded, build_scorers, load_start, load_trained, measure
 from detoxrl.recipes.session import Session, setup
 from detoxrl.recipes.train import train
@@ -84,19 +86,28 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
 def _run(
     config: RunConfig, run_dir: Path, session: Session, *, resume: bool, progress: bool, start: float
 ) -> RunSummary:
-    """Step 1: the resolved config (with the engine), the prompts and the scorers.
+    """Step 1: room for the checkpoints, the resolved config (with the engine), the prompts (each within
+    the prompt limit of training and of evaluation: refused where a prompt and its response cannot fit;
+    the held-out ones fitted, their count said and written into data.json) and the scorers.
     Step 2: evaluate the starting policy on the held-out prompts (kept on resume).
     Step 3: RL on the training prompts (recipes.train: checkpoints, metrics.jsonl, final adapter).
     Step 4: evaluate the trained policy on the same prompts with the same seeds and scorers.
     Step 5: paired comparison, the qualitative table, the report and the model card.
     """
     # 1. Room for the checkpoints; what runs, and how; the prompts; what scores them.
-    preflight.room_line(config, run_dir, resume=resume)
+    tokenizer, model_config = load_tokenizer_of(config.policy.model)  # no weights yet
+    preflight.disk_line(config, model_config, folder=run_dir, resume=resume)
+    prompts_of.limits(config, model_config, evaluation=True)  # training's too: before minutes of evaluation
     if session.is_main:
         save_config(config, run_dir / "config.yaml", comment=session.engine.describe())
     prompts = load_prompts(config.data)
-    held_out = prompts.eval[: config.eval.num_prompts]
-    texts = [e.text for e in held_out]
+    n = config.eval.num_prompts  # with drop, the first n of the held-out prompts that fit
+    examined = prompts.eval if config.data.truncation == "drop" else prompts.eval[:n]
+    fitted = prompts_of.fit(config, [e.text for e in examined], tokenizer, model_config, part="eval")
+    session.say(fitted.describe("held-out prompts"))
+    if session.is_main:
+        prompts_of.record(run_dir, "eval", fitted)
+    held_out, texts = [examined[i] for i in fitted.kept][:n], fitted.texts[:n]
     refs = [str(e.reference) for e in held_out] if all(e.reference for e in held_out) else None
 
     def evaluate(loaded: Loaded, label: str) -> EvalResult:

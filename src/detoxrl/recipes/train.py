@@ -35,9 +35,10 @@ from detoxrl.errors import Interrupted
 from detoxrl.metrics import guards
 from detoxrl.metrics.quality import QualityScorer
 from detoxrl.models.actor_critic import build_actor_critic
-from detoxrl.models.generation import decode, format_prompts, tokenize_prompts
+from detoxrl.models.generation import decode
 from detoxrl.models.loading import load_policy
 from detoxrl.models.sampling import response_limits
+from detoxrl.recipes import prompts as prompts_of
 from detoxrl.recipes.preflight import disk_line
 from detoxrl.recipes.session import Session, setup
 from detoxrl.rewards.base import Reward
@@ -101,7 +102,7 @@ class Loop:
     config: RunConfig
     run_dir: Path
     trainer: Trainer
-    prompts: list[str]
+    prompts: list[str]  # each within the prompt limit (recipes/prompts.py)
     queries: list[torch.Tensor]  # the prompts' tokens, as the policy sees them
     reward: Reward
     quality: QualityScorer
@@ -193,9 +194,14 @@ def _build(
     session.say(f"{engine.describe()}\n{top.describe()}" if top.distributed else engine.describe())
     if session.is_main:
         save_config(config, run_dir / "config.yaml", comment=engine.describe())
-    # 2. The policy with its value head (PPO's only) and reference, the trainer.
+    # 2. The policy; room for its checkpoints; the prompts' tokens, each within the prompt limit (the count
+    #    of those cut said and written into data.json); its value head (PPO's only), reference; the trainer.
     policy = load_policy(config.policy, engine.device)
     disk_line(config, policy.model.config, folder=run_dir, resume=point.checkpoint is not None)
+    fitted = prompts_of.fit(config, prompts, policy.tokenizer, policy.model.config, part="train")
+    session.say(fitted.describe("training prompts"))
+    if session.is_main:
+        prompts_of.record(run_dir, "train", fitted)
     critic = config.ppo.algorithm == "ppo"
     actor_critic = build_actor_critic(policy, config.policy, config.ppo.value_head_init_std, engine, critic)
     session.say(actor_critic.describe())
@@ -212,16 +218,13 @@ def _build(
             part.load_state_dict(memory)
     if session.is_main:
         truncate_metrics(run_dir / "metrics.jsonl", trainer.step_count)
-    queries = tokenize_prompts(
-        policy.tokenizer, format_prompts(policy.tokenizer, prompts, config.policy.chat_template)
-    )
     main = session.is_main  # the others log nothing
     logger = MetricsLogger(
         run_dir / "metrics.jsonl" if main else None, run_dir / "tensorboard" if main else None
     )
     history = top.broadcast(read_metrics(run_dir) if main else [])
     quality = build_quality(config.quality, engine.device)
-    return Loop(config, run_dir, trainer, prompts, queries, reward, quality, logger, history)
+    return Loop(config, run_dir, trainer, fitted.texts, fitted.ids, reward, quality, logger, history)
 
 
 def _save(loop: Loop, final: bool = False) -> None:
