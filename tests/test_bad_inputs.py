@@ -49,6 +49,18 @@ CASES = [
     case("steps=0", f"{DRY} steps=0", "'steps'", ">= 1, got 0"),
     case("device=tpu9", f"{DRY} device=tpu9", "'device'", "auto, cpu, cuda", "got 'tpu9'"),
     case("threads=0", f"{DRY} threads=0", "'threads'", "got 0"),
+    # the machine's cores
+    case("threads > cores", f"{DRY} threads=100000", "'threads' must be at most", "cores), got 100000"),
+    case("threads > cores, run", "train --config {config} threads=100000", "'threads' must be at most"),
+    case(
+        "processes > cores",
+        "train --dry-run --config {config} --num-processes 100000",
+        "--num-processes must be at most",
+        "got 100000",
+    ),
+    case(
+        "generate: --threads > cores", "generate --model {causal} --threads 100000 hi", "--threads must be at"
+    ),
     case("batch_size=3", f"{DRY} ppo.batch_size=3", "'ppo.batch_size'", "multiple", "ppo.batch_size=2 or 4"),
     case("eval_fraction=1.5", f"{DRY} data.eval_fraction=1.5", "'data.eval_fraction'", "[0, 1)"),
     case("old target_kl", f"{DRY} ppo.target_kl=6", "'ppo.target_kl'", "got 6.0", "ppo.adaptive_kl_target"),

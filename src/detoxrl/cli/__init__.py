@@ -183,19 +183,31 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
     return load_config(preset, args.config, args.overrides)
 
 
+def _on_cpu(config: RunConfig) -> bool:
+    from detoxrl.models.loading import resolve_device
+
+    return resolve_device(config.device).type == "cpu"
+
+
 def _launched(args: argparse.Namespace, config: RunConfig) -> int | None:
     """``--num-processes N`` (N > 1) outside a launcher: the same command as N processes, whose exit code
-    this returns; else None (run here)."""
-    from detoxrl.models.loading import resolve_device
+    this returns; else None (run here). N is checked first (at ``--dry-run`` too: ``_check_processes``)."""
     from detoxrl.parallel.distributed import launched
     from detoxrl.parallel.launch import relaunch
 
-    n = args.num_processes
-    if n is not None and n < 1:
-        raise ConfigError(f"--num-processes must be a whole number >= 1, got {n}.")
+    n = _check_processes(args, config)
     if n in (None, 1) or launched():
         return None
-    return relaunch(args.argv, n, cpu=resolve_device(config.device).type == "cpu")
+    return relaunch(args.argv, n, cpu=_on_cpu(config))
+
+
+def _check_processes(args: argparse.Namespace, config: RunConfig) -> int | None:
+    """``--num-processes N``: at least 1, and on CPUs at most this machine's cores."""
+    from detoxrl.parallel.launch import check_processes
+
+    n: int | None = args.num_processes
+    check_processes(n, cpu=n is not None and _on_cpu(config))
+    return n
 
 
 def _dry_run(lines: list[str]) -> int:
@@ -210,6 +222,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = _run_config(args)
     if args.dry_run:
+        _check_processes(args, config)
         return _dry_run(validate(config, evaluate=False, resume=bool(args.resume)))
     launched = _launched(args, config)
     return launched if launched is not None else train_command(config, resume=bool(args.resume))
@@ -221,6 +234,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _run_config(args)
     if args.dry_run:
+        _check_processes(args, config)
         return _dry_run(validate(config, resume=bool(args.resume)))
     launched = _launched(args, config)
     if launched is not None:

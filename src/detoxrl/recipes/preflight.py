@@ -28,6 +28,7 @@ from detoxrl.models.loading import (
     torch_dtype,
 )
 from detoxrl.models.lora import check_adapter, same_model
+from detoxrl.parallel.launch import check_threads, cores
 from detoxrl.recipes.prompts import limits
 from detoxrl.rewards.composite import import_callable
 from detoxrl.rewards.toxicity import DEFAULT_CLASSIFIER, PROFANITY, default_toxic_label, split_spec
@@ -200,7 +201,10 @@ def check(config: RunConfig, evaluators: list[str] | None, *, resume: bool = Fal
     device = resolve_device(config.device)
     lines, model_config = policy_lines(config.policy)
     lines.append(prompt_line(config, model_config, evaluation=evaluators is not None))
-    lines.append(f"device: {device}, policy dtype {str(torch_dtype(config.policy.dtype, device))[6:]}")
+    check_threads(config.threads)
+    threads = f", {config.threads} of {cores()} cores" if config.threads else f", {cores()} cores"
+    dtype = str(torch_dtype(config.policy.dtype, device))[6:]
+    lines.append(f"device: {device}{threads if device.type == 'cpu' else ''}, policy dtype {dtype}")
     lines += reward_lines(config.reward)
     if evaluators is not None:
         lines += evaluator_lines(evaluators)
