@@ -125,6 +125,19 @@ CASES = [
         "Offline alternatives",
     ),
     case("model: no config.json", f"{DRY} policy.model={{tmp}}", "holds no config.json", "save_pretrained"),
+    case(
+        "classifier: hub id offline",
+        f"{DRY} reward.kind=classifier reward.model=facebook/roberta-hate-speech-dynabench-r4-target",
+        "'facebook/roberta-hate-speech-dynabench-r4-target'",
+        "a local classifier folder, shared:minilm-toxicity",
+        "profanity",
+    ),
+    case(
+        "score: shared classifier name in a flag",
+        "score --evaluator shared:no-such-model hello",
+        "Evaluator 'shared:no-such-model' is not here",
+        "DETOXRL_SHARED",
+    ),
     # adapters
     case(
         "adapter: missing",

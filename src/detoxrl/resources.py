@@ -13,7 +13,7 @@ def shared_dir() -> Path | None:
     """The project's offline data and models: ``$DETOXRL_SHARED``, else a ``shared/`` folder beside the
     repository checkout or beside the working directory; None when there is none."""
     env = os.environ.get("DETOXRL_SHARED")
-    for candidate in (env, Path(__file__).resolve().parents[2] / "shared", Path.cwd().parent / "shared"):
+    for candidate in (env, Path(__file__).resolve().parents[3] / "shared", Path.cwd().parent / "shared"):
         if candidate and Path(candidate).is_dir():
             return Path(candidate)
     return None

@@ -70,6 +70,7 @@ CHECKPOINT_PREFIX = "checkpoint-"
 DAMAGED_PREFIX = "damaged-"  # a damaged checkpoint set aside on resume: kept, never resumed nor rotated
 MANIFEST = "detoxrl-manifest.json"  # each file of a checkpoint or final/: its size and SHA-256
 UNLISTED = (MANIFEST, "README.md")  # the model card is rewritten after final/ (reports.card): not weights
+VALUE_HEAD_FILE = "value_head.safetensors"  # PPO's critic, beside the adapter in final/ and checkpoints
 _ACTIVE: set[Path] = set()  # run folders inside a run_directory block now
 
 

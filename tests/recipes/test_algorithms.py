@@ -27,6 +27,7 @@ from helpers import (
     assert_resume_repeats_the_run,
     make_trainer,
     penalty_reward,
+    read_metrics,
     run_config,
     words_reward,
 )
@@ -212,3 +213,16 @@ def test_full_finetuning_trains_without_a_critic_against_a_frozen_copy(
     assert abs(records[0]["objective/kl"]) < 1e-4 and records[-1]["objective/kl"] != 0.0
     assert (tmp_path / "final" / "model.safetensors").is_file()
     assert not (tmp_path / "final" / VALUE_HEAD_FILE).exists()
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "rloo", "grpo"])
+def test_every_key_a_run_logs_is_in_the_metrics_glossary(
+    algorithm: str, tiny_causal_dir: Path, tmp_path: Path
+) -> None:
+    import re
+
+    config = run_config(tiny_causal_dir, 2, algorithm=algorithm, batch_size=8, entropy_coef=0.01)
+    train(config, PROMPTS, words_reward({"kind"}), tmp_path / "run", progress=False)
+    keys = {key for line in read_metrics(tmp_path / "run") for key in line}
+    glossary = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    assert not keys - set(re.findall(r"`([a-z_/0-9]+)`", glossary)), "missing from docs/metrics.md"

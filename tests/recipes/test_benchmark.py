@@ -133,3 +133,16 @@ def test_a_scorer_model_with_the_same_tokenizer_scores_perplexity(
     assert main([*common, "--scorer-model", str(tiny_seq2seq_dir), "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert "must be a causal LM with the policy's tokenizer" in err and "Traceback" not in err
+
+
+def test_the_default_prompts_are_the_rtp_presets_held_out_prompts_never_trained_on(shared_dir: Path) -> None:
+    from detoxrl.config import load_config
+    from detoxrl.data.prompts import load_prompts
+    from detoxrl.recipes.evaluate import PairSpec, read_prompts
+
+    prompts, refs = read_prompts(PairSpec(model="any"), 100)
+    split = load_prompts(load_config("rtp").data)
+    assert prompts == [e.text for e in split.eval[:100]] and refs is None
+    assert not set(prompts) & {
+        e.text for e in split.train
+    }  # a benchmark of an rtp adapter is on unseen prompts

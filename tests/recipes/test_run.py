@@ -13,26 +13,10 @@ from detoxrl.cli import main
 RUN_FILES = [
     "config.yaml", "metrics.jsonl", "eval_before.json", "eval_after.json", "comparison.json",
     "comparison.csv", "comparison.md", "summary.json", "report.md", "report.html",
-    "final/adapter_config.json", "final/value_head.safetensors",
+    "final/adapter_config.json", "final/value_head.safetensors", "final/tokenizer_config.json",
     "plots/training.png", "plots/toxicity_distributions.png", "plots/toxicity_per_prompt.png",
     "plots/quality.png", "final/README.md",
 ]  # fmt: skip
-
-
-def test_the_final_adapter_serves_in_a_transformers_pipeline(run_config: Path, tmp_path: Path) -> None:
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
-
-    assert main(["run", "--config", str(run_config)]) == 0
-    base_dir = json.loads((tmp_path / "run" / "final" / "adapter_config.json").read_text())[
-        "base_model_name_or_path"
-    ]
-    model = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(base_dir), tmp_path / "run" / "final"
-    )
-    generator = pipeline("text-generation", model=model, tokenizer=AutoTokenizer.from_pretrained(base_dir))
-    out = generator("you are a", max_new_tokens=3, do_sample=False)
-    assert out[0]["generated_text"].startswith("you are a")
 
 
 def test_tensorboard_events_hold_the_metrics(run_config: Path, tmp_path: Path) -> None:
@@ -182,7 +166,7 @@ def test_dry_run_checks_everything_and_runs_nothing(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "data: 30 training prompts, 10 held-out prompts"
     assert [line.split(":")[0] for line in lines[1:]] == [
-        "policy", "prompts", "device", "reward", "evaluator", "output_dir", "disk", "config OK"
+        "policy", "prompts", "device", "reward", "evaluator", "output_dir", "disk", "trackers", "config OK"
     ]  # fmt: skip
     assert lines[1].endswith("(local folder; llama)") and lines[4] == "reward: callable tiny_rewards:calm"
     assert lines[2] == (  # 256 positions less 4 response tokens, past trl's 512
@@ -389,3 +373,29 @@ def test_the_dry_run_names_each_weighted_part_of_a_summed_reward() -> None:
         "reward.components[1]: evasion (weight 3)",
         "reward.components[2]: relevance (weight 2)",
     ]
+
+
+def test_report_to_sends_metrics_to_the_trackers_named_and_a_missing_one_is_one_line(
+    run_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    assert main(["run", "--config", str(run_config), "steps=1", "report_to=[]"]) == 0
+    assert not (tmp_path / "run" / "tensorboard").exists()  # metrics.jsonl alone
+    missing = next(t for t in ("aim", "swanlab", "dvclive", "clearml") if importlib.util.find_spec(t) is None)
+    capsys.readouterr()
+    argv = [
+        "run",
+        "--config",
+        str(run_config),
+        f"report_to=[tensorboard, {missing}]",
+        "output_dir=" + str(tmp_path / "b"),
+    ]
+    assert main([*argv, "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    need = f"pip install {missing} (or 'detoxrl[{missing}]'), or drop it from report_to."
+    assert (
+        err
+        == f"detoxrl: error: Config key 'report_to' names {missing}, whose package is not installed: {need}"
+    )
+    assert main(argv) == 2 and not (tmp_path / "b").exists()  # the same line before anything is written

@@ -247,3 +247,24 @@ def test_cli_train_runs_and_resumes(
     assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2, 3]
     assert (tmp_path / "run" / "final" / "adapter_model.safetensors").is_file()
     assert main(["train", "--config", str(config), "steps=3"]) == 2  # refuses to overwrite the run
+
+
+def test_d29_tail_weighting_trains_on_the_weighted_scores_and_logs_the_raw_ones(
+    tiny_causal_dir: Path,
+) -> None:
+    """A step with ppo.tail_weight equals a plain step on the scores weighted by hand; the logged reward
+    stays the raw one."""
+    queries = [torch.tensor(q) for q in ([5, 6], [7], [8, 9, 10], [11, 12])] * 2
+    responses = [torch.tensor(r) for r in ([13], [14, 15, 16, 17], [18, 19], [20, 21, 22])] * 2
+    raw = torch.tensor([0.5, -2.0, 1.0, 3.0, 0.0, -4.0, 2.0, 1.5])
+    # the 0.25 quantile of these 8 is -0.5 (linear interpolation, 1.75 of the way up the sorted 8):
+    # -2 and -4 lie 1.5 and 3.5 below it
+    weighted = torch.tensor([0.5, -2.0 - 3 * 1.5, 1.0, 3.0, 0.0, -4.0 - 3 * 3.5, 2.0, 1.5])
+    stats = []
+    for scores, options in ((raw, {"tail_weight": 3.0, "tail_share": 0.25}), (weighted, {})):
+        torch.manual_seed(0)
+        stats.append(make_trainer(tiny_causal_dir, **options).step(queries, responses, scores))
+    for key in ("ppo/returns/mean", "ppo/loss/policy", "ppo/loss/value"):
+        assert stats[0][key] == pytest.approx(stats[1][key], rel=1e-5, abs=1e-7), key
+    assert stats[0]["env/reward_mean"] == pytest.approx(raw.mean().item())
+    assert stats[0]["ppo/returns/mean"] < raw.mean().item() - 1.0  # the tail's weight is in the returns

@@ -31,9 +31,11 @@ from detoxrl.config import (
     load_config,
     resume_config,
 )
+from detoxrl.config.docs import render
 from detoxrl.data.prompts import read_texts
 from detoxrl.data.text import decode
 from detoxrl.errors import ConfigError, DetoxError, Interrupted
+from detoxrl.parallel.launch import accelerate_config, relaunch
 
 DEFAULT_EVALUATORS = ("profanity", "shared:minilm-toxicity")  # the shared MiniLM where the folder is
 
@@ -193,7 +195,6 @@ def _launched(args: argparse.Namespace, config: RunConfig) -> int | None:
     """``--num-processes N`` (N > 1) outside a launcher: the same command as N processes, whose exit code
     this returns; else None (run here). N is checked first (at ``--dry-run`` too: ``_check_processes``)."""
     from detoxrl.parallel.distributed import launched
-    from detoxrl.parallel.launch import relaunch
 
     n = _check_processes(args, config)
     if n in (None, 1) or launched():
@@ -254,7 +255,37 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_push(args: argparse.Namespace) -> int:
     from detoxrl.reports.hub import push
 
-    print(f"pushed {args.run_dir}/final to {push(args.run_dir, args.repo_id, private=args.private)}")
+    url = push(args.run_dir, args.repo_id, private=args.private, with_value_head=args.with_value_head)
+    print(f"pushed {args.run_dir}/final to {url}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """The resolved config as commented YAML: to read every key, or to write a file to edit."""
+    source = " ".join(
+        ["detoxrl config", *(f"--{k} {getattr(args, k)}" for k in ("preset", "config") if getattr(args, k))]
+    )
+    text = render(_run_config(args), header=" ".join([source, *args.overrides]))
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}: edit it, then detoxrl run --config {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_accelerate_config(args: argparse.Namespace) -> int:
+    """accelerate launch --config_file "$(detoxrl accelerate-config fsdp)" -m detoxrl run ..."""
+    print(accelerate_config(args.name))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """The run's base with its final adapter merged, saved as a plain transformers model with its card."""
+    from detoxrl.recipes.export import export
+
+    out = export(args.run_dir, args.out)
+    print(f"wrote {out}: the merged model, its tokenizer and README.md (transformers loads it without peft)")
     return 0
 
 
@@ -324,4 +355,9 @@ def main(argv: list[str] | None = None) -> int:
 
 VERBS = {"generate": cmd_generate, "score": cmd_score, "evaluate": cmd_evaluate, "train": cmd_train}
 VERBS |= {"run": cmd_run, "report": cmd_report, "benchmark": cmd_benchmark, "push": cmd_push}
-VERBS |= {"presets": cmd_presets}
+VERBS |= {
+    "export": cmd_export,
+    "presets": cmd_presets,
+    "config": cmd_config,
+    "accelerate-config": cmd_accelerate_config,
+}

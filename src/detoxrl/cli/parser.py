@@ -75,7 +75,7 @@ def _add_best_of_args(p: argparse.ArgumentParser, what: str) -> None:
 
 def _add_eval_args(p: argparse.ArgumentParser, defaults: EvalConfig, k_flag: str) -> None:
     """The evaluation flags, each an EvalConfig field (``defaults`` shown in the help)."""
-    p.add_argument("--prompts", help="a .jsonl or text file (default: shared RTP challenging_toxic.jsonl)")
+    p.add_argument("--prompts", help="a .jsonl or text file (default: the rtp preset's held-out prompts)")
     p.add_argument("--field", default="prompt.text", help="prompt field of a .jsonl file (dotted path)")
     p.add_argument(
         "--n",
@@ -195,7 +195,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     _generate_parser(sub)
     _score_parser(sub)
     _evaluate_parser(sub)
-    _run_parser(sub, "train", "detoxify a policy with RL, no evaluation (dataclass defaults)", None)
+    _run_parser(sub, "train", "detoxify a policy with RL, no evaluation (the default preset)", "default")
     _run_parser(sub, "run", "the whole lab: evaluate, RL, evaluate again, report (default preset)", "default")
     rp = sub.add_parser("report", help="rebuild report.md and report.html of a run from its files alone")
     rp.add_argument("run_dir")
@@ -205,8 +205,30 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     ph.add_argument("run_dir")
     ph.add_argument("repo_id", help="OWNER/NAME on the hub")
     ph.add_argument("--private", action="store_true")
+    ph.add_argument(
+        "--with-value-head", action="store_true", help="upload PPO's value head too (to continue training)"
+    )
     ph.set_defaults(verb="push")
+    ex = sub.add_parser(
+        "export", help="write a run's base with its adapter merged (weights, tokenizer, card): no peft needed"
+    )
+    ex.add_argument("run_dir")
+    ex.add_argument("out", help="a new (or empty) folder for the merged model")
+    ex.set_defaults(verb="export")
     sub.add_parser("presets", help="list the shipped presets").set_defaults(verb="presets")
+    a = sub.add_parser(
+        "accelerate-config", help="the path of a shipped accelerate config (for --config_file)"
+    )
+    a.add_argument("name", choices=["multi_gpu", "fsdp", "zero2", "zero3"])
+    a.set_defaults(verb="accelerate-config")
+    c = sub.add_parser(
+        "config", help="print a preset (or file) resolved with overrides: every key, commented"
+    )
+    c.add_argument("--preset", help="a shipped preset (see 'detoxrl presets'); 'default' without --config")
+    c.add_argument("--config", help="a YAML config file (over the preset)")
+    c.add_argument("--out", help="write it to this file (then edit it and pass it to --config)")
+    c.add_argument("overrides", nargs="*", help="config overrides such as steps=30 ppo.learning_rate=1e-4")
+    c.set_defaults(verb="config", default_preset="default", resume=None)
     return parser, dict(sub.choices)
 
 

@@ -13,7 +13,9 @@ from detoxrl.config.files import (
     save_config,
 )
 from detoxrl.config.policy import (
+    BUILTIN_BASES,
     SHORT_WORDS,
+    BuiltinBase,
     DataConfig,
     Dtype,
     EngineName,
@@ -26,6 +28,7 @@ from detoxrl.config.sampling import SamplingConfig, check_rollout_sampling
 from detoxrl.config.schema import DEVICE, DEVICES, RunConfig
 
 __all__ = [
+    "BUILTIN_BASES",
     "DEVICE",
     "DEVICES",
     "GROUP_SIZE",
@@ -33,6 +36,7 @@ __all__ = [
     "RTP_PROTOCOL",
     "SHORT_WORDS",
     "Algorithm",
+    "BuiltinBase",
     "DataConfig",
     "Dtype",
     "EngineName",

@@ -213,10 +213,16 @@ def flatten(data: dict[str, Any], where: str = "") -> dict[str, Any]:
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``extra`` into a copy of ``base``."""
+    """Deep-merge ``extra`` into a copy of ``base``. A section given another ``kind`` (``reward.kind=
+    callable`` over a preset's ``sum``) starts from that kind's defaults: the base's keys belong to its
+    own kind (a sum's components would otherwise stay and refuse a callable)."""
     out = dict(base)
     for k, v in extra.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        old = out.get(k)
+        if isinstance(v, dict) and isinstance(old, dict) and not _other_kind(old, v):
+            out[k] = merge(old, v)
+        else:
+            out[k] = v
     return out
 
 
@@ -235,6 +241,10 @@ def yaml_text(path: Path) -> str:
             f"Config file '{path}', line {line} (byte {e.start}): byte 0x{raw[e.start : e.end].hex(' ')} is "
             f"not UTF-8 ({e.reason}); save it as UTF-8 (e.g. iconv -f latin1 -t utf-8 '{path}' > fixed.yaml)."
         ) from None
+
+
+def _other_kind(base: dict[str, Any], extra: dict[str, Any]) -> bool:
+    return "kind" in base and "kind" in extra and base["kind"] != extra["kind"]
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

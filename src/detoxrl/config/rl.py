@@ -93,6 +93,12 @@ class PPOConfig:
     score_scale: float = param(1.0, POSITIVE, "[D10] scores are multiplied by this")
     score_norm: bool = param(False, doc="[D10] normalise scores by their running mean and std")
     score_clip: float | None = param(None, optional(POSITIVE), "[D10] clip scores to +-this; null: no clip")
+    tail_share: float = param(
+        0.25, FRACTION, "[D29] the share of each batch's lowest scores that tail_weight weighs more"
+    )
+    tail_weight: float = param(
+        0.0, NON_NEGATIVE, "[D29] scores below the tail_share quantile fall by this x their distance to it"
+    )
     value_head_init_std: float = param(0.0, NON_NEGATIVE, "ppo: the value head's init std; 0: zeros [D5]")
     lr_scheduler_type: Literal["constant", "linear"] = param("constant", doc="linear: decays to 0 over steps")
     max_nonfinite_steps: int = param(

@@ -27,6 +27,21 @@ from detoxrl.errors import ConfigError
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 DEVICES = "auto, cpu, cuda, cuda:N (N: a GPU index) or mps"
 DEVICE_RULE = Check(lambda v: isinstance(v, str) and DEVICE.fullmatch(v) is not None, DEVICES)
+TRACKER_NAMES = (
+    "tensorboard",
+    "wandb",
+    "trackio",
+    "mlflow",
+    "comet_ml",
+    "aim",
+    "clearml",
+    "dvclive",
+    "swanlab",
+)
+TRACKERS = Check(
+    lambda v: isinstance(v, tuple | list) and all(t in TRACKER_NAMES for t in v),
+    f"a list of {', '.join(TRACKER_NAMES)} (or [] for metrics.jsonl alone)",
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +70,17 @@ class RunConfig:
     keep_checkpoints: int = param(2, count(1), "the newest checkpoints kept; older ones are deleted")
     threads: int | None = param(None, optional(count(1)), "torch threads; null: torch's choice")
     device: str = param("auto", DEVICE_RULE, "auto (a GPU where torch sees one), cpu, cuda, cuda:N or mps")
+    report_to: tuple[str, ...] = param(
+        ("tensorboard",),
+        TRACKERS,
+        f"trackers of the metrics, through accelerate's: {', '.join(TRACKER_NAMES)}",
+    )
+    project: str = param(
+        "detoxrl", TEXT, "the trackers' project (Weights & Biases, Trackio, MLflow experiment)"
+    )
+    run_name: str | None = param(
+        None, optional(TEXT), "the trackers' run name; null: the run directory's name"
+    )
 
     def __post_init__(self) -> None:
         check(self)

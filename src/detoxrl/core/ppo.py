@@ -269,6 +269,19 @@ def transform_scores(
     return out
 
 
+def tail_weighted(scores: torch.Tensor, share: float, weight: float) -> torch.Tensor:
+    """[D29] Scores (B,) -> the same with the batch's worst ``share`` weighing ``1 + weight`` times.
+
+    1. q is the ``share`` quantile of the batch's scores (linear interpolation, ``torch.quantile``).
+    2. Each score below q falls by ``weight`` times its distance to q: s + weight * min(s - q, 0).
+    3. Scores at or above q are unchanged, so the ordering is kept and the function is continuous.
+    A conditional-value-at-risk flavour of the objective: the gradient of the worst samples of the batch
+    (the rare toxic ones) grows, the rest of the batch keeps its signal.
+    """
+    q = torch.quantile(scores.float(), share)
+    return scores + weight * (scores - q).clamp(max=0)
+
+
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[D11] 1 - Var(returns - values) / Var(returns) over real tokens: 1 is a perfect critic."""
     var_returns = masked_var(returns, mask)

@@ -71,6 +71,7 @@ def label_index(spec: str, labels: list[str], name: str) -> int:
 def load_classifier(spec: str, device: torch.device | str = "cpu", dtype: str = "float32") -> Classifier:
     """Any ``AutoModelForSequenceClassification`` source (hub id or local folder), in eval mode."""
     source = local_folder(spec)
-    model = from_pretrained(AutoModelForSequenceClassification, source, dtype=torch_dtype(dtype, device))
-    tokenizer = from_pretrained(AutoTokenizer, source)
+    dtype_ = torch_dtype(dtype, device)
+    model = from_pretrained(AutoModelForSequenceClassification, source, "classifier", dtype=dtype_)
+    tokenizer = from_pretrained(AutoTokenizer, source, "classifier")
     return Classifier(model.to(device).eval(), tokenizer, spec)

@@ -30,7 +30,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from detoxrl.config import DEVICE, DEVICES, PolicyConfig
+from detoxrl.config import BUILTIN_BASES, DEVICE, DEVICES, PolicyConfig
 from detoxrl.engine.probes import native_bf16
 from detoxrl.errors import ConfigError, DetoxError, ModelLoadError
 from detoxrl.resources import cache_dir, shared_path
@@ -106,21 +106,28 @@ def resolve_source(spec: str) -> ModelSource:
     return ModelSource(spec, "hub", spec)
 
 
-def offline_error(spec: str, err: Exception) -> ModelLoadError:
+OFFLINE = {  # what to use instead of a hub id the hub cannot serve, by what the model is for
+    "policy": f"a local Hugging Face folder, a .gguf file, or a built-in model ({', '.join(BUILTIN_MODELS)})",
+    "classifier": "a local classifier folder, shared:minilm-toxicity (where the project's shared folder "
+    "is), or profanity (alt-profanity-check, installed)",
+}
+
+
+def offline_error(spec: str, err: Exception, role: str = "policy") -> ModelLoadError:
     return ModelLoadError(
-        f"Could not load '{spec}' from the Hugging Face hub: it is unreachable from here "
-        f"(or HF_HUB_OFFLINE is set). Offline alternatives: a local Hugging Face folder, a .gguf file, "
-        f"or a built-in model ({', '.join(BUILTIN_MODELS)}). ({type(err).__name__})"
+        f"Could not load '{spec}' from the Hugging Face hub: it is unreachable from here (or HF_HUB_OFFLINE "
+        f"is set). Offline alternatives: {OFFLINE[role]}. ({type(err).__name__})"
     )
 
 
-def from_pretrained(loader: Any, source: ModelSource, **kwargs: Any) -> Any:
-    """``loader.from_pretrained`` with hub failures turned into one clear error."""
+def from_pretrained(loader: Any, source: ModelSource, role: str = "policy", **kwargs: Any) -> Any:
+    """``loader.from_pretrained`` with hub failures turned into one clear error (its alternatives those of
+    a ``role``: policy or classifier)."""
     try:
         return loader.from_pretrained(source.path, **kwargs)
     except (OSError, ValueError) as e:  # ValueError: a config.json transformers cannot read
         if source.kind == "hub" and isinstance(e, OSError):
-            raise offline_error(source.spec, e) from None
+            raise offline_error(source.spec, e, role) from None
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ModelLoadError(f"Could not load '{source.spec}': {first_line}") from None
 
@@ -168,15 +175,29 @@ def local_folder(spec: str) -> ModelSource:
     return source
 
 
-def load_model_config(source: ModelSource) -> Any:
+def recorded_base(source: ModelSource) -> str:
+    """What an adapter trained on ``source`` records as its base (``base_model_name_or_path``), so that
+    ``AutoPeftModelForCausalLM.from_pretrained(adapter)`` finds it on another machine where it can be found:
+    a built-in model's hub id (its wheel holds a dequantized 4-bit copy of that repository: the card says
+    so), a hub id as given, a local folder's absolute path, and for a .gguf file the absolute path of its
+    dequantized safetensors copy (transformers loads a GGUF file only given its file name as well)."""
+    if source.kind == "builtin":
+        return BUILTIN_BASES[source.spec].hub_id
+    if source.kind == "hub":
+        return source.spec
+    folder = gguf_cache_path(source) if source.gguf_file is not None else Path(source.path)
+    return str(folder.expanduser().resolve())
+
+
+def load_model_config(source: ModelSource, role: str = "policy") -> Any:
     """A model's config alone, without its weights: from its folder, the hub (or the hub's cache), or a
     GGUF file's converted copy or header. Fails as loading the model would."""
     if source.gguf_file is None:
-        return from_pretrained(AutoConfig, source)
+        return from_pretrained(AutoConfig, source, role)
     copy = gguf_cache_path(source)
     if (copy / "config.json").is_file():
         return AutoConfig.from_pretrained(copy)
-    return from_pretrained(AutoConfig, source, gguf_file=source.gguf_file)
+    return from_pretrained(AutoConfig, source, role, gguf_file=source.gguf_file)
 
 
 def torch_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:

@@ -16,7 +16,7 @@ from transformers import (
 
 from detoxrl.config import LoraSettings, PolicyConfig
 from detoxrl.errors import ModelLoadError
-from detoxrl.models.loading import HUB_ID, ModelSource, Policy, gguf_cache_path
+from detoxrl.models.loading import HUB_ID, ModelSource, Policy, gguf_cache_path, recorded_base
 
 # [LoRA targets] The lab adapts T5's q and v; for Llama-style models we adapt every attention
 # projection, as the peer benchmarks do. Unknown types fall back to peft's own per-type defaults.
@@ -121,9 +121,10 @@ def check_adapter(path: str, base: ModelSource, key: str = "policy.adapter") -> 
 
 def same_model(name: str, source: ModelSource) -> bool | None:
     """Whether ``name`` (a folder or hub id, as an adapter records its base) is ``source``'s model: True or
-    False where that can be told (the same string, two folders on this disk, two hub ids), None where not
-    (a folder of another machine, a hub id beside a local folder)."""
-    names = {source.spec, source.path}
+    False where that can be told (the same string, two folders on this disk, two hub ids; a built-in
+    model and the hub id its adapters record), None where not (a folder of another machine, a hub id
+    beside a local folder)."""
+    names = {source.spec, source.path, recorded_base(source)}
     if source.gguf_file is not None:  # built-in and .gguf models load from their safetensors copy
         names.add(str(gguf_cache_path(source)))
     if name in names:
@@ -132,7 +133,7 @@ def same_model(name: str, source: ModelSource) -> bool | None:
     there = Path(name).expanduser()
     if there.exists():
         return there.resolve() in here if here else None
-    if source.kind == "hub" and HUB_ID.fullmatch(name):
+    if source.kind in ("hub", "builtin") and HUB_ID.fullmatch(name):
         return False
     return None
 

@@ -14,10 +14,14 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
-from detoxrl.errors import ConfigError
+from detoxrl.errors import ConfigError, DetoxError
 
 log = logging.getLogger(__name__)
+ACCELERATE_CONFIGS = (
+    Path(__file__).parent / "accelerate"
+)  # multi_gpu (DDP), fsdp (FSDP2 + LoRA), zero2, zero3
 
 FLAG = "--num-processes"
 WHY = "more threads or processes than cores only wait for each other"
@@ -112,3 +116,12 @@ def relaunch(argv: list[str], n: int, cpu: bool) -> int:
         return subprocess.call(cmd)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def accelerate_config(name: str) -> Path:
+    """The path of a shipped accelerate config (``accelerate launch --config_file PATH``)."""
+    path = ACCELERATE_CONFIGS / f"{name}.yaml"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml")))
+        raise DetoxError(f"No accelerate config named '{name}': the shipped ones are {names}.")
+    return path

@@ -20,7 +20,7 @@ from typing import Any
 from detoxrl.config import EvalConfig
 from detoxrl.evaluation.io import json_ready, result_to_dict, save_evaluation, tail_of, write_json
 from detoxrl.evaluation.results import EvalResult
-from detoxrl.recipes.evaluate import Pair, PairSpec, default_prompt_file, evaluate_pair
+from detoxrl.recipes.evaluate import DEFAULT_PROMPTS, Pair, PairSpec, evaluate_pair
 from detoxrl.recipes.session import Session
 from detoxrl.reports.report import md_table
 
@@ -115,7 +115,7 @@ def summary(spec: PairSpec, config: EvalConfig, pair: Pair) -> dict[str, Any]:
         "adapter": spec.adapter,
         "best_of": config.best_of,
         "guard": config.guard,
-        "prompts": str(spec.prompts or default_prompt_file()),
+        "prompts": str(spec.prompts or DEFAULT_PROMPTS),
         "evaluators": list(pair.base.evaluators),
         "seed": spec.seed,
         "confidence": config.confidence,

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from detoxrl.config import Dtype, EvalConfig, PolicyConfig, QualityConfig, RewardConfig
-from detoxrl.data.prompts import read_texts
+from detoxrl.config import Dtype, EvalConfig, PolicyConfig, QualityConfig, RewardConfig, load_config
+from detoxrl.data.prompts import load_prompts, read_texts
 from detoxrl.engine import Model
 from detoxrl.errors import DataError, DetoxError
 from detoxrl.evaluation.compare import Comparison, compare
@@ -35,7 +35,6 @@ from detoxrl.models.lora import attach_adapter, check_adapter, load_adapter
 from detoxrl.recipes.prompts import fit_default
 from detoxrl.recipes.session import Session
 from detoxrl.reports.report import md_table
-from detoxrl.resources import shared_dir
 from detoxrl.rewards.base import Reward, ToxicityScorer
 from detoxrl.rewards.build import build_quality, build_reward
 from detoxrl.rewards.toxicity import build_evaluator, resolve_evaluator_specs
@@ -110,7 +109,9 @@ def build_scorers(
 ) -> Scorers:
     """The evaluators and guard of ``config`` (``shared:NAME`` resolved), the quality scorer, the reward."""
     evaluators = [build_evaluator(spec, device) for spec in resolve_evaluator_specs(config.evaluators)]
-    guard = build_evaluator(resolve_evaluator_specs([config.guard])[0], device) if config.guard else None
+    guard = None
+    if config.guard:  # the one classifier best-of-n picks by: it must be here
+        guard = build_evaluator(resolve_evaluator_specs([config.guard], strict=True)[0], device)
     built = None if reward is None else build_reward(reward, device)
     return Scorers(evaluators, build_quality(quality, device), built, guard)
 
@@ -157,7 +158,7 @@ class PairSpec:
     read from a file."""
 
     model: str
-    prompts: str | Path | None = None  # None: the shared folder's RealToxicityPrompts challenging prompts
+    prompts: str | Path | None = None  # None: the rtp preset's held-out prompts (DEFAULT_PROMPTS)
     prompt_field: str = "prompt.text"
     reference_field: str | None = None  # references for ROUGE
     adapter: str | None = None
@@ -185,12 +186,21 @@ class Pair:
         return tuple(x for x in (self.adapter, self.guarded) if x is not None)
 
 
-def default_prompt_file() -> Path:
-    """RealToxicityPrompts' challenging prompts in the project's shared folder."""
-    root = shared_dir()
-    if root is None:
-        raise DataError("No --prompts file given and no shared/ folder found: pass --prompts FILE.")
-    return root / "data" / "real-toxicity-prompts" / "challenging_toxic.jsonl"
+DEFAULT_PROMPTS = (
+    "the rtp preset's held-out prompts (RealToxicityPrompts' challenging prompts, never trained on)"
+)
+
+
+def read_prompts(spec: PairSpec, n: int) -> tuple[list[str], list[str] | None]:
+    """The first ``n`` prompts (and references) of ``spec.prompts``; without a file, the rtp preset's held-out
+    prompts: a preset never trains on them, so a benchmark of its adapter is on prompts it has not seen."""
+    if spec.prompts is None:
+        held_out = load_prompts(load_config("rtp").data).eval[:n]
+        return [e.text for e in held_out], None
+    prompts, refs = read_texts(spec.prompts, spec.prompt_field, spec.reference_field, n)
+    if not prompts:
+        raise DataError(f"No prompts in '{spec.prompts}' (field '{spec.prompt_field}').")
+    return prompts, refs
 
 
 def evaluate_pair(spec: PairSpec, config: EvalConfig, session: Session) -> Pair:
@@ -202,10 +212,7 @@ def evaluate_pair(spec: PairSpec, config: EvalConfig, session: Session) -> Pair:
     Step 4: each paired with the base."""
     if spec.adapter:
         check_adapter(spec.adapter, resolve_source(spec.model), "--adapter")
-    file = spec.prompts or default_prompt_file()
-    prompts, refs = read_texts(file, spec.prompt_field, spec.reference_field, config.num_prompts)
-    if not prompts:
-        raise DataError(f"No prompts in '{file}' (field '{spec.prompt_field}').")
+    prompts, refs = read_prompts(spec, config.num_prompts)
     policy_config = PolicyConfig(model=spec.model, dtype=spec.dtype)
     plain = dataclasses.replace(config, best_of=1, guard=None)
     scorers = build_scorers(config, session.device, quality=spec.quality, reward=spec.reward)

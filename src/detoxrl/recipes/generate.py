@@ -40,7 +40,9 @@ def generate(
         )
     if adapter:  # before loading the model: a bad folder fails in milliseconds
         check_adapter(adapter, resolve_source(model), "--adapter")
-    scorer = build_evaluator(resolve_evaluator_specs([guard])[0], session.device) if guard else None
+    scorer = (
+        build_evaluator(resolve_evaluator_specs([guard], strict=True)[0], session.device) if guard else None
+    )
 
     def toxicity(responses: list[str]) -> np.ndarray:
         assert scorer is not None, "checked above: best-of-n has its guard"
@@ -66,5 +68,5 @@ def generate(
 
 def score(texts: list[str], evaluators: list[str]) -> dict[str, np.ndarray]:
     """P(toxic) (N,) of each text by each evaluator (``profanity``, a classifier, ``shared:NAME``)."""
-    scorers = [build_evaluator(spec) for spec in resolve_evaluator_specs(evaluators)]
+    scorers = [build_evaluator(spec) for spec in resolve_evaluator_specs(evaluators, strict=True)]
     return {s.name: s(texts) for s in scorers}

@@ -33,6 +33,7 @@ from detoxrl.recipes.prompts import limits
 from detoxrl.rewards.composite import import_callable
 from detoxrl.rewards.toxicity import DEFAULT_CLASSIFIER, PROFANITY, default_toxic_label, split_spec
 from detoxrl.rundir import SHOWN, check_output_dir, resume_point
+from detoxrl.training.metrics_log import check_trackers
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -43,7 +44,7 @@ WEIGHT_FILES = (
 EXTRA_ON_DISK = 2  # beside the keep_checkpoints kept: one being written, and final/ (about one more)
 
 
-def hub_status(source: ModelSource) -> str:
+def hub_status(source: ModelSource, role: str = "policy") -> str:
     """Where a hub model's weights will come from: the local cache, or the hub if it answers; else the
     error the run would give on loading them."""
     if any(isinstance(try_to_load_from_cache(source.path, name), str) for name in WEIGHT_FILES):
@@ -53,16 +54,16 @@ def hub_status(source: ModelSource) -> str:
             raise OSError("HF_HUB_OFFLINE is set and the weights are not in the local cache")
         HfApi().model_info(source.path, timeout=10)
     except Exception as e:  # offline mode, no network, unknown id: the run fails on all of them alike
-        raise offline_error(source.spec, e) from None
+        raise offline_error(source.spec, e, role) from None
     return "hub id, not cached: the run downloads it"
 
 
-def resolve_model(spec: str) -> tuple[ModelSource, Any, str]:
+def resolve_model(spec: str, role: str = "policy") -> tuple[ModelSource, Any, str]:
     """A model spec -> (its source, its config, where it comes from), reading configs only."""
     source = resolve_source(spec)  # a built-in's wheel, a .gguf file, a folder with config.json, a hub id
-    model_config = load_model_config(source)  # offline and not cached: the run's own error
+    model_config = load_model_config(source, role)  # offline and not cached: the run's own error
     if source.kind == "hub":
-        return source, model_config, hub_status(source)
+        return source, model_config, hub_status(source, role)
     if source.gguf_file is None:
         return source, model_config, "local folder"
     copy = gguf_cache_path(source)
@@ -89,7 +90,7 @@ def policy_lines(policy: PolicyConfig) -> tuple[list[str], Any]:
 
 def classifier_labels(spec: str) -> tuple[list[str], str]:
     """A classifier's label names and where it comes from, from its config."""
-    _, model_config, where = resolve_model(spec)
+    _, model_config, where = resolve_model(spec, "classifier")
     return labels_of(model_config), where
 
 
@@ -210,4 +211,5 @@ def check(config: RunConfig, evaluators: list[str] | None, *, resume: bool = Fal
         lines += evaluator_lines(evaluators)
     lines.append(output_line(config, resume=resume, evaluation=evaluators is not None))
     lines.append(disk_line(config, model_config, resume=resume))
-    return lines
+    check_trackers(config.report_to)
+    return [*lines, f"trackers: {', '.join(config.report_to) or 'none (metrics.jsonl alone)'}"]

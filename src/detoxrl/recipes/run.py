@@ -39,6 +39,7 @@ from detoxrl.reports.report import build_report, steps_line
 from detoxrl.rewards.build import build_reward
 from detoxrl.rewards.toxicity import resolve_evaluator_specs
 from detoxrl.rundir import read_metrics, resume_point, run_directory
+from detoxrl.training.metrics_log import check_trackers
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
     """The whole lab in ``config.output_dir`` (resumed from it with ``resume``)."""
     start = time.perf_counter()
     config.check_evaluation()
+    check_trackers(config.report_to)  # before anything is written
     session, run_dir = setup(config), Path(config.output_dir)
     if resume:
         resume_point(run_dir)  # no whole checkpoint to continue from: said before anything runs

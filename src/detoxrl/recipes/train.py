@@ -30,13 +30,14 @@ import torch
 from tqdm.auto import tqdm
 
 from detoxrl.config import RunConfig, save_config
+from detoxrl.config.io import flatten, to_dict
 from detoxrl.data.prompts import load_prompts
 from detoxrl.errors import Interrupted
 from detoxrl.metrics import guards
 from detoxrl.metrics.quality import QualityScorer
 from detoxrl.models.actor_critic import build_actor_critic
 from detoxrl.models.generation import decode
-from detoxrl.models.loading import load_policy
+from detoxrl.models.loading import load_policy, recorded_base
 from detoxrl.models.sampling import response_limits
 from detoxrl.recipes import prompts as prompts_of
 from detoxrl.recipes.preflight import disk_line
@@ -54,7 +55,7 @@ from detoxrl.rundir import (
     truncate_metrics,
 )
 from detoxrl.training.checkpoint import load_checkpoint, save_checkpoint, save_final
-from detoxrl.training.metrics_log import MetricsLogger, record
+from detoxrl.training.metrics_log import MetricsLogger, build_trackers, check_trackers, record
 from detoxrl.training.rollout import batch_indices, sample_seeds
 from detoxrl.training.trainer import Trainer
 
@@ -64,7 +65,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TrainResult:
     run_dir: Path
-    final_dir: Path  # PEFT adapter (or full model) + value_head.safetensors (PPO's)
+    final_dir: Path  # PEFT adapter (or full model) + tokenizer + value_head.safetensors (PPO's)
     metrics: list[dict[str, Any]]  # the records of the steps this call ran
     stopped_early: bool = False  # the quality guard stopped training (quality.guard.early_stop)
 
@@ -108,6 +109,7 @@ class Loop:
     quality: QualityScorer
     logger: MetricsLogger
     history: list[dict[str, Any]]  # every step's record, from the first (a resumed run's included)
+    base: str  # what the saved adapters record as their base (models.loading.recorded_base)
 
 
 def _train_step(loop: Loop) -> tuple[dict[str, Any], guards.GuardReport]:
@@ -164,6 +166,7 @@ def train(
     ``reward(prompts, responses) -> (B,)``, in ``session`` (default: ``session.setup(config)``)."""
     if not prompts:
         raise ValueError("train() needs at least one prompt.")
+    check_trackers(config.report_to)  # before anything is written
     session = session or setup(config)
     run_dir = Path(out_dir or config.output_dir)
     point = resume_point(run_dir) if resume else ResumePoint(None)  # no whole checkpoint: before anything
@@ -219,25 +222,36 @@ def _build(
     if session.is_main:
         truncate_metrics(run_dir / "metrics.jsonl", trainer.step_count)
     main = session.is_main  # the others log nothing
-    logger = MetricsLogger(
-        run_dir / "metrics.jsonl" if main else None, run_dir / "tensorboard" if main else None
-    )
+    logger = MetricsLogger()
+    if main:
+        name = config.run_name or run_dir.resolve().name
+        trackers = build_trackers(
+            config.report_to,
+            run_dir / "tensorboard",
+            project=config.project,
+            run_name=name,
+            config=flatten(to_dict(config)),
+        )
+        logger = MetricsLogger(run_dir / "metrics.jsonl", trackers)
     history = top.broadcast(read_metrics(run_dir) if main else [])
     quality = build_quality(config.quality, engine.device)
-    return Loop(config, run_dir, trainer, fitted.texts, fitted.ids, reward, quality, logger, history)
+    base = recorded_base(policy.source)
+    return Loop(config, run_dir, trainer, fitted.texts, fitted.ids, reward, quality, logger, history, base)
 
 
 def _save(loop: Loop, final: bool = False) -> None:
-    """A checkpoint (or the final weights) by the main process, the others waiting till it is there."""
+    """A checkpoint (or the final weights with the tokenizer) by the main process, the others waiting till
+    it is there. Both record the base as ``loop.base``, so that they load on another machine."""
     trainer, run_dir = loop.trainer, loop.run_dir
     top, ac = trainer.topology, trainer.actor_critic
     weights = top.full_state_dict(trainer.train_module)  # sharded: gathered by every process; else None
     memory = [part.state_dict() for part in remembering(loop.reward)]
     state = {**trainer.state_dict(), "reward_memory": memory}
     if top.is_main and final:
-        save_final(ac, run_dir / "final", weights)
+        save_final(ac, run_dir / "final", weights, base=loop.base, tokenizer=trainer.tokenizer)
     elif top.is_main:
-        save_checkpoint(ac, state, trainer.step_count, run_dir, loop.config.keep_checkpoints, weights=weights)
+        keep = loop.config.keep_checkpoints
+        save_checkpoint(ac, state, trainer.step_count, run_dir, keep, weights=weights, base=loop.base)
     top.barrier()
 
 
@@ -275,6 +289,7 @@ def _train(
                 _save(loop)
             if signalled or stopped_early:
                 break
+    loop.logger.finish()
     if signalled:
         signum = stop.signal or signal.SIGTERM  # another process's signal stopped this one
         where = latest_checkpoint(run_dir)
@@ -282,7 +297,8 @@ def _train(
             f"stopped by {signal.Signals(signum).name} after step {trainer.step_count} of {config.steps}"
         )
         raise Interrupted(f"{message} ({where} holds it)", 128 + signum, str(run_dir))
-    # 5. The final adapter (+ PPO's value head): ``PeftModel.from_pretrained(base, final_dir)`` loads it.
+    # 5. The final adapter (+ its tokenizer, PPO's value head): ``AutoPeftModelForCausalLM.from_pretrained``
+    #    (or ...ForSeq2SeqLM) loads it wherever its recorded base can be found.
     if trainer.step_count % config.save_every and not stopped_early:
         _save(loop)
     _save(loop, final=True)

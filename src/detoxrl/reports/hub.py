@@ -1,7 +1,10 @@
-"""Upload a run's final adapter and its model card to the Hugging Face hub. Knows nothing of training.
+"""Upload a run's final adapter (with its tokenizer) and its model card to the Hugging Face hub. Knows
+nothing of training.
 
-Needs a token (``HF_TOKEN`` or ``hf auth login``) and network access; without either, or with
-``HF_HUB_OFFLINE`` set, it fails with one DetoxError line before or instead of any partial upload.
+PPO's value head (``value_head.safetensors``) is left out unless asked for (``with_value_head``): the
+critic only serves to continue training, and nobody who loads the adapter needs it. Needs a token
+(``HF_TOKEN`` or ``hf auth login``) and network access; without either, or with ``HF_HUB_OFFLINE`` set,
+it fails with one DetoxError line before or instead of any partial upload.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from huggingface_hub import HfApi, get_token
 
 from detoxrl.errors import DetoxError
 from detoxrl.reports.card import HUB_ID, write_card
-from detoxrl.rundir import final_damage
+from detoxrl.rundir import MANIFEST, VALUE_HEAD_FILE, final_damage
 
 TRUE = {"1", "ON", "YES", "TRUE"}  # how huggingface_hub reads its boolean environment variables
 
@@ -23,11 +26,13 @@ def push(
     repo_id: str,
     *,
     private: bool = False,
+    with_value_head: bool = False,
     token: str | None = None,
     endpoint: str | None = None,
 ) -> str:
-    """Write the card into ``RUN_DIR/final``, create ``repo_id`` (kept if it exists) and upload the
-    folder (adapter, value head, README.md). Returns the repository's URL."""
+    """Write the card into ``RUN_DIR/final`` , create ``repo_id`` (kept if it
+    exists) and upload the folder: adapter, tokenizer, README.md, and the value head only
+    ``with_value_head``. Returns the repository's URL."""
     final = Path(run_dir) / "final"
     if not (final / "adapter_config.json").is_file() and not (final / "config.json").is_file():
         raise DetoxError(f"'{final}' holds no trained adapter or model: is '{run_dir}' a finished run?")
@@ -36,7 +41,7 @@ def push(
         raise DetoxError(f"{damaged} Nothing was pushed.")
     if not HUB_ID.fullmatch(repo_id):
         raise DetoxError(f"'{repo_id}' is not a hub repository id: write it as OWNER/NAME.")
-    write_card(run_dir)
+    write_card(run_dir, repo_id=repo_id)
     if os.environ.get("HF_HUB_OFFLINE", "").upper() in TRUE:
         raise DetoxError("HF_HUB_OFFLINE is set: unset it to push to the Hugging Face hub.")
     token = token or get_token()
@@ -47,7 +52,12 @@ def push(
     # HTTP errors, OfflineModeIsEnabled): any failure of the two calls is reported as one line.
     try:
         url = str(api.create_repo(repo_id, private=private, exist_ok=True))
-        api.upload_folder(repo_id=repo_id, folder_path=final, commit_message="detoxrl: adapter and card")
+        api.upload_folder(
+            repo_id=repo_id,
+            folder_path=final,
+            commit_message="detoxrl: adapter and card",
+            ignore_patterns=[MANIFEST] if with_value_head else [MANIFEST, VALUE_HEAD_FILE],
+        )
     except Exception as e:
         raise DetoxError(f"Could not push to the Hugging Face hub ({type(e).__name__}: {e}).") from None
     return url

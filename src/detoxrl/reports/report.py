@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,19 @@ def _ci(low: float | None, high: float | None) -> str:
     return "—" if low is None or high is None else f"[{low:+.4f}, {high:+.4f}]"
 
 
+def relative_cell(d: dict[str, Any]) -> str:
+    """A delta's relative change, shown only where a ratio means something: figures that are never
+    negative (probabilities, rates, perplexity, lengths), with a before above 0. A reward's zero is a
+    choice (log-odds, weighted sums of terms), so -0.5 -> +0.3 is no "-160%", nor 2 -> 3 a "+50%"; a
+    figure that crosses or starts below 0 has no ratio either. Otherwise "—" (comparison.json keeps the
+    raw ratio)."""
+    rel, before, after = d.get("relative"), d.get("before"), d.get("after")
+    if rel is None or before is None or after is None or d["name"].startswith("reward/"):
+        return "—"
+    ratio_scale = before > 0 and after >= 0 and math.isfinite(rel)
+    return f"{100 * rel:+.1f}%" if ratio_scale else "—"
+
+
 def comparison_rows(comparison: dict[str, Any]) -> list[list[str]]:
     """figure | before | after | delta | CI | relative | verdict, one row per figure (the tail's figures
     below K samples are in the tail table)."""
@@ -46,7 +60,7 @@ def comparison_rows(comparison: dict[str, Any]) -> list[list[str]]:
     for d in comparison["deltas"]:
         if "@" in d["name"]:
             continue
-        rel = "—" if d.get("relative") is None else f"{100 * d['relative']:+.1f}%"
+        rel = relative_cell(d)
         ci = _ci(d.get("ci_low"), d.get("ci_high"))
         rows.append(
             [

@@ -4,8 +4,10 @@ evasion and degeneration terms. Knows nothing of RL."""
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -85,10 +87,15 @@ def import_callable(spec: str) -> Callable[..., object]:
     """``"package.module:function"`` (a form RewardConfig checks) -> the function, or a ConfigError
     saying what is missing."""
     module_name, _, attr = spec.partition(":")
+    here = str(Path.cwd())  # a module beside the user, as ``python -c 'import mine'`` would find it
     try:
+        sys.path.insert(0, here)
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ConfigError(f"Callable reward '{spec}': cannot import module '{module_name}' ({e}).") from None
+        raise ConfigError(
+            f"Callable reward '{spec}': cannot import module '{module_name}' ({e}): put {module_name}.py in "
+            f"the working folder ({here}) or on PYTHONPATH."
+        ) from None
     except SyntaxError as e:  # a file that is not UTF-8 and declares no encoding is one too (PEP 263)
         raise ConfigError(
             f"Callable reward '{spec}': {e.filename}, line {e.lineno}: {_first_line(e.msg)}; fix that line "
@@ -99,6 +106,8 @@ def import_callable(spec: str) -> Callable[..., object]:
             f"Callable reward '{spec}': importing module '{module_name}' raised {type(e).__name__}: "
             f"{_first_line(str(e))}; run python -c 'import {module_name}' to see where."
         ) from None
+    finally:
+        sys.path.remove(here)
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError(f"Callable reward '{spec}': module '{module_name}' has no function '{attr}'.")

@@ -154,9 +154,10 @@ def build_evaluator(spec: str, device: torch.device | str = "cpu") -> ToxicitySc
     return ClassifierScorer(classifier, toxic_label, name)
 
 
-def resolve_evaluator_specs(specs: tuple[str, ...] | list[str]) -> list[str]:
+def resolve_evaluator_specs(specs: tuple[str, ...] | list[str], *, strict: bool = False) -> list[str]:
     """``shared:NAME`` names a classifier in ``shared/models/NAME``: used where it exists and skipped
-    (with a note) where not, so offline reports carry a second evaluator wherever one is available."""
+    (with a note) where not, so offline reports carry a second evaluator wherever one is available;
+    ``strict`` (a scorer the user named on the command line): missing is an error."""
     out = []
     for spec in specs:
         if not spec.startswith("shared:"):
@@ -166,6 +167,11 @@ def resolve_evaluator_specs(specs: tuple[str, ...] | list[str]) -> list[str]:
         path = root / "models" / spec.removeprefix("shared:") if root else None
         if path is not None and (path / "config.json").is_file():
             out.append(str(path))
+        elif strict:
+            raise ModelLoadError(
+                f"Evaluator '{spec}' is not here: no {path or 'shared/ folder'} (set DETOXRL_SHARED to the "
+                "project's shared folder, or name a classifier folder, a hub id or profanity)."
+            )
         else:
             log.warning("evaluator '%s' skipped: no shared/models folder here (set DETOXRL_SHARED)", spec)
     if not out:

@@ -17,7 +17,7 @@ from detoxrl.config import PPOConfig, SamplingConfig
 from detoxrl.models.actor_critic import ActorCritic
 from detoxrl.models.sampling import LengthSampler, Sampled
 from detoxrl.parallel.distributed import SINGLE, Topology
-from detoxrl.training.metrics_log import MetricsLogger, record
+from detoxrl.training.metrics_log import MetricsLogger, build_trackers, record
 from detoxrl.training.trainer import Trainer, as_vector, same_tensors
 
 __all__ = ["LengthSampler", "PPOTrainer"]
@@ -52,7 +52,8 @@ class PPOTrainer(Trainer):
         topology: Topology = SINGLE,
     ) -> None:
         super().__init__(config, actor_critic, tokenizer, generation, total_steps, topology=topology)
-        self.logger = MetricsLogger(metrics_path, tensorboard_dir)
+        trackers = build_trackers(("tensorboard",), tensorboard_dir) if tensorboard_dir else []
+        self.logger = MetricsLogger(metrics_path, trackers)
         # The classic API's one cache: the last generate()'s queries and sampling pass, whose log-probs
         # and values step() reuses when handed exactly those responses [D17].
         self._last: tuple[list[torch.Tensor], Sampled] | None = None

@@ -123,12 +123,14 @@ class Trainer:
         raw = torch.cat(self.topology.gather([raw]))  # (B,) of the global batch: every process's rows
         if not torch.isfinite(raw).all():  # no update on this batch; the weights stay as they are
             return self._skipped(t0, {"train/nonfinite_scores": float((~torch.isfinite(raw)).sum())})
-        # 1. Transform the scores (running normalisation / scale / clip) [D10].
+        # 1. Transform the scores (running normalisation / scale / clip) [D10]; the worst weigh more [D29].
         if c.score_norm:
             self.score_moments = ppo.update_moments(self.score_moments, raw)
         scores = ppo.transform_scores(
             raw, c.score_scale, self.score_moments if c.score_norm else None, c.score_clip
         )
+        if c.tail_weight:
+            scores = ppo.tail_weighted(scores, c.tail_share, c.tail_weight)
         # 2. Old log-probs and values (from the sampling pass when given [D17]) and the reference pass on this
         #    process's rows; then, for the global batch, the KL-penalised rewards, GAE and whitened
         #    advantages: once, without gradients [D1]-[D6] (rloo, grpo: no values; sequence rewards and
