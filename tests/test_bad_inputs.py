@@ -305,6 +305,12 @@ CASES = [
         "final' is damaged (it holds no weights",
         "Nothing was pushed",
     ),
+    case(
+        "export: damaged final/",
+        "export {earlier} {tmp}/exported",
+        "final' is damaged (it holds no weights",
+        "Nothing was exported",
+    ),
     case("presets: bad flag", "presets --bad", "--bad", "--help"),
     case("run: bad flag", "run --dry-runn", "--dry-runn", "--help"),
 ]
@@ -415,7 +421,7 @@ def one_error_line(err: str) -> str:
 def test_the_matrix_is_at_least_30_cases_over_every_verb() -> None:
     assert len(CASES) >= 30 and len({c.name for c in CASES}) == len(CASES)
     verbs = {c.command.split()[0] for c in CASES}
-    assert verbs == {"run", "train", "evaluate", "generate", "score", "report", "push", "presets"}
+    assert verbs == {"run", "train", "evaluate", "generate", "score", "report", "push", "export", "presets"}
 
 
 @pytest.mark.usefixtures("one_thread")
