@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import pytest
 from detoxrl.cli import main
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+BOM = b"\xef\xbb\xbf"  # what Notepad and Excel put before UTF-8 text
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,18 @@ CASES = [
     case("steps=0", f"{DRY} steps=0", "'steps'", ">= 1, got 0"),
     case("device=tpu9", f"{DRY} device=tpu9", "'device'", "auto, cpu, cuda", "got 'tpu9'"),
     case("threads=0", f"{DRY} threads=0", "'threads'", "got 0"),
+    # the machine's cores
+    case("threads > cores", f"{DRY} threads=100000", "'threads' must be at most", "cores), got 100000"),
+    case("threads > cores, run", "train --config {config} threads=100000", "'threads' must be at most"),
+    case(
+        "processes > cores",
+        "train --dry-run --config {config} --num-processes 100000",
+        "--num-processes must be at most",
+        "got 100000",
+    ),
+    case(
+        "generate: --threads > cores", "generate --model {causal} --threads 100000 hi", "--threads must be at"
+    ),
     case("batch_size=3", f"{DRY} ppo.batch_size=3", "'ppo.batch_size'", "multiple", "ppo.batch_size=2 or 4"),
     case("eval_fraction=1.5", f"{DRY} data.eval_fraction=1.5", "'data.eval_fraction'", "[0, 1)"),
     case("old target_kl", f"{DRY} ppo.target_kl=6", "'ppo.target_kl'", "got 6.0", "ppo.adaptive_kl_target"),
@@ -76,6 +90,31 @@ CASES = [
         f"{DRY} data.source={{malformed}}",
         "malformed.jsonl, line 2",
         "not valid JSON",
+    ),
+    # text that is not UTF-8 (a Latin-1 editor's bytes)
+    case(
+        "data: latin-1 file",
+        f"{DRY} data.source={{latin}}",
+        "latin.jsonl, line 2 (byte 53): byte 0xe9 is not UTF-8",
+        "iconv -f latin1 -t utf-8",
+        "data.encoding=latin-1",
+    ),
+    case("data: unknown encoding", f"{DRY} data.encoding=utf-9", "'data.encoding'", "got 'utf-9'"),
+    case(
+        "yaml: latin-1",
+        "run --dry-run --config {latin_config}",
+        "latin_config.yaml', line 2",
+        "save it as UTF-8",
+    ),
+    case(
+        "reward: module not UTF-8",
+        f"{DRY} reward.model=latin_rewards:calm",
+        "latin_rewards.py, line 2",
+        "can't decode byte 0xe9",
+        "re-encode it",
+    ),
+    case(
+        "score: latin-1 --file", "score --file {latin_lines}", "latin_lines.txt, line 2 (byte 8)", "re-encode"
     ),
     # models
     case("model: missing path", f"{DRY} policy.model=./no/such/model", "./no/such/model", "does not exist"),
@@ -148,6 +187,31 @@ CASES = [
         "evaluator: missing", f"{DRY} eval.evaluators=[./no/classifier]", "./no/classifier", "does not exist"
     ),
     case("evaluator: none", f"{DRY} eval.evaluators=[]", "'eval.evaluators'", "non-empty list"),
+    # prompts and the model's positions (the tiny policy has 256)
+    case(
+        "prompt + response past the positions",
+        f"{DRY} data.max_prompt_tokens=250",
+        "'data.max_prompt_tokens' (250) and generation.max_new_tokens (64) add up to 314 tokens",
+        "256 positions",
+        "data.max_prompt_tokens=192 fits",
+    ),
+    case(
+        "response leaves no room",
+        f"{DRY} eval.sampling.max_new_tokens=300",
+        "'eval.sampling.max_new_tokens' (300) leaves no room for a prompt in the model's 256 positions",
+    ),
+    case(
+        "every prompt dropped",
+        "train --config {config} data.max_prompt_tokens=2 data.truncation=drop",
+        "Every one of the 16 training prompts is over 2 tokens and data.truncation is drop",
+        "nothing was kept",
+    ),
+    case(
+        "truncation: unknown",
+        f"{DRY} data.truncation=middle",
+        "'data.truncation'",
+        "['left', 'right', 'drop']",
+    ),
     # resume, and the earlier run itself
     case(
         "resume: not a run",
@@ -163,12 +227,42 @@ CASES = [
         "Allowed on resume",
     ),
     case("resume: fewer steps", "train --resume {earlier} steps=1", "'steps=1'", "only grow"),
+    case(
+        "resume: no whole checkpoint",
+        "train --resume {earlier}",
+        "No checkpoint of '{earlier}' can be resumed (checkpoint-000002: it holds no weights",
+        "start a new run",
+    ),
+    case(
+        "resume: no whole checkpoint, dry", "run --dry-run --resume {earlier}", "No checkpoint of '{earlier}'"
+    ),
     case("resume: with --preset", "run --resume {earlier} --preset default", "drop --preset"),
     case(
         "run over an earlier run",
         "run --config {config} output_dir={earlier}",
         "already holds a run",
         "--resume",
+    ),
+    case("dry run over an earlier run", f"{DRY} output_dir={{earlier}}", "already holds a run", "--resume"),
+    # output folders
+    case("output_dir: a file", "run --config {config} output_dir={a_list}", "a_list.yaml') is a file"),
+    case("output_dir: a file, dry", f"{DRY} output_dir={{a_list}}", "a_list.yaml') is a file, not a folder"),
+    case(
+        "output_dir: under a file",
+        "train --config {config} output_dir={a_list}/run",
+        "cannot be created: '{a_list}' is a file",
+    ),
+    case(
+        "output_dir: a user's folder",
+        "run --config {config} output_dir={mine}",
+        "mine') holds files that are not a detoxrl run (config.yaml, notes/)",
+        "overwrite_output_dir=true",
+    ),
+    case(
+        "output_dir: a user's folder, dry",
+        f"{DRY} output_dir={{mine}}",
+        "not a detoxrl run",
+        "overwrite_output_dir",
     ),
     # every verb
     case(
@@ -196,9 +290,27 @@ CASES = [
     ),
     case("generate: device", "generate --model {causal} --device cuda:99 hi", "'cuda:99'", "device=cpu"),
     case(
+        "generate: adapter cut short",
+        "generate --model {causal} --adapter {cut_adapter} hi",
+        "--adapter '{cut_adapter}' cannot be loaded (SafetensorError",
+        "damaged",
+    ),
+    case(
         "score: unknown label", "score --evaluator {classifier}:rude hi", "no label 'rude'", "hate, nothate"
     ),
     case("report: unfinished run", "report {earlier}", "eval_after.json' is missing", "detoxrl run --resume"),
+    case(
+        "push: damaged final/",
+        "push {earlier} me/x",
+        "final' is damaged (it holds no weights",
+        "Nothing was pushed",
+    ),
+    case(
+        "export: damaged final/",
+        "export {earlier} {tmp}/exported",
+        "final' is damaged (it holds no weights",
+        "Nothing was exported",
+    ),
     case("presets: bad flag", "presets --bad", "--bad", "--help"),
     case("run: bad flag", "run --dry-runn", "--dry-runn", "--help"),
 ]
@@ -237,12 +349,29 @@ def files(
         "empty_adapter/adapter_config.json": "{}",
         "other_adapter/adapter_config.json": json.dumps(other),
     }
+    raw = {  # "café" as Latin-1 writes it; the same prompts and config as UTF-8 with a byte-order mark
+        "latin.jsonl": b'{"prompt": {"text": "fine"}}\n{"prompt": {"text": "caf\xe9 au lait"}}\n',
+        "latin_config.yaml": b"steps: 2\n# caf\xe9\n",
+        "latin_rewards.py": b"def calm(prompts, responses):\n    return ['caf\xe9']\n",
+        "latin_lines.txt": b"fine\ncaf\xe9\n",
+        "bom.jsonl": BOM + prompts.read_bytes(),
+        "bom_config.yaml": BOM
+        + config.read_bytes().replace(str(prompts).encode(), str(tmp / "bom.jsonl").encode()),
+    }
     for name, text in texts.items():
         (tmp / name).parent.mkdir(exist_ok=True)
         (tmp / name).write_text(text)
+    for name, data in raw.items():
+        (tmp / name).write_bytes(data)
+    (tmp / "mine" / "notes").mkdir(parents=True)  # a user's folder: their own config and notes, not a run
+    (tmp / "mine" / "config.yaml").write_text("steps: 2\n")
+    (tmp / "mine" / "notes" / "todo.txt").write_text("try the RTP preset\n")
     earlier = _earlier_run(tmp / "earlier", config)
-    paths = {name.split(".")[0].split("/")[0]: str(tmp / name.split("/")[0]) for name in texts}
-    paths.update(tmp=str(tmp), config=str(config), earlier=str(earlier), causal=str(tiny_causal_dir),
+    _cut_adapter(tmp / "cut_adapter", tiny_causal_dir)
+    paths = {name.split(".")[0].split("/")[0]: str(tmp / name.split("/")[0]) for name in [*texts, *raw]}
+    paths.update(tmp=str(tmp), config=str(config), earlier=str(earlier), mine=str(tmp / "mine"),
+                 cut_adapter=str(tmp / "cut_adapter"),
+                 causal=str(tiny_causal_dir),
                  seq2seq=str(tiny_seq2seq_dir), classifier=str(tiny_classifier_dir))  # fmt: skip
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(tmp))
@@ -264,10 +393,21 @@ def _earlier_run(run_dir: Path, config: Path) -> Path:
     return run_dir
 
 
+def _cut_adapter(folder: Path, model: Path) -> None:
+    """A LoRA adapter of the tiny policy whose weights file a full disk cut short."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"])
+    get_peft_model(AutoModelForCausalLM.from_pretrained(model), lora).save_pretrained(folder)
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50])
+
+
 def snapshot(folder: str) -> dict[str, str]:
-    """Every file under ``folder`` -> the SHA-256 of its bytes."""
+    """Every file under ``folder`` (but Python's caches) -> the SHA-256 of its bytes."""
     root = Path(folder)
-    files = sorted(p for p in root.rglob("*") if p.is_file())
+    files = sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
@@ -281,7 +421,7 @@ def one_error_line(err: str) -> str:
 def test_the_matrix_is_at_least_30_cases_over_every_verb() -> None:
     assert len(CASES) >= 30 and len({c.name for c in CASES}) == len(CASES)
     verbs = {c.command.split()[0] for c in CASES}
-    assert verbs == {"run", "train", "evaluate", "generate", "score", "report", "presets"}
+    assert verbs == {"run", "train", "evaluate", "generate", "score", "report", "push", "export", "presets"}
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -289,18 +429,21 @@ def test_the_matrix_is_at_least_30_cases_over_every_verb() -> None:
 def test_a_bad_input_gets_one_line_and_exit_code_2(
     case: Case, files: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    earlier = snapshot(files["earlier"])
+    earlier = snapshot(files["tmp"])  # the earlier run, the user's folder, every input file
     capsys.readouterr()
     code = main(case.argv(files))
     line = one_error_line(capsys.readouterr().err)
     assert code == 2
     for words in case.words:
         assert words.format(**files) in line, line
-    assert snapshot(files["earlier"]) == earlier
+    assert snapshot(files["tmp"]) == earlier
 
 
 @pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("override", ["policy.model=google/flan-t5-base", "policy.adapter={empty_adapter}"])
+@pytest.mark.parametrize(
+    "override",
+    ["policy.model=google/flan-t5-base", "policy.adapter={empty_adapter}", "data.max_prompt_tokens=250"],
+)
 def test_dry_run_promises_nothing_the_run_then_breaks(
     override: str, files: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -313,6 +456,32 @@ def test_dry_run_promises_nothing_the_run_then_breaks(
     assert main([*argv, f"output_dir={out}"]) == 2
     assert one_error_line(capsys.readouterr().err) == f"{dry} (nothing was kept in '{out}')"
     assert not out.exists()  # a failed start leaves no half-made run behind
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_utf8_with_a_byte_order_mark_is_read_as_text(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Windows tools write a BOM before UTF-8: the prompts and the config read as if it were not there."""
+    assert main(["train", "--dry-run", "--config", files["bom_config"]]) == 0
+    assert "data: 16 training prompts, 4 held-out prompts" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_disk_without_room_for_the_checkpoints_is_one_line_before_anything_runs(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tiny policy's checkpoints take ~0.2 MB each, and 4 are on disk at once; the disk has 64 kB."""
+    full = shutil._ntuple_diskusage(2**40, 2**40 - 2**16, 2**16)  # type: ignore[attr-defined]
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: full)
+    out = Path(files["tmp"]) / "full-disk"
+    argv = ["run", "--config", files["config"], f"output_dir={out}"]
+    assert main([*argv, "--dry-run"]) == 2
+    dry = one_error_line(capsys.readouterr().err)
+    assert f"Config key 'output_dir' ({out}) is on a disk with 0 MB free" in dry and "free some space" in dry
+    assert main(argv) == 2
+    assert one_error_line(capsys.readouterr().err) == f"{dry} (nothing was kept in '{out}')"
+    assert not out.exists()
 
 
 IN_A_TERMINAL = [
@@ -329,3 +498,15 @@ def test_no_traceback_reaches_the_terminal(case: Case, files: dict[str, str]) ->
     out = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=files["tmp"], timeout=120)
     assert out.returncode == 2, out.stderr
     assert all(words in one_error_line(out.stderr) for words in case.words), out.stderr
+
+
+def test_standard_input_that_is_not_utf8_gets_one_line(files: dict[str, str]) -> None:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1"}
+    argv = [sys.executable, "-m", "detoxrl", "score", "--evaluator", "profanity"]
+    out = subprocess.run(argv, input=b"fine\ncaf\xe9\n", capture_output=True, env=env, timeout=120)
+    assert out.returncode == 2, out.stderr
+    line = one_error_line(out.stderr.decode())
+    assert line == (
+        "detoxrl: error: standard input, line 2 (byte 8): byte 0xe9 is not UTF-8 (invalid continuation "
+        "byte): give it UTF-8 text."
+    )

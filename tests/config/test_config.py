@@ -88,6 +88,24 @@ def test_unknown_key_in_a_file(tmp_path):
         load_config(file=tmp_path / "c.yaml")
 
 
+def test_a_config_file_with_a_byte_order_mark_loads_and_one_not_in_utf8_names_its_byte(tmp_path):
+    (tmp_path / "bom.yaml").write_bytes(
+        b"\xef\xbb\xbfsteps: 3\ndata: {template: 'R\xc3\xa9sum\xc3\xa9: {text}'}\n"
+    )
+    config = load_config(file=tmp_path / "bom.yaml")
+    assert config.steps == 3 and config.data.template == "Résumé: {text}"
+    (tmp_path / "latin.yaml").write_bytes(b"steps: 3\ndata: {template: 'R\xe9sum\xe9: {text}'}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(file=tmp_path / "latin.yaml")
+    assert str(e.value) == (
+        f"Config file '{tmp_path / 'latin.yaml'}', line 2 (byte 28): byte 0xe9 is not UTF-8 (invalid "
+        f"continuation byte); save it as UTF-8 (e.g. iconv -f latin1 -t utf-8 '{tmp_path / 'latin.yaml'}' > "
+        "fixed.yaml)."
+    )
+    with pytest.raises(ConfigError, match="is a folder, not a YAML file"):
+        load_config(file=tmp_path)
+
+
 def test_unknown_preset_gives_did_you_mean():
     with pytest.raises(ConfigError, match=r"Unknown preset 'lab'.*Did you mean 'lab3'"):
         load_config(preset="lab")

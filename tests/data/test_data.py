@@ -343,6 +343,66 @@ def test_missing_field_names_source_row_and_keys(tmp_path):
         load_prompts(config(src, text_field="dialogue", reference_field="topic"))
 
 
+# ---- encodings -----------------------------------------------------------------------------------------
+
+BOM = b"\xef\xbb\xbf"
+TEXT_FILES = {  # one file of each text kind holding "café" (UTF-8 bytes here) and "plain"
+    "p.jsonl": b'{"prompt": "caf\xc3\xa9"}\n{"prompt": "plain"}\n',
+    "p.json": b'[{"prompt": "caf\xc3\xa9"},\n {"prompt": "plain"}]',
+    "p.csv": b"prompt,label\ncaf\xc3\xa9,1\nplain,0\n",
+    "p.txt": b"caf\xc3\xa9\nplain\n",
+}
+
+
+def field(name: str) -> str:
+    return "text" if name.endswith(".txt") else "prompt"
+
+
+@pytest.mark.parametrize("name", sorted(TEXT_FILES))
+def test_a_byte_order_mark_is_read_as_windows_tools_write_it(name, tmp_path):
+    """UTF-8 with a BOM (Notepad, Excel's 'CSV UTF-8') reads as without: the first field keeps its name."""
+    (tmp_path / name).write_bytes(BOM + TEXT_FILES[name])
+    read = load_prompts(config(tmp_path / name, eval_fraction=0, text_field=field(name)))
+    assert [e.text for e in read.train] == ["café", "plain"]
+
+
+@pytest.mark.parametrize("name", sorted(TEXT_FILES))
+def test_a_file_that_is_not_utf8_names_the_line_the_byte_and_the_fixes(name, tmp_path):
+    latin = TEXT_FILES[name].replace(b"\xc3\xa9", b"\xe9")  # what a Latin-1 editor writes
+    (tmp_path / name).write_bytes(latin)
+    offset = latin.index(b"\xe9")
+    line = latin[:offset].count(b"\n") + 1
+    with pytest.raises(DataError) as e:
+        load_prompts(config(tmp_path / name, text_field=field(name)))
+    path = tmp_path / name
+    assert str(e.value) == (
+        f"{path}, line {line} (byte {offset}): byte 0xe9 is not UTF-8 (invalid continuation byte): "
+        f"re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8 '{path}' > fixed{path.suffix}) "
+        "or set data.encoding to its encoding (e.g. data.encoding=latin-1)."
+    )
+    latin1 = config(tmp_path / name, eval_fraction=0, encoding="latin-1", text_field=field(name))
+    assert [e.text for e in load_prompts(latin1).train] == ["café", "plain"]
+
+
+def test_the_bad_byte_is_found_far_into_a_file_and_across_lines(tmp_path):
+    good = b"".join(b'{"prompt": "line %d \xc3\xa9"}\n' % i for i in range(5000))
+    (tmp_path / "p.jsonl").write_bytes(good + b'{"prompt": "\xff"}\n')
+    with pytest.raises(DataError, match=rf"p.jsonl, line 5001 \(byte {len(good) + 12}\): byte 0xff"):
+        load_prompts(config(tmp_path / "p.jsonl"))
+    (tmp_path / "cut.txt").write_bytes(b"fine\ncaf\xc3")  # a character cut off at the end of the file
+    with pytest.raises(
+        DataError, match=r"cut.txt, line 2 \(byte 8\): byte 0xc3 is not UTF-8 \(unexpected end"
+    ):
+        load_prompts(config(tmp_path / "cut.txt", text_field="text"))
+
+
+def test_an_unknown_encoding_is_a_config_error():
+    with pytest.raises(
+        ConfigError, match=r"'data.encoding' must be a text encoding Python knows, got 'utf-9'"
+    ):
+        DataConfig(encoding="utf-9")
+
+
 # ---- the lab's data ----------------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from detoxrl.parallel import launch as launcher
 from detoxrl.parallel.distributed import SINGLE, Topology
 from detoxrl.parallel.launch import command, without_flag
 from detoxrl.recipes.train import train
@@ -203,12 +204,35 @@ def test_processes_share_the_cores_and_refuse_mini_batches_too_small_to_share() 
         distributed_type = type("T", (), {"name": "MULTI_CPU"})
 
     two = Topology(rank=0, world_size=4, local_world_size=2, accelerator=Fake())
-    cores = os.cpu_count() or 1
+    cores = launcher.cores()
     assert two.threads(None) == max(1, cores // 2) and two.threads(64) == max(1, cores // 2)
     assert SINGLE.threads(None) is None and SINGLE.threads(3) == 3  # one process: as configured
     with pytest.raises(ConfigError, match=r"'ppo.mini_batch_size' \(2\) must be at least the number of"):
         two.check(2, 1)
     two.check(4, 2)
+
+
+def test_threads_and_cpu_processes_above_the_cores_are_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from detoxrl.errors import ConfigError
+
+    monkeypatch.setattr(launcher, "cores", lambda: 8)
+    for fine in (None, 8):
+        launcher.check_threads(fine)
+        launcher.check_processes(fine, cpu=True)
+    launcher.check_processes(64, cpu=False)  # GPUs: one process each, not the CPU's cores
+    with pytest.raises(ConfigError) as e:
+        launcher.check_threads(100_000)
+    assert str(e.value) == (
+        "Config key 'threads' must be at most 8 (this machine's cores), got 100000: more threads or "
+        "processes than cores only wait for each other."
+    )
+    assert e.value.render("--threads").startswith("--threads must be at most 8 (this machine's cores), got")
+    with pytest.raises(
+        ConfigError, match=r"^--num-processes must be at most 8 on this machine's CPUs \(its cores\)"
+    ):
+        launcher.check_processes(9, cpu=True)
+    with pytest.raises(ConfigError, match=r"^--num-processes must be a whole number >= 1, got 0"):
+        launcher.check_processes(0, cpu=False)
 
 
 @pytest.mark.slow

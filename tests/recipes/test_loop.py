@@ -6,6 +6,7 @@ repeats the uninterrupted run exactly, each step logged once (real subprocesses)
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -26,7 +27,7 @@ from detoxrl.config import (
     RunConfig,
     SamplingConfig,
 )
-from detoxrl.errors import DataError, TrainingError
+from detoxrl.errors import ConfigError, DataError, TrainingError
 from detoxrl.recipes import train as loop
 from detoxrl.recipes.train import Reward, train
 from detoxrl.rewards.build import build_reward
@@ -67,9 +68,12 @@ def test_a_start_that_fails_leaves_nothing_and_the_same_command_then_runs(
         train(tiny(tiny_causal_dir, 2), PROMPTS, failing_at(1), run_dir, progress=False)
     assert not run_dir.exists()
     (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "notes.txt").write_text("a user's file")  # a folder that existed keeps its files
-    with pytest.raises(DataError, match="nothing was kept"):
+    (tmp_path / "mine" / "notes.txt").write_text("a user's file")  # not a run: refused, untouched
+    with pytest.raises(ConfigError, match=r"holds files that are not a detoxrl run \(notes.txt\)"):
         train(tiny(tiny_causal_dir, 2), PROMPTS, failing_at(1), tmp_path / "mine", progress=False)
+    overwrite = replace(tiny(tiny_causal_dir, 2), overwrite_output_dir=True)  # asked for: its files are kept
+    with pytest.raises(DataError, match="nothing was kept"):
+        train(overwrite, PROMPTS, failing_at(1), tmp_path / "mine", progress=False)
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
     assert len(train(tiny(tiny_causal_dir, 2), PROMPTS, failing_at(99), run_dir, progress=False).metrics) == 2
 
@@ -121,6 +125,39 @@ def test_a_policy_that_turns_evasive_trips_the_guard_and_stops_early_with_a_chec
     assert [bool(steps[s]["guard/alarms"]) for s in range(1, 8)] == [False] * 5 + [True] * 2
     assert steps[6]["guard/evasion_rate"] == 1.0
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-000007"
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_whole_one(
+    tiny_causal_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cut .safetensors (a full disk, a killed copy) in the newest checkpoint: the run continues from the
+    one before, says so in one line, and repeats the lost step as the uninterrupted run did. With no whole
+    checkpoint left, one line and nothing touched."""
+    config = tiny(tiny_causal_dir, 4)
+    straight = train(config, PROMPTS, failing_at(99), tmp_path / "straight", progress=False).metrics
+    run_dir = tmp_path / "damaged"
+    train(config, PROMPTS, failing_at(99), run_dir, progress=False)  # checkpoints 3 and 4 kept, final/
+    weights = run_dir / "checkpoint-000004" / "policy" / "adapter_model.safetensors"
+    size = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING, logger="detoxrl"):
+        resumed = train(config, PROMPTS, failing_at(99), run_dir, resume=True, progress=False)
+    assert [r["step"] for r in resumed.metrics] == [4]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"checkpoint-000004 is damaged (policy/adapter_model.safetensors has 100 of its {size:,} bytes): the "
+        "run continues from step 3 (checkpoint-000003), and step 4 is run again as before (the damaged files "
+        "are kept, renamed damaged-checkpoint-000004)"
+    ]
+    assert same_steps(metrics(run_dir), straight) <= 1e-6
+    for step in (3, 4):
+        state = run_dir / f"checkpoint-00000{step}" / "state.pt"
+        state.write_bytes(state.read_bytes()[:1000])
+    files = sorted(str(p) for p in run_dir.rglob("*"))
+    with pytest.raises(
+        TrainingError, match=rf"^No checkpoint of '{run_dir}' can be resumed \(checkpoint-000004"
+    ):
+        train(config, PROMPTS, failing_at(99), run_dir, resume=True, progress=False)
+    assert sorted(str(p) for p in run_dir.rglob("*")) == files
 
 
 # ---- real processes: signals and SIGKILL ------------------------------------------------------------
@@ -222,7 +259,21 @@ def test_signals_stop_cleanly_and_sigkill_resumes_exactly(
         start(config, env, "--config", str(config), f"output_dir={run_dir}"), run_dir, 3, signal.SIGKILL
     )
     assert 3 <= len(metrics(run_dir)) < 6  # killed before the end
+    # ... and its newest checkpoint's state cut in half, as a full disk or a killed copy leaves it: the run
+    # continues from the checkpoint before, says so in one line, and still repeats the run step for step.
+    newest = latest_checkpoint(run_dir)
+    assert newest is not None
+    state = newest / "state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    step = int(newest.name.removeprefix("checkpoint-"))
     for resumed in ("killed", "SIGINT"):
         process = start(config, env, "--resume", str(tmp_path / resumed))
-        assert process.wait(timeout=300) == 0, process.communicate()[1]
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0 and "Traceback" not in err, err
+        notes = [line for line in err.splitlines() if line.startswith("note: ")]
+        if resumed == "killed":
+            assert len(notes) == 1 and notes[0].startswith(
+                f"note: {newest.name} is damaged (state.pt has "
+            ), err
+            assert f"the run continues from step {step - 1} (checkpoint-{step - 1:06d})" in notes[0]
         assert same_steps(metrics(tmp_path / resumed), expected) <= 1e-4

@@ -73,7 +73,51 @@ def test_k_samples_per_prompt_give_the_tail_curve_in_the_files_report_verdict_an
     assert "## The tail over k samples" in (run / "final" / "README.md").read_text()
 
 
-def test_report_is_rebuilt_from_the_files_alone(run_config: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("truncation", ["left", "drop"])
+def test_prompts_longer_than_the_model_are_fitted_counted_and_written_into_the_run(
+    run_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], truncation: str
+) -> None:
+    """Every third prompt is 3,000 words (tokens, for the tiny word-level tokenizer) long, the tiny policy
+    has 256 positions and responses 4 tokens: every prompt the policy sees has at most 252 tokens."""
+    from detoxrl.config.files import load_config
+    from detoxrl.data.prompts import load_prompts
+
+    words = ["you", "are", "a", "kind", "and", "helpful", "friend", "the", "movie", "was", "terrible"]
+    texts = [" ".join([str(i), *words] * (250 if i % 3 == 0 else 1)) for i in range(40)]  # 3,000 or 12 words
+    source = tmp_path / "long.jsonl"
+    source.write_text("".join(json.dumps({"prompt": {"text": t}}) + "\n" for t in texts))
+    overrides = [f"data.source={source}", f"data.truncation={truncation}"]
+    assert main(["run", "--config", str(run_config), *overrides]) == 0
+    prompts = load_prompts(load_config(file=run_config, overrides=overrides).data)
+    long_train = sum(len(e.text.split()) > 252 for e in prompts.train)
+    examined = prompts.eval if truncation == "drop" else prompts.eval[:8]
+    long_eval = sum(len(e.text.split()) > 252 for e in examined)
+    assert long_train and long_eval  # both sides meet long prompts
+    out = capsys.readouterr().out
+    done = "left out" if truncation == "drop" else "truncated from the left"
+    for n, given, what in (
+        (long_train, len(prompts.train), "training"),
+        (long_eval, len(examined), "held-out"),
+    ):
+        line = f"prompts: {n} of {given} {what} prompts were over 252 tokens (the longest 3,000): {done}"
+        assert f"{line} (data.max_prompt_tokens, data.truncation)\n" in out
+    data = json.loads((tmp_path / "run" / "data.json").read_text())
+    counts = {"truncated": 0, "dropped": long_train} if truncation == "drop" else {"truncated": long_train}
+    assert data["train"] == {"prompts": 30, "max_prompt_tokens": 252, "truncation": truncation,
+                             "truncated": 0, "dropped": 0, **counts, "longest": 3000}  # fmt: skip
+    assert data["eval"]["prompts"] == len(examined) and data["eval"]["max_prompt_tokens"] == 252
+    records = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    texts = [e.text for e in prompts.train]
+    for query in (s["query"] for r in records for s in r["samples"]):  # as it was, or its last 252 words
+        cut = len(query.split()) == 252 and truncation == "left" and any(t.endswith(query) for t in texts)
+        assert query in texts or cut
+    evaluated = json.loads((tmp_path / "run" / "eval_before.json").read_text())["samples"]
+    assert len(evaluated) == 8 and max(len(s["prompt"].split()) for s in evaluated) <= 252
+
+
+def test_report_is_rebuilt_from_the_files_alone(
+    run_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["run", "--config", str(run_config)]) == 0
     run = tmp_path / "run"
     first = (run / "report.md").read_text()
@@ -82,6 +126,24 @@ def test_report_is_rebuilt_from_the_files_alone(run_config: Path, tmp_path: Path
     assert main(["report", str(run)]) == 0
     assert (run / "report.md").read_text() == first
     assert (run / "report.html").is_file()
+    # A damaged final/ (a cut copy): the report says so, in one line and at its top; push refuses it.
+    weights = run / "final" / "adapter_model.safetensors"
+    size, data = weights.stat().st_size, weights.read_bytes()
+    weights.write_bytes(data[:64])
+    capsys.readouterr()
+    assert main(["report", str(run)]) == 0
+    line = (
+        f"'{run / 'final'}' is damaged (adapter_model.safetensors has 64 of its {size:,} bytes): its weights "
+        "cannot be loaded; checkpoint-000002/policy holds the weights of step 2 (copy it over final/)."
+    )
+    assert capsys.readouterr().err == f"note: {line}\n"
+    assert (run / "report.md").read_text().startswith(f"# detoxrl run report\n\n**Warning:** {line}\n")
+    assert main(["push", str(run), "me/detoxified"]) == 2
+    assert capsys.readouterr().err == f"detoxrl: error: {line} Nothing was pushed.\n"
+    assert (run / "checkpoint-000002" / "policy" / "adapter_model.safetensors").read_bytes() == data
+    weights.write_bytes(data)
+    assert main(["report", str(run)]) == 0
+    assert (run / "report.md").read_text() == first
 
 
 def test_run_refuses_to_overwrite_and_resumes_from_its_directory(
@@ -104,9 +166,14 @@ def test_dry_run_checks_everything_and_runs_nothing(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "data: 30 training prompts, 10 held-out prompts"
     assert [line.split(":")[0] for line in lines[1:]] == [
-        "policy", "device", "reward", "evaluator", "disk", "trackers", "config OK"
+        "policy", "prompts", "device", "reward", "evaluator", "output_dir", "disk", "trackers", "config OK"
     ]  # fmt: skip
-    assert lines[1].endswith("(local folder; llama)") and lines[3] == "reward: callable tiny_rewards:calm"
+    assert lines[1].endswith("(local folder; llama)") and lines[4] == "reward: callable tiny_rewards:calm"
+    assert lines[2] == (  # 256 positions less 4 response tokens, past trl's 512
+        "prompts: at most 252 tokens (the model has 256 positions); longer ones truncated from the left "
+        "(data.truncation)"
+    )
+    assert lines[6] == f"output_dir: {tmp_path / 'run'} (created by the run)"
     assert not (tmp_path / "run").exists()
 
 

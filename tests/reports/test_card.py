@@ -18,7 +18,7 @@ from detoxrl.reports import hub
 from detoxrl.reports.card import _settings, write_card
 from detoxrl.reports.card_data import card_data, hub_id, subject
 from detoxrl.reports.report import relative_cell
-from detoxrl.rundir import VALUE_HEAD_FILE
+from detoxrl.rundir import MANIFEST, VALUE_HEAD_FILE
 
 
 @pytest.fixture
@@ -236,6 +236,7 @@ def test_push_creates_the_repository_and_uploads_adapter_and_card_without_the_va
     assert upload["repo_id"] == "me/detoxified" and Path(upload["folder_path"]) == run_dir / "final"
     assert {"README.md", "adapter_config.json", "adapter_model.safetensors"} <= upload["files"]
     assert (run_dir / "final" / VALUE_HEAD_FILE).is_file() and VALUE_HEAD_FILE not in upload["files"]
+    assert (run_dir / "final" / MANIFEST).is_file() and MANIFEST not in upload["files"]  # the run's own
     calls.clear()
     assert main(["push", str(run_dir), "me/detoxified", "--with-value-head"]) == 0
     assert VALUE_HEAD_FILE in calls[-1][1]["files"] and calls[1][1]["private"] is False

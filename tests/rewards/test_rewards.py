@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -125,7 +126,11 @@ def _write_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         "def length(prompts, responses):\n    return [float(len(r)) for r in responses]\n"
         "def prompt_words(prompts, responses):\n    return [float(len(p.split())) for p in prompts]\n"
         "def wrong_size(prompts, responses):\n    return [1.0]\n"
+        "def words(prompts, responses):\n    return ['high' for r in responses]\n"
+        "def raw(prompts, responses):\n    return [0.5, b'caf\\xe9']\n"
     )
+    (tmp_path / "latin_rewards.py").write_bytes(b"def f(prompts, responses):\n    return ['caf\xe9']\n")
+    (tmp_path / "broken_rewards.py").write_text("raise RuntimeError('no API key')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("my_rewards", None)
 
@@ -220,6 +225,11 @@ def test_relevance_reward_without_the_embedder_is_a_clear_error(monkeypatch: pyt
         ("my_rewards", "module:function"),
         ("no_such_module_x:f", "cannot import"),
         ("my_rewards:nope", "no function"),
+        (
+            "latin_rewards:f",
+            r"latin_rewards.py, line 2: .*'utf-8' codec can't decode byte 0xe9.*re-encode it",
+        ),
+        ("broken_rewards:f", "importing module 'broken_rewards' raised RuntimeError: no API key"),
     ],
 )
 def test_bad_callables_fail_clearly(spec: str, message: str, tmp_path: Path, monkeypatch) -> None:
@@ -232,6 +242,21 @@ def test_callable_returning_the_wrong_number_of_values_fails(tmp_path: Path, mon
     _write_module(tmp_path, monkeypatch)
     reward = build_reward(RewardConfig(kind="callable", model="my_rewards:wrong_size"))
     with pytest.raises(ConfigError, match="1 values for 2 responses"):
+        reward(["a", "b"], ["c", "d"])
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [("words", "returned str 'high' (value 0)"), ("raw", "returned bytes \"b'caf\\\\xe9'\" (value 1)")],
+)
+def test_callable_returning_text_says_which_value_is_not_a_number(
+    name: str, words: str, tmp_path: Path, monkeypatch
+) -> None:
+    _write_module(tmp_path, monkeypatch)
+    reward = build_reward(RewardConfig(kind="callable", model=f"my_rewards:{name}"))
+    with pytest.raises(
+        ConfigError, match=re.escape(f"Reward 'my_rewards:{name}' {words} where numbers were")
+    ):
         reward(["a", "b"], ["c", "d"])
 
 

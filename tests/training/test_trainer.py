@@ -13,7 +13,7 @@ from detoxrl.config import PolicyConfig, PPOConfig, RunConfig, SamplingConfig
 from detoxrl.errors import TrainingError
 from detoxrl.models.loading import load_policy
 from detoxrl.recipes.train import train
-from detoxrl.rundir import latest_checkpoint
+from detoxrl.rundir import MANIFEST, damage, latest_checkpoint
 from detoxrl.training.checkpoint import VALUE_HEAD_FILE
 from detoxrl.training.classic import LengthSampler
 from detoxrl.training.metrics_log import MetricsLogger
@@ -82,12 +82,15 @@ def test_checkpoints_are_complete_and_the_final_adapter_loads_with_plain_peft(
         "checkpoint-000002",
         "checkpoint-000003",
         "config.yaml",
+        "data.json",
         "final",
         "metrics.jsonl",
         "tensorboard",
     ]
     ckpt = tmp_path / "checkpoint-000003"
     assert (ckpt / "state.pt").is_file() and (ckpt / "policy" / VALUE_HEAD_FILE).is_file()
+    assert damage(ckpt) is None and damage(tmp_path / "final") is None  # each with its manifest
+    assert (ckpt / MANIFEST).is_file() and (tmp_path / "final" / MANIFEST).is_file()
     state = torch.load(ckpt / "state.pt", weights_only=False)
     assert set(state) == {"trainer", "rng"}
     assert set(state["trainer"]) == {

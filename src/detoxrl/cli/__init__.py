@@ -33,6 +33,7 @@ from detoxrl.config import (
 )
 from detoxrl.config.docs import render
 from detoxrl.data.prompts import read_texts
+from detoxrl.data.text import decode
 from detoxrl.errors import ConfigError, DetoxError, Interrupted
 from detoxrl.parallel.launch import accelerate_config, relaunch
 
@@ -48,7 +49,9 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
     if args.file:
         texts += read_texts(args.file, args.field)[0]
     if not texts and not sys.stdin.isatty():
-        texts = [ln for ln in sys.stdin.read().splitlines() if ln.strip()]
+        stdin = sys.stdin  # its bytes, decoded here: a byte that is not UTF-8 is one line, not a traceback
+        text = decode(stdin.buffer.read(), "standard input") if hasattr(stdin, "buffer") else stdin.read()
+        texts = [ln for ln in text.splitlines() if ln.strip()]
     if not texts:
         raise DetoxError("No input texts: pass them as arguments, with --file, or on standard input.")
     return texts
@@ -182,18 +185,30 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
     return load_config(preset, args.config, args.overrides)
 
 
+def _on_cpu(config: RunConfig) -> bool:
+    from detoxrl.models.loading import resolve_device
+
+    return resolve_device(config.device).type == "cpu"
+
+
 def _launched(args: argparse.Namespace, config: RunConfig) -> int | None:
     """``--num-processes N`` (N > 1) outside a launcher: the same command as N processes, whose exit code
-    this returns; else None (run here)."""
-    from detoxrl.models.loading import resolve_device
+    this returns; else None (run here). N is checked first (at ``--dry-run`` too: ``_check_processes``)."""
     from detoxrl.parallel.distributed import launched
 
-    n = args.num_processes
-    if n is not None and n < 1:
-        raise ConfigError(f"--num-processes must be a whole number >= 1, got {n}.")
+    n = _check_processes(args, config)
     if n in (None, 1) or launched():
         return None
-    return relaunch(args.argv, n, cpu=resolve_device(config.device).type == "cpu")
+    return relaunch(args.argv, n, cpu=_on_cpu(config))
+
+
+def _check_processes(args: argparse.Namespace, config: RunConfig) -> int | None:
+    """``--num-processes N``: at least 1, and on CPUs at most this machine's cores."""
+    from detoxrl.parallel.launch import check_processes
+
+    n: int | None = args.num_processes
+    check_processes(n, cpu=n is not None and _on_cpu(config))
+    return n
 
 
 def _dry_run(lines: list[str]) -> int:
@@ -208,7 +223,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = _run_config(args)
     if args.dry_run:
-        return _dry_run(validate(config, evaluate=False))
+        _check_processes(args, config)
+        return _dry_run(validate(config, evaluate=False, resume=bool(args.resume)))
     launched = _launched(args, config)
     return launched if launched is not None else train_command(config, resume=bool(args.resume))
 
@@ -219,7 +235,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _run_config(args)
     if args.dry_run:
-        return _dry_run(validate(config))
+        _check_processes(args, config)
+        return _dry_run(validate(config, resume=bool(args.resume)))
     launched = _launched(args, config)
     if launched is not None:
         return launched
@@ -281,11 +298,24 @@ def cmd_presets(args: argparse.Namespace) -> int:
 # ---- the parser ------------------------------------------------------------------------------------------
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler that writes to ``sys.stderr`` as it is when a note is logged (a caller, or a test, may have
+    replaced it since the handler was made)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _show_notes() -> None:
     """The library logs (``detoxrl.*`` loggers); the command line shows its notes on stderr, one line each."""
     library = logging.getLogger("detoxrl")
     if not library.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("note: %(message)s"))
         library.addHandler(handler)
         library.setLevel(logging.INFO)

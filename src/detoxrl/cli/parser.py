@@ -31,6 +31,7 @@ EVAL_FLAGS = {
     "eval.evaluators": "--evaluator",
     "eval.best_of": "--best-of",
     "eval.guard": "--guard",
+    "threads": "--threads",
     **SAMPLING_FLAGS,
 }
 
@@ -117,7 +118,7 @@ def _generate_parser(sub: Any) -> None:
     _add_best_of_args(g, "a decoding-time guard")
     g.add_argument("--no-chat-template", action="store_true", help="send prompts as raw text")
     g.add_argument("--json", action="store_true", help="one JSON object per line")
-    g.set_defaults(verb="generate", flags=SAMPLING_FLAGS)
+    g.set_defaults(verb="generate", flags={**SAMPLING_FLAGS, "threads": "--threads"})
 
 
 def _score_parser(sub: Any) -> None:

@@ -226,6 +226,23 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def yaml_text(path: Path) -> str:
+    """A config file's text: UTF-8, a leading byte-order mark dropped; a byte that is not UTF-8 is one line
+    naming its line and offset."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"Config file '{path}' cannot be read ({e.strerror}).") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(
+            f"Config file '{path}', line {line} (byte {e.start}): byte 0x{raw[e.start : e.end].hex(' ')} is "
+            f"not UTF-8 ({e.reason}); save it as UTF-8 (e.g. iconv -f latin1 -t utf-8 '{path}' > fixed.yaml)."
+        ) from None
+
+
 def _other_kind(base: dict[str, Any], extra: dict[str, Any]) -> bool:
     return "kind" in base and "kind" in extra and base["kind"] != extra["kind"]
 
@@ -233,9 +250,13 @@ def _other_kind(base: dict[str, Any], extra: dict[str, Any]) -> bool:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"Config file '{p}' does not exist.")
+        raise ConfigError(
+            f"Config file '{p}' is a folder, not a YAML file."
+            if p.is_dir()
+            else f"Config file '{p}' does not exist."
+        )
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(yaml_text(p)) or {}
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""

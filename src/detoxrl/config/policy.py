@@ -3,6 +3,7 @@ Knows nothing of models or data files (``--dry-run`` looks at those: recipes/pre
 
 from __future__ import annotations
 
+import codecs
 import re
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -32,6 +33,16 @@ TEMPLATE = Check(
     "a text holding '{text}'",
     "it marks where each prompt's text goes, e.g. 'Summarize: {text}'",
 )
+
+
+def _codec(name: object) -> bool:
+    try:
+        return isinstance(name, str) and bool(codecs.lookup(name))
+    except LookupError:
+        return False
+
+
+ENCODING = Check(_codec, "a text encoding Python knows", "e.g. utf-8, latin-1, cp1252 or utf-16")
 
 
 @dataclass(frozen=True)
@@ -168,6 +179,12 @@ class DataConfig:
 
     SECTION: ClassVar[str] = "data"
     source: str = param("builtin:heated", TEXT, "where the prompts are")
+    encoding: str = param(
+        "utf-8",
+        ENCODING,
+        "the encoding of local text files (.jsonl, .json, .csv, .tsv, .txt); utf-8 also reads a file that "
+        "starts with a byte-order mark",
+    )
     split: str = param("train", TEXT, "the split of a hub dataset")
     text_field: str = param("prompt", TEXT, "the prompt's field; dotted paths allowed (prompt.text)")
     reference_field: str | None = param(None, optional(TEXT), "a reference text's field, for ROUGE (summary)")
@@ -182,6 +199,19 @@ class DataConfig:
     min_score: float | None = param(None, optional(FINITE), "keep rows whose score_field is at least this")
     max_examples: int | None = param(
         None, optional(count(1)), "cap on prompts kept, after filters and shuffle"
+    )
+    max_prompt_tokens: int | None = param(
+        None,
+        optional(count(1)),
+        "the most tokens a prompt may have as the policy sees it, templates included (trl's "
+        "max_prompt_length); null: 512 where the model's positions leave that beside the response tokens, "
+        "else what they leave",
+    )
+    truncation: Literal["left", "right", "drop"] = param(
+        "left",
+        doc="a prompt over max_prompt_tokens: left: its text's start is cut (a continuation keeps its end, "
+        "where the response follows); right: its end is cut; drop: it is left out. The templates stay whole; "
+        "the counts are printed at start and written into the run's data.json",
     )
     extra_sources: tuple[str, ...] = param(
         (), TEXTS, "more training prompts (same fields and filters), never a held-out text"

@@ -59,6 +59,11 @@ class RunConfig:
     steps: int = param(20, count(1), "RL steps (each samples ppo.batch_size responses)")
     seed: int = param(0, SEED_RULE, "seeds training and the evaluation's sampling")
     output_dir: str = param("runs/detox", TEXT, "the run directory")
+    overwrite_output_dir: bool = param(
+        False,
+        doc="write into an output_dir that holds files which are not a detoxrl run (those of the same names "
+        "are replaced); a run is never overwritten: resume it or choose another folder",
+    )
     save_every: int = param(
         1, count(1), "steps between checkpoints (a killed run loses at most save_every - 1)"
     )

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from detoxrl.config import DataConfig
+from detoxrl.data.text import UTF8, read_text, reading
 from detoxrl.errors import DataError
 from detoxrl.resources import shared_path
 
@@ -79,11 +80,13 @@ def get_field(record: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-# ---- readers: each yields (line or row number, record) ----------------------------------------------
+# ---- readers: each yields (line or row number, record); text in its encoding (data/text.py) -----------
+
+Records = Iterator[tuple[int, dict[str, Any]]]
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as f:
+def _read_jsonl(path: Path, encoding: str = UTF8, key: str | None = None) -> Records:
+    with reading(path, encoding, key=key) as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -100,9 +103,9 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield lineno, record
 
 
-def _read_json(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _read_json(path: Path, encoding: str = UTF8, key: str | None = None) -> Records:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path, encoding, key=key))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}, line {e.lineno}: not valid JSON ({e.msg}, column {e.colno}).") from None
     if isinstance(data, dict):  # {"data": [...]}: a single list of records inside an object
@@ -116,8 +119,8 @@ def _read_json(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield i, record
 
 
-def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8", newline="") as f:
+def _read_csv(path: Path, encoding: str = UTF8, key: str | None = None) -> Records:
+    with reading(path, encoding, key=key, newline="") as f:
         header = f.readline()
         f.seek(0)
         # The delimiter is read off the header: ',' (Davidson), ';' (ETHOS) or a tab.
@@ -136,7 +139,7 @@ def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise DataError(f"{path}, line {reader.line_num}: malformed CSV ({e}).") from None
 
 
-def _read_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _read_parquet(path: Path, encoding: str = UTF8, key: str | None = None) -> Records:
     import pyarrow.parquet as pq  # installed with datasets; imported for .parquet files only
 
     try:
@@ -146,8 +149,8 @@ def _read_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     yield from enumerate(table.to_pylist(), start=1)
 
 
-def _read_txt(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as f:
+def _read_txt(path: Path, encoding: str = UTF8, key: str | None = None) -> Records:
+    with reading(path, encoding, key=key) as f:
         for lineno, line in enumerate(f, start=1):
             if line.strip():
                 yield lineno, {"text": line.rstrip("\n")}
@@ -163,7 +166,7 @@ READERS = {
 }
 
 
-def _read_hub(dataset_id: str, split: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def _read_hub(dataset_id: str, split: str) -> Records:
     try:
         import datasets  # 0.5 s to import beside transformers: hub datasets only
 
@@ -184,8 +187,12 @@ def builtin_names() -> list[str]:
     return [f"builtin:{p.stem}" for p in sorted(BUILTIN_DIR.glob("*.jsonl"))]
 
 
-def read_records(source: str, split: str = "train") -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line or row number, record)`` for every row of a source; raises DataError for a bad one."""
+def read_records(
+    source: str, split: str = "train", *, encoding: str = UTF8, key: str | None = None
+) -> Records:
+    """``(line or row number, record)`` for every row of a source; raises DataError for a bad one. Local
+    text files are read in ``encoding`` (UTF-8: with or without a byte-order mark); ``key``, the config key
+    that sets it, is named in the line a file that is not in it gets."""
     if source.startswith("shared:"):
         source = str(shared_path(source, "data.source"))
     if source.startswith("builtin:"):
@@ -205,7 +212,7 @@ def read_records(source: str, split: str = "train") -> Iterator[tuple[int, dict[
             raise DataError(
                 f"Data file '{path}' has an unsupported type; use one of {', '.join(FILE_SUFFIXES)}."
             )
-        return READERS[path.suffix.lower()](path)
+        return READERS[path.suffix.lower()](path, encoding, key)
     return _read_hub(source, split)
 
 
@@ -277,7 +284,8 @@ def _collect(source: str, split: str, config: DataConfig) -> tuple[list[_Row], i
     seen: set[str] = set()
     dropped: dict[str, int] = {}
     read = 0
-    for row in _rows(read_records(source, split), config, source):
+    records = read_records(source, split, encoding=config.encoding, key="data.encoding")
+    for row in _rows(records, config, source):
         read += 1
         reason = row if isinstance(row, str) else ("duplicate text" if row.text in seen else None)
         if reason is not None:

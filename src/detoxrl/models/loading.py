@@ -242,6 +242,14 @@ def load_tokenizer(source: ModelSource, is_encoder_decoder: bool) -> PreTrainedT
     return tokenizer
 
 
+def load_tokenizer_of(spec: str) -> tuple[PreTrainedTokenizerBase, Any]:
+    """A model's tokenizer and config, without its weights (a GGUF model is converted once, as loading it
+    would): what fitting prompts to it needs."""
+    source = local_folder(spec)
+    model_config = load_model_config(source)
+    return load_tokenizer(source, bool(getattr(model_config, "is_encoder_decoder", False))), model_config
+
+
 def load_policy(config: PolicyConfig, device: torch.device | str = "cpu") -> Policy:
     """Load the base policy (no adapter yet) and its tokenizer from any spec."""
     source = local_folder(config.model)

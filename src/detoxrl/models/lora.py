@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, PeftType, TaskType, get_peft_model
+from safetensors import SafetensorError
 from transformers import (
     PreTrainedModel,
 )
@@ -49,10 +50,7 @@ def attach_adapter(policy: Policy, config: PolicyConfig, key: str = "policy.adap
     model = policy.model
     if config.adapter is not None:
         check_adapter(config.adapter, policy.source, key)
-        try:
-            return PeftModel.from_pretrained(model, config.adapter, is_trainable=True)
-        except (OSError, ValueError) as e:
-            raise ModelLoadError(f"Could not load the adapter '{config.adapter}': {e}") from None
+        return load_adapter(model, config.adapter, key, is_trainable=True)
     lora = config.lora
     peft_config = LoraConfig(
         r=lora.r,
@@ -66,6 +64,19 @@ def attach_adapter(policy: Policy, config: PolicyConfig, key: str = "policy.adap
         return get_peft_model(model, peft_config)
     except ValueError as e:
         raise ModelLoadError(f"LoRA cannot be attached to '{policy.source.spec}': {e}") from None
+
+
+def load_adapter(model: Any, path: str | Path, key: str = "policy.adapter", **kwargs: Any) -> Any:
+    """``PeftModel.from_pretrained(model, path, **kwargs)``; an adapter whose files do not load (a cut
+    .safetensors: a full disk, a killed copy) is one line."""
+    try:
+        return PeftModel.from_pretrained(model, str(path), **kwargs)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ModelLoadError(
+            f"{key} '{path}' cannot be loaded ({type(e).__name__}: {first}): its files are damaged or not a "
+            "PEFT adapter; save it again (a run's checkpoint-*/policy holds the same files)."
+        ) from None
 
 
 def check_adapter(path: str, base: ModelSource, key: str = "policy.adapter") -> dict[str, Any]:

@@ -24,6 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
 
 from detoxrl.errors import ConfigError
+from detoxrl.parallel.launch import cores
 
 T = TypeVar("T")
 Sharding = Literal["none", "fsdp2", "zero3"]
@@ -76,7 +77,7 @@ class Topology:
         by its processes, which never oversubscribe the cores (one process: as configured)."""
         if not self.distributed:
             return configured
-        share = max(1, (os.cpu_count() or 1) // self.local_world_size)
+        share = max(1, cores() // self.local_world_size)
         return min(configured or share, share)
 
     def check(self, mini_batch_size: int, gradient_accumulation_steps: int) -> None:

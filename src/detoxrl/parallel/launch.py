@@ -1,6 +1,7 @@
 """``detoxrl run|train --num-processes N``: the same command again as N processes, through the launcher that
 fits the device: torch's elastic launcher (``torch.distributed.run``, i.e. torchrun) over gloo on CPUs,
-accelerate's (``accelerate launch``) over nccl on GPUs. Knows command lines, nothing of training.
+accelerate's (``accelerate launch``) over nccl on GPUs; and the cores of this machine that threads and
+processes may take. Knows command lines and cores, nothing of training.
 
 ``accelerate launch --cpu`` starts a single process on CPUs (accelerate 1.15), which is why CPUs take
 torchrun; inside, the same ``accelerate.Accelerator`` runs either way (distributed.py).
@@ -9,12 +10,13 @@ torchrun; inside, the same ``accelerate.Accelerator`` runs either way (distribut
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from detoxrl.errors import DetoxError
+from detoxrl.errors import ConfigError, DetoxError
 
 log = logging.getLogger(__name__)
 ACCELERATE_CONFIGS = (
@@ -22,6 +24,35 @@ ACCELERATE_CONFIGS = (
 )  # multi_gpu (DDP), fsdp (FSDP2 + LoRA), zero2, zero3
 
 FLAG = "--num-processes"
+WHY = "more threads or processes than cores only wait for each other"
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's or taskset's share), else the
+    machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def check_threads(threads: int | None) -> None:
+    """``threads`` (the config key, or ``--threads``) above this machine's cores is refused in one line, at
+    ``--dry-run`` and at start alike (a config file stays machine-independent: checked where it runs)."""
+    if threads is not None and threads > cores():
+        raise ConfigError(
+            key="threads", need=f"at most {cores()} (this machine's cores)", got=threads, fix=WHY
+        )
+
+
+def check_processes(n: int | None, cpu: bool) -> None:
+    """``--num-processes N``: a whole number >= 1, and on CPUs at most this machine's cores."""
+    if n is not None and n < 1:
+        raise ConfigError(f"{FLAG} must be a whole number >= 1, got {n}.")
+    if n is not None and cpu and n > cores():
+        raise ConfigError(
+            f"{FLAG} must be at most {cores()} on this machine's CPUs (its cores), got {n}: {WHY}."
+        )
 
 
 def without_flag(argv: list[str]) -> list[str]:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
 
 from detoxrl.config import Dtype, EvalConfig, PolicyConfig, QualityConfig, RewardConfig, load_config
 from detoxrl.data.prompts import load_prompts, read_texts
@@ -32,7 +31,8 @@ from detoxrl.evaluation.io import (
 from detoxrl.evaluation.results import EvalResult
 from detoxrl.metrics.quality import QualityScorer
 from detoxrl.models.loading import Policy, load_policy, resolve_source
-from detoxrl.models.lora import attach_adapter, check_adapter
+from detoxrl.models.lora import attach_adapter, check_adapter, load_adapter
+from detoxrl.recipes.prompts import fit_default
 from detoxrl.recipes.session import Session
 from detoxrl.reports.report import md_table
 from detoxrl.rewards.base import Reward, ToxicityScorer
@@ -76,7 +76,7 @@ def load_trained(config: PolicyConfig, trained: str | Path, session: Session) ->
     if not config.use_lora:  # full fine-tuning: the trained weights, and the base as reference
         full: Any = type(policy.model).from_pretrained(trained, dtype=policy.model.dtype)
         return Loaded(policy, full.to(session.device), _nll(session, policy.model, policy))
-    model = PeftModel.from_pretrained(policy.model, str(trained), adapter_name="trained")
+    model = load_adapter(policy.model, trained, "The trained adapter", adapter_name="trained")
     if config.adapter is None:
         return Loaded(policy, model, _nll(session, model, policy, model.disable_adapter))
     model.load_adapter(config.adapter, adapter_name="reference")
@@ -217,6 +217,7 @@ def evaluate_pair(spec: PairSpec, config: EvalConfig, session: Session) -> Pair:
     plain = dataclasses.replace(config, best_of=1, guard=None)
     scorers = build_scorers(config, session.device, quality=spec.quality, reward=spec.reward)
     base = load_start(policy_config, session)
+    prompts = fit_default(base.policy, prompts, config.sampling, chat_template=spec.chat_template)
     scorer = _scorer_nll(spec, base.policy, session)
     if scorer is not None:
         base = dataclasses.replace(base, nll=scorer)

@@ -3,7 +3,8 @@ adapter merged into its weights, its tokenizer and a model card, in ``OUT``, whi
 ``AutoModelForCausalLM`` / ``AutoModelForSeq2SeqLM`` and ``pipeline`` load without peft. Knows the order of
 the steps, not how loading or merging works.
 
-1. Check: ``RUN_DIR`` is a run (its config.yaml) with trained weights in ``final/``; ``OUT`` is new or empty.
+1. Check: ``RUN_DIR`` is a run (its config.yaml) with whole trained weights in ``final/`` (its manifest,
+   rundir.damage); ``OUT`` is new or empty.
 2. Load the base as the run's config.yaml says (``load_policy``), in float32 on the CPU: the merge adds
    each LoRA update (B A, scaled) to its weight without rounding, and needs no accelerator.
 3. Attach ``final/`` (peft) and merge (``merge_and_unload``); a fully fine-tuned run's ``final/`` is already
@@ -29,9 +30,9 @@ from detoxrl.config import PolicyConfig, load_config
 from detoxrl.errors import DetoxError
 from detoxrl.models.loading import load_model_config, load_policy, load_tokenizer, local_folder, torch_dtype
 from detoxrl.reports.card import write_export_card
-from detoxrl.rundir import VALUE_HEAD_FILE
+from detoxrl.rundir import MANIFEST, VALUE_HEAD_FILE, final_damage
 
-LEFT_BEHIND = {VALUE_HEAD_FILE, "README.md"}  # what a copied full model does not take from final/
+LEFT_BEHIND = {VALUE_HEAD_FILE, "README.md", MANIFEST}  # what a copied full model does not take from final/
 
 
 def check(run_dir: Path, out: Path) -> Path:
@@ -50,6 +51,9 @@ def check(run_dir: Path, out: Path) -> Path:
         )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DetoxError(f"'{out}' exists and is not an empty folder: give a new folder to export into.")
+    damaged = final_damage(run_dir)  # read through (checksums) only once the cheaper checks pass
+    if damaged is not None:
+        raise DetoxError(f"{damaged} Nothing was exported.")
     return final
 
 

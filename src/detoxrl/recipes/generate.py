@@ -5,14 +5,14 @@
 from __future__ import annotations
 
 import numpy as np
-from peft import PeftModel
 
 from detoxrl.config import Dtype, PolicyConfig, SamplingConfig
 from detoxrl.engine import Model
 from detoxrl.errors import ConfigError
 from detoxrl.models.generation import format_prompts, generate_best_of
 from detoxrl.models.loading import load_policy, resolve_source
-from detoxrl.models.lora import check_adapter
+from detoxrl.models.lora import check_adapter, load_adapter
+from detoxrl.recipes.prompts import fit_default
 from detoxrl.recipes.session import Session
 from detoxrl.rewards.toxicity import build_evaluator, resolve_evaluator_specs
 
@@ -49,8 +49,9 @@ def generate(
         return scorer(responses)
 
     policy = load_policy(PolicyConfig(model=model, dtype=dtype), session.device)
-    sampler: Model = PeftModel.from_pretrained(policy.model, adapter) if adapter else policy.model
-    prompts = format_prompts(policy.tokenizer, texts, chat_template)
+    sampler: Model = load_adapter(policy.model, adapter, "--adapter") if adapter else policy.model
+    fitted = fit_default(policy, texts, settings, chat_template=chat_template)
+    prompts = format_prompts(policy.tokenizer, fitted, chat_template)
     out = generate_best_of(
         session.engine,
         sampler,

@@ -17,6 +17,7 @@ from huggingface_hub import HfApi, constants, try_to_load_from_cache
 from detoxrl.config import PolicyConfig, RewardConfig, RunConfig
 from detoxrl.errors import ConfigError
 from detoxrl.models.classifier import label_index, labels_of
+from detoxrl.models.generation import positions
 from detoxrl.models.loading import (
     ModelSource,
     gguf_cache_path,
@@ -27,8 +28,11 @@ from detoxrl.models.loading import (
     torch_dtype,
 )
 from detoxrl.models.lora import check_adapter, same_model
+from detoxrl.parallel.launch import check_threads, cores
+from detoxrl.recipes.prompts import limits
 from detoxrl.rewards.composite import import_callable
 from detoxrl.rewards.toxicity import DEFAULT_CLASSIFIER, PROFANITY, default_toxic_label, split_spec
+from detoxrl.rundir import SHOWN, check_output_dir, resume_point
 from detoxrl.training.metrics_log import check_trackers
 
 WEIGHT_FILES = (
@@ -37,7 +41,7 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
-CHECKPOINTS_ON_DISK = 4  # two kept, one being written, and final/ (about one more)
+EXTRA_ON_DISK = 2  # beside the keep_checkpoints kept: one being written, and final/ (about one more)
 
 
 def hub_status(source: ModelSource, role: str = "policy") -> str:
@@ -145,31 +149,67 @@ def checkpoint_bytes(policy: PolicyConfig, model_config: Any) -> int:
     return 3 * 4 * (trainable + hidden)
 
 
-def disk_line(config: RunConfig, model_config: Any) -> str:
-    """Free space where output_dir will be against what its checkpoints need."""
-    folder = Path(config.output_dir).expanduser().absolute()
-    while not folder.exists():
-        folder = folder.parent
-    free = shutil.disk_usage(folder).free
+def disk_line(
+    config: RunConfig, model_config: Any, *, folder: Path | None = None, resume: bool = False
+) -> str:
+    """Free space where output_dir (or ``folder``) will be against what its checkpoints need: the
+    keep_checkpoints kept, one being written and final/ (resumed: the last two, the others are there)."""
+    where = Path(folder or config.output_dir).expanduser().absolute()
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
     one = checkpoint_bytes(config.policy, model_config)
-    if CHECKPOINTS_ON_DISK * one > free:
+    count = EXTRA_ON_DISK + (0 if resume else config.keep_checkpoints)
+    if count * one > free:
         raise ConfigError(
-            f"Config key 'output_dir' ({config.output_dir}) is on a disk with {_size(free)} free, and the "
-            f"run's checkpoints need about {_size(CHECKPOINTS_ON_DISK * one)} ({_size(one)} each, two kept "
-            "and one being written): free some space, or set output_dir to a folder on another disk."
+            f"Config key 'output_dir' ({folder or config.output_dir}) is on a disk with {_size(free)} free, "
+            f"and the run's checkpoints need about {_size(count * one)} ({_size(one)} each, {count} on disk "
+            "at once): free some space, or set output_dir to a folder on another disk."
         )
-    need = _size(CHECKPOINTS_ON_DISK * one)
-    return f"disk: ~{_size(one)} per checkpoint, ~{need} in all; {_size(free)} free at {folder}"
+    return f"disk: ~{_size(one)} per checkpoint, ~{_size(count * one)} in all; {_size(free)} free at {where}"
 
 
-def check(config: RunConfig, evaluators: list[str] | None) -> list[str]:
+def prompt_line(config: RunConfig, model_config: Any, *, evaluation: bool) -> str:
+    """The most tokens a prompt may have (in training, and evaluation), as the run will fit them; refused
+    as the run refuses it where a prompt and its response cannot fit in the model's positions."""
+    found = limits(config, model_config, evaluation=evaluation)
+    train, other = found["train"], found.get("eval", found["train"])
+    most = f"{train} tokens" if other == train else f"{train} tokens in training, {other} in evaluation"
+    total = positions(model_config)
+    room = f"the model has {total} positions" if total else "the model names no maximum"
+    done = "left out" if config.data.truncation == "drop" else f"truncated from the {config.data.truncation}"
+    return f"prompts: at most {most} ({room}); longer ones {done} (data.truncation)"
+
+
+def output_line(config: RunConfig, *, resume: bool, evaluation: bool) -> str:
+    """What the run will write into: refused as ``run_directory`` refuses it, else what is there now."""
+    folder, command = Path(config.output_dir), "run" if evaluation else "train"
+    overwrite = config.overwrite_output_dir
+    check_output_dir(folder, resume=resume, evaluation=evaluation, command=command, overwrite=overwrite)
+    if not folder.exists():
+        return f"output_dir: {folder} (created by the run)"
+    if resume:
+        point = resume_point(folder)
+        where = point.checkpoint.name if point.checkpoint else "the start: no checkpoint yet"
+        note = f"; note: {point.note()}" if point.damaged else ""
+        return f"output_dir: {folder} (resumed from {where}){note}"
+    kept = sorted(p.name for p in folder.iterdir())
+    return f"output_dir: {folder} ({'holds ' + ', '.join(kept[:SHOWN]) if kept else 'empty'})"
+
+
+def check(config: RunConfig, evaluators: list[str] | None, *, resume: bool = False) -> list[str]:
     """Every check but the data's, in the order a run meets them; ``evaluators`` None: training only."""
     device = resolve_device(config.device)
     lines, model_config = policy_lines(config.policy)
-    lines.append(f"device: {device}, policy dtype {str(torch_dtype(config.policy.dtype, device))[6:]}")
+    lines.append(prompt_line(config, model_config, evaluation=evaluators is not None))
+    check_threads(config.threads)
+    threads = f", {config.threads} of {cores()} cores" if config.threads else f", {cores()} cores"
+    dtype = str(torch_dtype(config.policy.dtype, device))[6:]
+    lines.append(f"device: {device}{threads if device.type == 'cpu' else ''}, policy dtype {dtype}")
     lines += reward_lines(config.reward)
     if evaluators is not None:
         lines += evaluator_lines(evaluators)
-    lines.append(disk_line(config, model_config))
+    lines.append(output_line(config, resume=resume, evaluation=evaluators is not None))
+    lines.append(disk_line(config, model_config, resume=resume))
     check_trackers(config.report_to)
     return [*lines, f"trackers: {', '.join(config.report_to) or 'none (metrics.jsonl alone)'}"]

@@ -28,7 +28,9 @@ from detoxrl.evaluation.io import (
     write_table_csv,
 )
 from detoxrl.evaluation.results import EvalResult
+from detoxrl.models.loading import load_tokenizer_of
 from detoxrl.recipes import preflight
+from detoxrl.recipes import prompts as prompts_of
 from detoxrl.recipes.evaluate import Loaded, build_scorers, load_start, load_trained, measure
 from detoxrl.recipes.session import Session, setup
 from detoxrl.recipes.train import train
@@ -36,7 +38,7 @@ from detoxrl.reports.card import write_card
 from detoxrl.reports.report import build_report, steps_line
 from detoxrl.rewards.build import build_reward
 from detoxrl.rewards.toxicity import resolve_evaluator_specs
-from detoxrl.rundir import read_metrics, run_directory
+from detoxrl.rundir import read_metrics, resume_point, run_directory
 from detoxrl.training.metrics_log import check_trackers
 
 
@@ -47,10 +49,11 @@ class RunSummary:
     seconds: float
 
 
-def validate(config: RunConfig, evaluate: bool = True) -> list[str]:
+def validate(config: RunConfig, evaluate: bool = True, *, resume: bool = False) -> list[str]:
     """What ``--dry-run`` checks, without loading weights, one line each: the data, then the models,
-    adapter, labels, device and disk (preflight.py); the values themselves were checked when the config
-    was built. ``evaluate=False``: for ``train``, which evaluates nothing."""
+    adapter, labels, device, output_dir and disk (preflight.py); the values themselves were checked when
+    the config was built. ``evaluate=False``: for ``train``, which evaluates nothing; ``resume``: the run
+    continues in output_dir."""
     if evaluate:
         config.check_evaluation()
     prompts = load_prompts(config.data)
@@ -60,7 +63,7 @@ def validate(config: RunConfig, evaluate: bool = True) -> list[str]:
             f"note: eval.num_prompts={config.eval.num_prompts} but only {len(prompts.eval)} held out"
         )
     evaluators = resolve_evaluator_specs(config.eval.evaluators) if evaluate else None
-    return lines + preflight.check(config, evaluators)
+    return lines + preflight.check(config, evaluators, resume=resume)
 
 
 # ---- resuming a run ----------------------------------------------------------------------------------
@@ -75,25 +78,38 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
     config.check_evaluation()
     check_trackers(config.report_to)  # before anything is written
     session, run_dir = setup(config), Path(config.output_dir)
-    with run_directory(run_dir, resume, evaluation=True, command="run", owner=session.is_main):
+    if resume:
+        resume_point(run_dir)  # no whole checkpoint to continue from: said before anything runs
+    overwrite = config.overwrite_output_dir
+    with run_directory(run_dir, resume, True, "run", session.is_main, overwrite=overwrite):
         return _run(config, run_dir, session, resume=resume, progress=progress, start=start)
 
 
 def _run(
     config: RunConfig, run_dir: Path, session: Session, *, resume: bool, progress: bool, start: float
 ) -> RunSummary:
-    """Step 1: the resolved config (with the engine), the prompts and the scorers.
+    """Step 1: room for the checkpoints, the resolved config (with the engine), the prompts (each within
+    the prompt limit of training and of evaluation: refused where a prompt and its response cannot fit;
+    the held-out ones fitted, their count said and written into data.json) and the scorers.
     Step 2: evaluate the starting policy on the held-out prompts (kept on resume).
     Step 3: RL on the training prompts (recipes.train: checkpoints, metrics.jsonl, final adapter).
     Step 4: evaluate the trained policy on the same prompts with the same seeds and scorers.
     Step 5: paired comparison, the qualitative table, the report and the model card.
     """
-    # 1. What runs, and how; the prompts; what scores them.
+    # 1. Room for the checkpoints; what runs, and how; the prompts; what scores them.
+    tokenizer, model_config = load_tokenizer_of(config.policy.model)  # no weights yet
+    preflight.disk_line(config, model_config, folder=run_dir, resume=resume)
+    prompts_of.limits(config, model_config, evaluation=True)  # training's too: before minutes of evaluation
     if session.is_main:
         save_config(config, run_dir / "config.yaml", comment=session.engine.describe())
     prompts = load_prompts(config.data)
-    held_out = prompts.eval[: config.eval.num_prompts]
-    texts = [e.text for e in held_out]
+    n = config.eval.num_prompts  # with drop, the first n of the held-out prompts that fit
+    examined = prompts.eval if config.data.truncation == "drop" else prompts.eval[:n]
+    fitted = prompts_of.fit(config, [e.text for e in examined], tokenizer, model_config, part="eval")
+    session.say(fitted.describe("held-out prompts"))
+    if session.is_main:
+        prompts_of.record(run_dir, "eval", fitted)
+    held_out, texts = [examined[i] for i in fitted.kept][:n], fitted.texts[:n]
     refs = [str(e.reference) for e in held_out] if all(e.reference for e in held_out) else None
 
     def evaluate(loaded: Loaded, label: str) -> EvalResult:

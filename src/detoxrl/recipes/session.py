@@ -14,6 +14,7 @@ from detoxrl.engine import Engine, select_engine
 from detoxrl.models.loading import resolve_device
 from detoxrl.parallel import distributed
 from detoxrl.parallel.distributed import SINGLE, Topology
+from detoxrl.parallel.launch import check_threads
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ def setup(config: RunConfig) -> Session:
     ``policy.engine`` on this process's device (sharded models, FSDP or ZeRO-3, take the reference engine,
     whose passes go through the model's own modules: the CPU engine keeps frozen weights' copies), its
     threads a share of the cores."""
+    check_threads(config.threads)  # above the cores: one line, before anything starts
     topology = distributed.setup(config.device)
     device = topology.place(resolve_device(config.device))
     engine = select_engine("reference" if topology.sharded else config.policy.engine, device)
@@ -51,6 +53,7 @@ def setup(config: RunConfig) -> Session:
 
 def local(engine: EngineName = "auto", device: str = "auto", threads: int | None = None) -> Session:
     """One process (``generate``, ``score``, ``evaluate``, ``benchmark``): ``engine`` on ``device``."""
+    check_threads(threads)
     selected = select_engine(engine, resolve_device(device))
     selected.configure(threads)
     return Session(SINGLE, selected)

@@ -14,6 +14,7 @@ processes: the checkpoint holds the run's state, not the processes'), and they s
 
 from __future__ import annotations
 
+import logging
 import random
 import signal
 import threading
@@ -35,18 +36,30 @@ from detoxrl.errors import Interrupted
 from detoxrl.metrics import guards
 from detoxrl.metrics.quality import QualityScorer
 from detoxrl.models.actor_critic import build_actor_critic
-from detoxrl.models.generation import decode, format_prompts, tokenize_prompts
+from detoxrl.models.generation import decode
 from detoxrl.models.loading import load_policy, recorded_base
 from detoxrl.models.sampling import response_limits
+from detoxrl.recipes import prompts as prompts_of
+from detoxrl.recipes.preflight import disk_line
 from detoxrl.recipes.session import Session, setup
 from detoxrl.rewards.base import Reward
 from detoxrl.rewards.build import build_quality, build_reward
 from detoxrl.rewards.novelty import remembering
-from detoxrl.rundir import latest_checkpoint, read_metrics, run_directory, truncate_metrics
-from detoxrl.training.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from detoxrl.rundir import (
+    ResumePoint,
+    latest_checkpoint,
+    read_metrics,
+    resume_point,
+    run_directory,
+    set_aside,
+    truncate_metrics,
+)
+from detoxrl.training.checkpoint import load_checkpoint, save_checkpoint, save_final
 from detoxrl.training.metrics_log import MetricsLogger, build_trackers, check_trackers, record
 from detoxrl.training.rollout import batch_indices, sample_seeds
 from detoxrl.training.trainer import Trainer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -90,7 +103,7 @@ class Loop:
     config: RunConfig
     run_dir: Path
     trainer: Trainer
-    prompts: list[str]
+    prompts: list[str]  # each within the prompt limit (recipes/prompts.py)
     queries: list[torch.Tensor]  # the prompts' tokens, as the policy sees them
     reward: Reward
     quality: QualityScorer
@@ -156,28 +169,48 @@ def train(
     check_trackers(config.report_to)  # before anything is written
     session = session or setup(config)
     run_dir = Path(out_dir or config.output_dir)
-    with run_directory(run_dir, resume, evaluation=False, command="train", owner=session.is_main):
-        return _train(config, prompts, reward, run_dir, resume=resume, progress=progress, session=session)
+    point = resume_point(run_dir) if resume else ResumePoint(None)  # no whole checkpoint: before anything
+    overwrite = config.overwrite_output_dir
+    with run_directory(run_dir, resume, False, "train", session.is_main, overwrite=overwrite):
+        return _train(config, prompts, reward, run_dir, point=point, progress=progress, session=session)
 
 
-def _build(config: RunConfig, prompts: list[str], reward: Reward, run_dir: Path, session: Session) -> Loop:
-    """Steps 1-3 of ``_train``: the trainer (resumed from the last checkpoint: every process the same one,
-    the main process's choice), the prompts' tokens, the quality scorer, the metrics log."""
+def _build(
+    config: RunConfig,
+    prompts: list[str],
+    reward: Reward,
+    run_dir: Path,
+    session: Session,
+    *,
+    point: ResumePoint,
+) -> Loop:
+    """Steps 1-3 of ``_train``: the trainer (resumed from ``point``, the newest whole checkpoint: every
+    process the same one, the main process's choice), the prompts' tokens, the quality scorer, the metrics
+    log."""
     # 1. Seed once (every process alike); the engine written beside the resolved config by the main process,
-    #    which alone writes the run directory.
+    #    which alone writes the run directory; damaged checkpoints newer than the resume point set aside.
     top, engine = session.topology, session.engine
+    if point.damaged and session.is_main:
+        log.warning(point.note())
+        set_aside(point)
     torch.manual_seed(config.seed), random.seed(config.seed), np.random.seed(config.seed)
     session.say(f"{engine.describe()}\n{top.describe()}" if top.distributed else engine.describe())
     if session.is_main:
         save_config(config, run_dir / "config.yaml", comment=engine.describe())
-    # 2. The policy with its value head (PPO's only) and reference, the trainer.
+    # 2. The policy; room for its checkpoints; the prompts' tokens, each within the prompt limit (the count
+    #    of those cut said and written into data.json); its value head (PPO's only), reference; the trainer.
     policy = load_policy(config.policy, engine.device)
+    disk_line(config, policy.model.config, folder=run_dir, resume=point.checkpoint is not None)
+    fitted = prompts_of.fit(config, prompts, policy.tokenizer, policy.model.config, part="train")
+    session.say(fitted.describe("training prompts"))
+    if session.is_main:
+        prompts_of.record(run_dir, "train", fitted)
     critic = config.ppo.algorithm == "ppo"
     actor_critic = build_actor_critic(policy, config.policy, config.ppo.value_head_init_std, engine, critic)
     session.say(actor_critic.describe())
     # 3. Resume: weights (before any wrapping shards them), optimizer, scheduler, KL controller, RNG states,
     #    step and the reward's memory of recent rollouts (novelty) from the last checkpoint.
-    checkpoint = top.broadcast(latest_checkpoint(run_dir))  # none in a new run: run_directory made sure
+    checkpoint = top.broadcast(point.checkpoint)  # none in a new run: run_directory made sure
     state = load_checkpoint(actor_critic, checkpoint) if checkpoint else None
     trainer = Trainer(
         config.ppo, actor_critic, policy.tokenizer, config.generation, config.steps, topology=top
@@ -188,9 +221,6 @@ def _build(config: RunConfig, prompts: list[str], reward: Reward, run_dir: Path,
             part.load_state_dict(memory)
     if session.is_main:
         truncate_metrics(run_dir / "metrics.jsonl", trainer.step_count)
-    queries = tokenize_prompts(
-        policy.tokenizer, format_prompts(policy.tokenizer, prompts, config.policy.chat_template)
-    )
     main = session.is_main  # the others log nothing
     logger = MetricsLogger()
     if main:
@@ -206,7 +236,7 @@ def _build(config: RunConfig, prompts: list[str], reward: Reward, run_dir: Path,
     history = top.broadcast(read_metrics(run_dir) if main else [])
     quality = build_quality(config.quality, engine.device)
     base = recorded_base(policy.source)
-    return Loop(config, run_dir, trainer, prompts, queries, reward, quality, logger, history, base)
+    return Loop(config, run_dir, trainer, fitted.texts, fitted.ids, reward, quality, logger, history, base)
 
 
 def _save(loop: Loop, final: bool = False) -> None:
@@ -218,7 +248,7 @@ def _save(loop: Loop, final: bool = False) -> None:
     memory = [part.state_dict() for part in remembering(loop.reward)]
     state = {**trainer.state_dict(), "reward_memory": memory}
     if top.is_main and final:
-        save_weights(ac, run_dir / "final", weights, base=loop.base, tokenizer=trainer.tokenizer)
+        save_final(ac, run_dir / "final", weights, base=loop.base, tokenizer=trainer.tokenizer)
     elif top.is_main:
         keep = loop.config.keep_checkpoints
         save_checkpoint(ac, state, trainer.step_count, run_dir, keep, weights=weights, base=loop.base)
@@ -231,12 +261,12 @@ def _train(
     reward: Reward,
     run_dir: Path,
     *,
-    resume: bool,
+    point: ResumePoint,
     progress: bool,
     session: Session,
 ) -> TrainResult:
-    # 1-3. The trainer, resumed from the last checkpoint; the prompts, the quality scorer, the metrics log.
-    loop = _build(config, prompts, reward, run_dir, session)
+    # 1-3. The trainer, resumed from the newest whole checkpoint; the prompts, quality scorer, metrics log.
+    loop = _build(config, prompts, reward, run_dir, session, point=point)
     trainer, top = loop.trainer, session.topology
     # 4. The loop: one step, a checkpoint every save_every steps and before any stop (signal, guard), which
     #    every process takes together.

@@ -16,7 +16,7 @@ from huggingface_hub import HfApi, get_token
 
 from detoxrl.errors import DetoxError
 from detoxrl.reports.card import HUB_ID, write_card
-from detoxrl.rundir import VALUE_HEAD_FILE
+from detoxrl.rundir import MANIFEST, VALUE_HEAD_FILE, final_damage
 
 TRUE = {"1", "ON", "YES", "TRUE"}  # how huggingface_hub reads its boolean environment variables
 
@@ -36,6 +36,9 @@ def push(
     final = Path(run_dir) / "final"
     if not (final / "adapter_config.json").is_file() and not (final / "config.json").is_file():
         raise DetoxError(f"'{final}' holds no trained adapter or model: is '{run_dir}' a finished run?")
+    damaged = final_damage(Path(run_dir))
+    if damaged is not None:
+        raise DetoxError(f"{damaged} Nothing was pushed.")
     if not HUB_ID.fullmatch(repo_id):
         raise DetoxError(f"'{repo_id}' is not a hub repository id: write it as OWNER/NAME.")
     write_card(run_dir, repo_id=repo_id)
@@ -53,7 +56,7 @@ def push(
             repo_id=repo_id,
             folder_path=final,
             commit_message="detoxrl: adapter and card",
-            ignore_patterns=None if with_value_head else [VALUE_HEAD_FILE],
+            ignore_patterns=[MANIFEST] if with_value_head else [MANIFEST, VALUE_HEAD_FILE],
         )
     except Exception as e:
         raise DetoxError(f"Could not push to the Hugging Face hub ({type(e).__name__}: {e}).") from None

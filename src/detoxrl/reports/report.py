@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,9 @@ from detoxrl.reports.plots import (
     plot_training_quality,
 )
 from detoxrl.reports.tail import has_tail, tail_table
-from detoxrl.rundir import RunFiles, read_run
+from detoxrl.rundir import RunFiles, final_damage, read_run
+
+log = logging.getLogger(__name__)
 
 # ---- plots ---------------------------------------------------------------------------------------
 
@@ -165,11 +168,12 @@ def _method(files: RunFiles) -> str:
 TOP, DRAWN = "Sorted by reward gain", "Drawn at random (seed 0), in prompt order"
 
 
-def build_markdown(files: RunFiles, images: dict[str, str]) -> str:
+def build_markdown(files: RunFiles, images: dict[str, str], warnings: list[str] | None = None) -> str:
     (cols, rows), (_, drawn) = _qualitative(files), _qualitative(files, 6, drawn=True)
     tail = _tail_section(files)
     parts = [
         "# detoxrl run report",
+        *(warnings or []),
         f"**{files.summary.get('verdict', 'no verdict recorded')}**",
         _config_line(files.config) + ".",
         f"## Before vs after\n\n{_method(files)}",
@@ -210,7 +214,7 @@ def _img(name: str, png: bytes) -> str:
     )
 
 
-def build_html(files: RunFiles, pngs: dict[str, bytes]) -> str:
+def build_html(files: RunFiles, pngs: dict[str, bytes], warnings: list[str] | None = None) -> str:
     (cols, rows), (_, drawn) = _qualitative(files), _qualitative(files, 6, drawn=True)
     verdict = html.escape(str(files.summary.get("verdict", "no verdict recorded")))
     tail = _tail_section(files)
@@ -225,6 +229,7 @@ def build_html(files: RunFiles, pngs: dict[str, bytes]) -> str:
     )
     body = [
         "<h1>detoxrl run report</h1>",
+        *(f"<p class='regression'>{html.escape(w.replace('**', ''))}</p>" for w in warnings or []),
         f"<p class='verdict'>{verdict}</p>",
         f"<p>{html.escape(_config_line(files.config))}.</p>",
         "<h2>Before vs after</h2>",
@@ -244,15 +249,20 @@ def build_html(files: RunFiles, pngs: dict[str, bytes]) -> str:
 
 
 def build_report(run_dir: str | Path) -> tuple[Path, Path]:
-    """Write plots/*.png, report.md and the self-contained report.html from the run's files alone."""
+    """Write plots/*.png, report.md and the self-contained report.html from the run's files alone; a damaged
+    final/ is said in a line of its own (the report's figures were measured before it was damaged)."""
     files = read_run(run_dir)
+    damaged = final_damage(files.run_dir)
+    if damaged is not None:
+        log.warning(damaged)
     pngs = plots(files)
     plot_dir = files.run_dir / "plots"
     plot_dir.mkdir(exist_ok=True)
     for name, png in pngs.items():
         (plot_dir / f"{name}.png").write_bytes(png)
     md = files.run_dir / "report.md"
-    md.write_text(build_markdown(files, {name: f"plots/{name}.png" for name in pngs}))
+    warning = [] if damaged is None else [f"**Warning:** {damaged}"]
+    md.write_text(build_markdown(files, {name: f"plots/{name}.png" for name in pngs}, warning))
     page = files.run_dir / "report.html"
-    page.write_text(build_html(files, pngs))
+    page.write_text(build_html(files, pngs, warning))
     return md, page

@@ -25,7 +25,14 @@ class CallableReward:
     name: str
 
     def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        values = torch.as_tensor(np.asarray(self.fn(prompts, responses), dtype=np.float32)).reshape(-1)
+        out = self.fn(prompts, responses)
+        try:
+            values = torch.as_tensor(np.asarray(out, dtype=np.float32)).reshape(-1)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"Reward '{self.name}' returned {_not_a_number(out)} where numbers were expected: return one "
+                "float per response."
+            ) from None
         if values.shape[0] != len(responses):
             raise ConfigError(
                 f"Reward '{self.name}' returned {values.shape[0]} values for {len(responses)} responses."
@@ -33,6 +40,18 @@ class CallableReward:
         if not torch.isfinite(values).all():
             raise ConfigError(f"Reward '{self.name}' returned non-finite values: {values.tolist()}.")
         return values
+
+
+def _not_a_number(out: object) -> str:
+    """What in a callable's output is not a number: its first such value, or the output itself."""
+    items = list(out) if isinstance(out, list | tuple) else [out]
+    for i, value in enumerate(items):
+        try:
+            float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            where = f" (value {i})" if isinstance(out, list | tuple) else ""
+            return f"{type(value).__name__} {str(value)[:40]!r}{where}"
+    return f"a {type(out).__name__}"
 
 
 @dataclass(frozen=True)
@@ -77,9 +96,23 @@ def import_callable(spec: str) -> Callable[..., object]:
             f"Callable reward '{spec}': cannot import module '{module_name}' ({e}): put {module_name}.py in "
             f"the working folder ({here}) or on PYTHONPATH."
         ) from None
+    except SyntaxError as e:  # a file that is not UTF-8 and declares no encoding is one too (PEP 263)
+        raise ConfigError(
+            f"Callable reward '{spec}': {e.filename}, line {e.lineno}: {_first_line(e.msg)}; fix that line "
+            "(a file that is not UTF-8: re-encode it, or declare its encoding as PEP 263 says)."
+        ) from None
+    except Exception as e:  # the module's own code failed while it was imported
+        raise ConfigError(
+            f"Callable reward '{spec}': importing module '{module_name}' raised {type(e).__name__}: "
+            f"{_first_line(str(e))}; run python -c 'import {module_name}' to see where."
+        ) from None
     finally:
         sys.path.remove(here)
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError(f"Callable reward '{spec}': module '{module_name}' has no function '{attr}'.")
     return fn
+
+
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0][:200]

@@ -17,20 +17,24 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from peft import set_peft_model_state_dict
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from transformers import PreTrainedTokenizerBase
 
 from detoxrl.errors import TrainingError
 from detoxrl.models.actor_critic import ActorCritic
-from detoxrl.rundir import CHECKPOINT_PREFIX, VALUE_HEAD_FILE
+from detoxrl.rundir import CHECKPOINT_PREFIX, VALUE_HEAD_FILE, write_manifest
 
-__all__ = ["VALUE_HEAD_FILE", "load_checkpoint", "load_weights", "save_checkpoint", "save_weights"]
+__all__ = [
+    "VALUE_HEAD_FILE", "load_checkpoint", "load_weights", "save_checkpoint", "save_final", "save_weights"
+]  # fmt: skip
 
 
 def save_weights(
@@ -127,20 +131,54 @@ def save_checkpoint(
     base: str | None = None,
 ) -> Path:
     """Weights (``save_weights``, recording ``base``), the trainer's ``state``, the RNG states and the step,
-    written to a temporary folder renamed at the end: a crash never leaves a half checkpoint. The ``keep``
-    newest are kept."""
+    with their manifest (``rundir.write_manifest``), written to a temporary folder renamed at the end: a
+    crash never leaves a half checkpoint, and one damaged later is told on resume. The ``keep`` newest are
+    kept."""
     run_dir = Path(run_dir)
     final = run_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
-    tmp = run_dir / f".tmp-{final.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_weights(actor_critic, tmp / "policy", weights, base=base)
-    torch.save({"trainer": state, "rng": _rng_state()}, tmp / "state.pt")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+
+    def write(tmp: Path) -> None:
+        save_weights(actor_critic, tmp / "policy", weights, base=base)
+        torch.save({"trainer": state, "rng": _rng_state()}, tmp / "state.pt")
+
+    _atomic(final, write)
     for old in sorted(run_dir.glob(f"{CHECKPOINT_PREFIX}*"))[:-keep]:
         shutil.rmtree(old)
     return final
+
+
+def save_final(
+    actor_critic: ActorCritic,
+    path: str | Path,
+    weights: dict[str, torch.Tensor] | None = None,
+    *,
+    base: str | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> Path:
+    """``save_weights`` into ``path`` (a run's final/) as checkpoints are written: whole, with a manifest."""
+    path = Path(path)
+    _atomic(path, lambda tmp: save_weights(actor_critic, tmp, weights, base=base, tokenizer=tokenizer))
+    return path
+
+
+def _atomic(folder: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` fills a temporary folder, then its manifest, then it takes ``folder``'s place. A write
+    that fails (a full disk: torch.save says so with a RuntimeError) leaves no trace and one line."""
+    tmp = folder.with_name(f".tmp-{folder.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write(tmp)
+        write_manifest(tmp)
+    except (OSError, RuntimeError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(folder.parent).free / 2**20
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise TrainingError(
+            f"{folder.name} could not be written ({first}; {free:,.0f} MB free there): free some space"
+        ) from None
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
 
 
 def load_checkpoint(actor_critic: ActorCritic, checkpoint: str | Path) -> dict[str, Any]:
@@ -149,9 +187,10 @@ def load_checkpoint(actor_critic: ActorCritic, checkpoint: str | Path) -> dict[s
     try:
         load_weights(actor_critic, checkpoint / "policy")
         state = torch.load(checkpoint / "state.pt", weights_only=False)
-    except (OSError, KeyError, RuntimeError, ValueError) as e:
+    except (OSError, KeyError, RuntimeError, ValueError, SafetensorError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise TrainingError(
-            f"Checkpoint '{checkpoint}' cannot be loaded ({e}); delete it to use an older one."
+            f"Checkpoint '{checkpoint}' cannot be loaded ({first}); delete it to use an older one."
         ) from None
     _set_rng_state(state["rng"])
     return dict(state["trainer"])
