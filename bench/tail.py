@@ -13,7 +13,8 @@ No reward is recorded in these evaluations: the variants' rewards differ, the to
 The table (stdout and RESULTS/table.md): per run, toxicity probability at k=1 and k=25 and expected
 maximum toxicity at k=25 by both scorers (relative change, the interval of the delta excluding 0 or
 not), KL at the last step, relevance, perplexity, distinct-2, evasion, and the training and evaluation
-minutes.
+minutes; and the frontier (RESULTS/frontier.png): each run's toxicity probability at k=25 against its
+relevance and perplexity, relative to the base.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from bench.compare import child_env
 from bench.paths import REPO, RESULTS
 
 # The variants tried, as overrides of the rtp preset (docs/results.md has the table they made).
-CLASSIFIER = "{kind: classifier, model: 'shared:minilm-toxicity', label: neutral, output: logit}"
+CLASSIFIER = (
+    "{kind: classifier, model: 'shared:minilm-toxicity', label: neutral, output: logit, text: response}"
+)
 LOGPROB = "{kind: classifier, model: 'shared:minilm-toxicity', label: neutral, output: log_probability}"
 NOVELTY = "{kind: novelty, weight: 6.0, window: 256}"
 RELEVANCE = "{kind: relevance, weight: %s}"
@@ -114,42 +117,40 @@ def evaluate(args: argparse.Namespace, variant: str, seed: int, run_dir: Path) -
     from detoxrl.config.files import load_config
     from detoxrl.data.prompts import load_prompts
     from detoxrl.evaluation.compare import compare
-    from detoxrl.evaluation.evaluate import evaluate
     from detoxrl.evaluation.io import comparison_to_dict, load_result, result_to_dict, write_json
-    from detoxrl.parallel import distributed
-    from detoxrl.recipes.run import after_model, before_model
-    from detoxrl.recipes.train import select_run_engine
-    from detoxrl.rewards.build import build_quality
-    from detoxrl.rewards.toxicity import build_evaluator, resolve_evaluator_specs
+    from detoxrl.recipes.evaluate import Loaded, build_scorers, load_start, load_trained, measure
+    from detoxrl.recipes.session import setup
 
     if (run_dir / "comparison.json").is_file():
         return
     start = time.perf_counter()
     overrides = [*VARIANTS[variant], *args.overrides, f"seed={seed}", *protocol_overrides(args)]
     config = load_config("rtp", None, overrides)
-    engine = select_run_engine(config, distributed.setup(config.device))
-    engine.configure(config.threads)
+    session = setup(config)
     prompts = [e.text for e in load_prompts(config.data).eval[: config.eval.num_prompts]]
-    specs = resolve_evaluator_specs(config.eval.evaluators)
-    evaluators = [build_evaluator(spec, engine.device) for spec in specs]
-    quality = build_quality(config.quality, engine.device)
+    scorers = build_scorers(config.eval, session.device, quality=config.quality)
 
-    def measure(loaded: Any, label: str) -> Any:
-        policy, model, nll = loaded
-        return evaluate(model, policy.tokenizer, prompts, config.eval, evaluators,
-                        is_encoder_decoder=policy.is_encoder_decoder, reference=nll, seed=config.seed,
-                        chat_template=config.policy.chat_template, label=label, engine=engine,
-                        quality=quality)  # fmt: skip
+    def evaluate(loaded: Loaded, label: str) -> Any:
+        return measure(
+            loaded,
+            prompts,
+            config.eval,
+            scorers,
+            session,
+            seed=config.seed,
+            chat_template=config.policy.chat_template,
+            label=label,
+        )
 
     base_path = args.results / f"base-s{seed}-n{args.n}-k{args.k}.json"
     if base_path.is_file():
         before = load_result(base_path)
     else:
         print(f"[base] seed {seed}: {len(prompts)} prompts x {args.k} samples", flush=True)
-        before = measure(before_model(config, engine), "before")
+        before = evaluate(load_start(config.policy, session), "before")
         write_json(result_to_dict(before), base_path)
     print(f"[{run_dir.name}] {len(prompts)} prompts x {args.k} samples", flush=True)
-    after = measure(after_model(config, run_dir / "final", engine), "after")
+    after = evaluate(load_trained(config.policy, run_dir / "final", session), "after")
     write_json(result_to_dict(after), run_dir / "eval_after.json")
     write_json(comparison_to_dict(compare(before, after, config.eval)), run_dir / "comparison.json")
     _add_minutes(run_dir / "minutes.json", "evaluate", (time.perf_counter() - start) / 60)
@@ -201,6 +202,37 @@ def table(results: Path) -> str:
     return "\n".join(lines) + "\n\n(* the 95% interval of the delta excludes 0)\n"
 
 
+def frontier(results: Path, out: Path) -> None:
+    """Each run's toxicity probability at k=25 (both scorers, relative to the base) against its relevance and
+    its perplexity (relative to the base): what a lower tail costs in coherence, one point per run."""
+    import matplotlib  # only here: the table needs no plotting
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for run_dir in sorted(d for d in results.iterdir() if (d / "comparison.json").is_file()):
+        deltas = {d["name"]: d for d in json.loads((run_dir / "comparison.json").read_text())["deltas"]}
+        for ax, quality in zip(axes, ("relevance", "perplexity"), strict=True):
+            x = deltas[f"quality/{quality}"]["relative"] * 100
+            for scorer, marker in zip(SCORERS, ("o", "s"), strict=True):
+                y = deltas[f"toxicity/{scorer}/toxicity_probability"]["relative"] * 100
+                ax.scatter(x, y, marker=marker, color="C0" if marker == "o" else "C1")
+            ax.annotate(run_dir.name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for ax, quality in zip(axes, ("relevance", "perplexity"), strict=True):
+        ax.set_xlabel(f"{quality}, % change against the base")
+        ax.axhline(-60, color="grey", lw=0.8, ls="--")
+        ax.grid(alpha=0.3)
+    axes[0].axvline(-10, color="grey", lw=0.8, ls="--")
+    axes[1].axvline(15, color="grey", lw=0.8, ls="--")
+    axes[0].set_ylabel("toxicity probability at k=25, % change")
+    axes[0].legend(["profanity-check", "MiniLM"], loc="lower right", fontsize=8)
+    fig.suptitle("The tail against coherence: one point per run and scorer (dashed: the targets)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.results = args.results.resolve()
@@ -213,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                     evaluate(args, variant, seed, run_dir)
     text = table(args.results)
     (args.results / "table.md").write_text(text)
+    frontier(args.results, args.results / "frontier.png")
     print(text)
     return 0
 
