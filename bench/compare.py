@@ -40,8 +40,8 @@ PEERS: dict[str, str] = {
 DEFAULT_PEERS = "ppo-classic,grpo,rloo"
 ALGORITHMS = ("ppo", "rloo", "grpo")
 SAME_ALGORITHM = {"ppo": "ppo-classic", "rloo": "rloo", "grpo": "grpo"}  # ours -> trl's implementation
-# issue 17's targets: ours / trl's own implementation of the same algorithm, by dtype of ours
-TARGETS = {(a, d): x for a in ("rloo", "grpo") for d, x in (("bfloat16", 5.0), ("float32", 3.0))}
+# the targets: ours / trl's own implementation of the same algorithm, by dtype of ours
+TARGETS = {(a, d): x for a in ALGORITHMS for d, x in (("bfloat16", 5.0), ("float32", 3.0))}
 
 # Where a peer cannot do exactly our work (from ../shared/bench-peers/README.md and its scripts).
 QUIRKS: dict[str, list[str]] = {
@@ -177,6 +177,17 @@ def _rss(r: dict[str, Any]) -> str:
     return text + (f" ({tv / 1024:.2f})" if tv else "")
 
 
+def _peak(r: dict[str, Any]) -> str:
+    """The peak a run's floor divides by, and the spread of its last two blocks of timings (bench/peak.py)."""
+    s = r["summary"]
+    peak, spread = s.get("peak_flops_per_s"), s.get("peak_spread")
+    if peak is None:
+        return "-"
+    return f"{peak / 1e9:.0f}" + (
+        "" if spread is None else f" ({spread:.1%}{'' if s.get('peak_steady') else ', unsettled'})"
+    )
+
+
 def _ratio(ours: float | None) -> Callable[[dict[str, Any]], str]:
     def cell(r: dict[str, Any]) -> str:
         peer = r["summary"].get("samples_per_s_median")
@@ -209,6 +220,8 @@ def table_rows(runs: list[dict[str, Any]]) -> list[tuple[str, Callable[[dict[str
         ("MFU update (needed FLOPs / peak)", _get("mfu_update", pct)),
         ("MFU whole step", _get("mfu_step", pct)),
         ("FLOP floor s / step at the measured peak", _get("floor_step_s", "{:.1f}")),
+        ("**step / FLOP floor**", _get("step_over_floor", "{:.2f}x")),
+        ("matmul peak GFLOP/s of its dtype (spread)", _peak),
         ("peak RSS GiB getrusage (time -v)", _rss),
         ("reward first → last step", lambda r: f"{_get('reward_first_step', '{:.3f}')(r)} → "
          f"{_get('reward_last_step', '{:.3f}')(r)}"),
@@ -242,16 +255,18 @@ def same_algorithm_table(runs: list[dict[str, Any]]) -> list[str]:
     ours = [r for r in runs if r["kind"] == "ours" and SAME_ALGORITHM.get(r.get("algorithm", "ppo")) in peers]
     if not ours:
         return []
-    lines = ["| ours | trl's own | ours samples/s | trl samples/s | ours / trl | target |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    lines = ["| ours | trl's own | ours samples/s | trl samples/s | ours / trl | target | FLOP floor s "
+             "| ours / floor |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for r in ours:
         algorithm = r.get("algorithm", "ppo")
         peer = peers[SAME_ALGORITHM[algorithm]]
         mine, theirs = r["summary"].get("samples_per_s_median"), peer["summary"].get("samples_per_s_median")
         target = TARGETS.get((algorithm, r.get("dtype")))
         ratio = mine / theirs if mine and theirs else None
+        s = r["summary"]
         cells = [r["label"], peer["label"], fmt(mine, "{:.3f}"), fmt(theirs, "{:.3f}"), fmt(ratio, "{:.2f}x"),
-                 fmt(target, "{:.0f}x")]  # fmt: skip
+                 fmt(target, "{:.0f}x"), fmt(s.get("floor_step_s"), "{:.1f}"),
+                 fmt(s.get("step_over_floor"), "{:.2f}x")]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return ["", "Against trl's own implementation of the same algorithm:", "", *lines]
 

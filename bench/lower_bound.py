@@ -16,7 +16,8 @@ from pathlib import Path
 
 from bench.flops import ModelShape, step_flops
 from bench.paths import dialogsum_file
-from bench.throughput import INSTRUCTION, SAMPLES_PER_STEP, load_dialogues, measure_peak
+from bench.peak import measure_peak
+from bench.throughput import INSTRUCTION, SAMPLES_PER_STEP, load_dialogues
 
 PHASES = ("prefill", "decode", "policy_pass", "reference_pass", "update", "total", "total_reusing_generation")
 
@@ -43,14 +44,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--new-tokens", type=int, default=48)
     p.add_argument("--peak-fp32", type=float, default=None, help="FLOP/s (default: measure if --measure)")
     p.add_argument("--peak-bf16", type=float, default=None)
-    p.add_argument("--measure", action="store_true", help="measure the matmul peak here (2 threads)")
+    p.add_argument(
+        "--measure", action="store_true", help="measure the matmul peak here (2 threads, bench/peak.py)"
+    )
     args = p.parse_args(argv)
     peaks = {"float32": args.peak_fp32, "bfloat16": args.peak_bf16}
     if args.measure:
         import torch
 
         torch.set_num_threads(2)
-        peaks = {k: v or peaks[k] for k, v in measure_peak(2048, 7).items()}
+        peaks = {k: v or peaks[k] for k, v in measure_peak(2048)[0].items()}
     chunks, shape = prompt_lengths(args.model, args.steps)
     print(f"model: {shape}")
     w = shape

@@ -32,6 +32,7 @@ from typing import Any
 
 from bench.flops import ModelShape, mfu, step_flops
 from bench.paths import RESULTS, dialogsum_file
+from bench.peak import fastest, measure_peak
 
 INSTRUCTION = "Summarize the following conversation.\n\n{dialogue}"
 SAMPLES_PER_STEP = 16
@@ -62,7 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (the issue's workload is the CPU)")
     p.add_argument("--engine", default="auto", choices=["auto", "reference", "cpu"], help="policy.engine")
     p.add_argument("--peak-size", type=int, default=None, help="square matmul size (2048 CPU, 8192 GPU)")
-    p.add_argument("--peak-reps", type=int, default=7, help="timed matmuls per dtype (median)")
+    p.add_argument(
+        "--peak-tolerance", type=float, default=0.03,
+        help="the peak is timed in blocks until two block medians agree within this share (bench/peak.py)",
+    )  # fmt: skip
     p.add_argument(
         "--out", type=Path, default=None,
         help="JSON path (default bench/results/ours-DTYPE.json, ours-ALGORITHM-DTYPE.json for rloo/grpo)",
@@ -80,28 +84,6 @@ def load_dialogues(path: Path, n: int, seed: int = 0) -> list[str]:
     dialogues = [r["dialogue"] for r in rows if 200 <= len(r["dialogue"]) <= 1000]
     random.Random(seed).shuffle(dialogues)
     return dialogues[:n]
-
-
-def measure_peak(size: int, reps: int, device: str = "cpu") -> dict[str, float | None]:
-    """Median FLOP/s of ``torch.mm`` on (size x size) matrices, fp32 and bf16 (None if bf16 fails)."""
-    import torch
-
-    out: dict[str, float | None] = {}
-    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
-        try:
-            a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
-            torch.mm(a, b)  # warm-up (thread pool, packing buffers, kernels)
-            times = []
-            for _ in range(reps):
-                sync(device)
-                t = time.perf_counter()
-                torch.mm(a, b)
-                sync(device)
-                times.append(time.perf_counter() - t)
-            out[name] = 2.0 * size**3 / statistics.median(times)
-        except RuntimeError:
-            out[name] = None
-    return out
 
 
 def sync(device: Any) -> None:
@@ -170,6 +152,15 @@ def build(args: argparse.Namespace, engine: Any) -> tuple[Any, Any, list[Any], M
     shape = ModelShape.from_config(policy.model.config.to_dict(), lora_rank=r)
     print(engine.describe(), actor_critic.describe(), f"algorithm: {args.algorithm}", sep="\n", flush=True)
     return trainer, policy.tokenizer, queries, shape
+
+
+def update_product(shape: ModelShape, queries: list[Any], args: argparse.Namespace) -> tuple[int, int, int]:
+    """(m, k, n) of the largest matmul the step runs: the MLP's up projection over an update mini-batch's
+    tokens (4 rows of the mean prompt and the longest response; whole groups share their prompt [D25])."""
+    rows, k = 4, group_size(args)
+    prompt = statistics.fmean(len(q) for q in queries[::k])
+    prompts = rows // k if rows % k == 0 else rows
+    return round(prompts * prompt + rows * args.max_new_tokens), shape.hidden, shape.intermediate
 
 
 def run_step(trainer: Any, tokenizer: Any, queries: list[Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -285,6 +276,7 @@ def summarise(records: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
         "mfu_step": med["mfu_step"],
         "mfu_update_6n": med["mfu_update_6n"],
         "floor_step_s": med["floor_s"],
+        "step_over_floor": med["wall_s"] / med["floor_s"] if med["wall_s"] and med["floor_s"] else None,
         "reward_first_step": records[0]["reward_mean"],
         "reward_last_step": records[-1]["reward_mean"],
         "kl_first_step": records[0]["kl"],
@@ -292,6 +284,16 @@ def summarise(records: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
         "kl_mean_timed": statistics.fmean(r["kl"] for r in timed),
         "peak_rss_mib_getrusage": peak_rss_mib(),
     }
+
+
+def peak_summary(detail: dict[str, Any], dtype: str) -> dict[str, Any]:
+    """The peak of ``dtype`` (the fastest of the measured products) with its spread and whether it settled."""
+    rates = detail.get(dtype) or {}
+    if not rates:
+        return {"peak_flops_per_s": None, "peak_spread": None, "peak_steady": None, "peak_product": None}
+    product, rate = fastest(rates)
+    return {"peak_flops_per_s": rate["flops_per_s"], "peak_spread": rate["spread"],
+            "peak_steady": rate["steady"], "peak_product": product}  # fmt: skip
 
 
 def _rate(amount: float, seconds: float | None) -> float | None:
@@ -336,9 +338,15 @@ def _footer(result: dict[str, Any]) -> list[str]:
     s, peak, pct = result["summary"], result["peak_flops_per_s"], "{:.1%}"
     return [
         f"peak matmul: fp32 {fmt(_g(peak.get('float32')), '{:.1f}')} GFLOP/s, "
-        f"bf16 {fmt(_g(peak.get('bfloat16')), '{:.1f}')} GFLOP/s; dtype in use {result['config']['dtype']}",
+        f"bf16 {fmt(_g(peak.get('bfloat16')), '{:.1f}')} GFLOP/s; dtype in use {result['config']['dtype']}"
+        + (
+            f" (product {s['peak_product']}, spread {s['peak_spread']:.1%})"
+            if s.get("peak_spread") is not None
+            else ""
+        ),
         f"MFU update {fmt(s['mfu_update'], pct)} (6N convention {fmt(s['mfu_update_6n'], pct)}), "
-        f"MFU step {fmt(s['mfu_step'], pct)}; FLOP floor {fmt(s.get('floor_step_s'), '{:.1f}')} s/step",
+        f"MFU step {fmt(s['mfu_step'], pct)}; FLOP floor {fmt(s.get('floor_step_s'), '{:.1f}')} s/step, "
+        f"the step {fmt(s.get('step_over_floor'), '{:.2f}x')} of it",
         f"peak RSS {s['peak_rss_mib_getrusage'] / 1024:.2f} GiB; "
         f"reward {fmt(s['reward_first_step'], '{:.3f}')} -> {fmt(s['reward_last_step'], '{:.3f}')}; "
         f"cpu util {fmt(s['median_cpu_util'])}; algorithm {result['config'].get('algorithm', 'ppo')}",
@@ -372,10 +380,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     gpu = args.device.startswith("cuda")
-    peak = measure_peak(args.peak_size or (8192 if gpu else 2048), args.peak_reps, args.device)
     t_setup = time.perf_counter()
     trainer, tokenizer, queries, shape = build(args, engine)
     setup_s = time.perf_counter() - t_setup
+    peak, peak_detail = measure_peak(
+        args.peak_size or (8192 if gpu else 2048), args.device, [update_product(shape, queries, args)],
+        sync=lambda: sync(args.device), tolerance=args.peak_tolerance,
+    )  # fmt: skip
     records = []
     for i in range(args.warmup + args.steps):
         rec = run_step(trainer, tokenizer, queries[i * SAMPLES_PER_STEP : (i + 1) * SAMPLES_PER_STEP], args)
@@ -386,6 +397,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "summary": summarise(records, args.warmup),
         "steps": records,
         "peak_flops_per_s": peak,
+        "peak_detail": peak_detail,
         "config": {**vars(args), "out": str(args.out), "samples_per_step": SAMPLES_PER_STEP},
         "model_shape": vars(shape),
         "setup_s": setup_s,
@@ -397,7 +409,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "peak_gpu_memory_mib": torch.cuda.max_memory_allocated() / 2**20 if gpu else None,
         "versions": versions(),
     }
-    result["summary"].update(log_stem="ours", versions=result["versions"])
+    result["summary"].update(
+        log_stem="ours", versions=result["versions"], **peak_summary(peak_detail, args.dtype)
+    )
     stem = "ours" if args.algorithm == "ppo" else f"ours-{args.algorithm}"
     write(result, args.out or RESULTS / f"{stem}-{args.dtype}.json")
     return result

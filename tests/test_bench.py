@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench import compare, throughput
+from bench import compare, profile_update, throughput
 from bench.flops import ModelShape, attention_flops, mfu, pass_flops, step_flops
+from bench.peak import relative_spread, steady_rate
 
 SMOLLM2 = {  # SmolLM2-135M-Instruct's config.json, the fields that set FLOPs
     "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
@@ -66,6 +67,52 @@ def test_mfu() -> None:
     assert mfu(100.0, 2.0, 100.0) == 0.5
     assert mfu(100.0, None, 100.0) is None
     assert mfu(100.0, 2.0, None) is None
+
+
+def fake_clock(durations: list[float]) -> tuple[Any, Any]:
+    """A clock and an operation whose i-th call takes durations[i] seconds of that clock."""
+    now, calls = [0.0], iter(durations)
+    return (lambda: now[0]), (lambda: now.__setitem__(0, now[0] + next(calls)))
+
+
+def test_the_peak_is_warmed_up_then_timed_in_blocks_until_two_agree() -> None:
+    # 1 s of warm-up at 0.25 s a product (a cold start), then blocks of 3: 0.2, 0.1, 0.1 s medians
+    clock, run = fake_clock([0.25] * 4 + [0.2, 0.2, 0.2] + [0.1, 0.11, 0.1] + [0.1, 0.1, 0.1] + [9.0] * 9)
+    rate = steady_rate(run, 10.0, warmup_s=1.0, block=3, tolerance=0.03, clock=clock)
+    assert rate.steady and rate.blocks == 3 and rate.spread == 0.0
+    assert rate.flops_per_s == pytest.approx(100.0)  # 10 FLOPs / the median 0.1 s of the last two blocks
+    clock, run = fake_clock([0.1] + [0.1, 0.2] * 20)  # never settles within 3 %
+    rate = steady_rate(run, 1.0, warmup_s=0.0, block=1, max_blocks=4, clock=clock)
+    assert not rate.steady and rate.blocks == 4 and rate.spread == pytest.approx(0.1 / 0.15)
+    assert relative_spread([1.0, 1.1]) == pytest.approx(0.1 / 1.05) and relative_spread([2.0]) == 0.0
+
+
+def test_the_floor_is_beside_each_result() -> None:
+    records = [{**record(12.0, 0.9), "floor_s": 4.0}, {**record(10.0, 0.95), "floor_s": 5.0}]
+    assert throughput.summarise(records, warmup=0)["step_over_floor"] == pytest.approx(11.0 / 4.5)
+    square = {"flops_per_s": 2e11, "spread": 0.01, "blocks": 2, "steady": True}
+    mlp = {"flops_per_s": 3e11, "spread": 0.2, "blocks": 8, "steady": False}  # faster, but never settled
+    detail = {"bfloat16": {"2048x2048x2048": square, "1100x576x1536": mlp}}
+    assert throughput.peak_summary(detail, "bfloat16") == {
+        "peak_flops_per_s": 2e11, "peak_spread": 0.01, "peak_steady": True, "peak_product": "2048x2048x2048"
+    }  # fmt: skip
+    assert throughput.peak_summary({"float32": {}}, "float32")["peak_flops_per_s"] is None
+    run = canned("ours", 0.8, floor_step_s=8.0, step_over_floor=2.5, peak_flops_per_s=2e11, peak_spread=0.012,
+                 peak_steady=True)  # fmt: skip
+    row = {ln.split(" | ")[0].strip("| *"): ln for ln in compare.format_table([run]).splitlines()}
+    assert row["step / FLOP floor"].endswith("| 2.50x |")
+    assert row["matmul peak GFLOP/s of its dtype (spread)"].endswith("| 200 (1.2%) |")
+
+
+def test_profile_families_share_the_self_time() -> None:
+    assert profile_update.family("aten::mm") == "matmul"
+    assert profile_update.family("aten::_log_softmax_backward_data") == "log-softmax"
+    assert profile_update.family("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
+    assert profile_update.family("aten::copy_") == "copies and casts"
+    assert profile_update.family("aten::mul") == "elementwise"
+    assert profile_update.family("Optimizer.step#Adam.step") == "optimizer"
+    shares = profile_update.family_shares([("aten::mm", 3.0), ("aten::bmm", 1.0), ("aten::mul", 1.0)])
+    assert shares == {"matmul": 0.8, "elementwise": 0.2}
 
 
 def test_load_dialogues_selects_and_shuffles_like_the_peers(tmp_path: Path) -> None:
@@ -231,8 +278,8 @@ def test_a_groups_prompt_is_needed_work_once() -> None:
     assert throughput.group_size(throughput.parse_args([])) == 1
 
 
-def algorithm_run(stem: str, algorithm: str, dtype: str, rate: float) -> dict[str, Any]:
-    run = canned(stem, rate)
+def algorithm_run(stem: str, algorithm: str, dtype: str, rate: float, **extra: Any) -> dict[str, Any]:
+    run = canned(stem, rate, **extra)
     run.update(kind="ours", dtype=dtype, algorithm=algorithm, label=f"detoxrl {algorithm} ({dtype})")
     return run
 
@@ -240,7 +287,7 @@ def algorithm_run(stem: str, algorithm: str, dtype: str, rate: float) -> dict[st
 def test_compare_puts_each_algorithm_of_ours_beside_trls_own() -> None:
     runs = [
         algorithm_run("ours-ppo-bfloat16", "ppo", "bfloat16", 0.9),
-        algorithm_run("ours-rloo-bfloat16", "rloo", "bfloat16", 1.0),
+        algorithm_run("ours-rloo-bfloat16", "rloo", "bfloat16", 1.0, floor_step_s=4.0, step_over_floor=4.0),
         algorithm_run("ours-grpo-float32", "grpo", "float32", 0.6),
         canned("ppo-classic", 0.2),
         canned("rloo", 0.19),
@@ -254,10 +301,12 @@ def test_compare_puts_each_algorithm_of_ours_beside_trls_own() -> None:
     assert row["ours grpo (float32) / this (samples/s)"].endswith("| 3.00x | 3.16x | 3.00x |")
     assert "Against trl's own implementation of the same algorithm:" in lines
     assert row["detoxrl rloo (bfloat16)"] == (
-        "| detoxrl rloo (bfloat16) | trl 1.16 RLOOTrainer | 1.000 | 0.190 | 5.26x | 5x |"
+        "| detoxrl rloo (bfloat16) | trl 1.16 RLOOTrainer | 1.000 | 0.190 | 5.26x | 5x | 4.0 | 4.00x |"
     )
-    assert row["detoxrl grpo (float32)"].endswith("| trl 1.16 GRPOTrainer | 0.600 | 0.200 | 3.00x | 3x |")
-    assert row["detoxrl ppo (bfloat16)"].endswith("| 0.900 | 0.200 | 4.50x | - |")  # the classic PPOTrainer
+    assert row["detoxrl grpo (float32)"].endswith(
+        "| trl 1.16 GRPOTrainer | 0.600 | 0.200 | 3.00x | 3x | - | - |"
+    )
+    assert row["detoxrl ppo (bfloat16)"].endswith("| 0.900 | 0.200 | 4.50x | 5x | - | - |")  # the classic trl
     assert "4 prompts x 4 generations as the trl peers" in "\n".join(lines)
 
 
