@@ -27,8 +27,8 @@ def limits(config: RunConfig, model_config: Any, *, evaluation: bool) -> dict[st
     ``evaluation``, of evaluation (less eval.sampling.max_new_tokens); a ConfigError line where a prompt
     and its response cannot fit (``--dry-run`` says it too)."""
     data = config.data
-    out = {"train": prompt_limit(model_config, data.max_prompt_tokens, config.generation.max_new_tokens,
-                                 "generation.max_new_tokens")}  # fmt: skip
+    train = config.generation.max_new_tokens
+    out = {"train": prompt_limit(model_config, data.max_prompt_tokens, train, "generation.max_new_tokens")}
     if evaluation:
         budget = config.eval.sampling.max_new_tokens
         out["eval"] = prompt_limit(

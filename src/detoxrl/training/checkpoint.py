@@ -33,8 +33,13 @@ from detoxrl.models.actor_critic import ActorCritic
 from detoxrl.rundir import CHECKPOINT_PREFIX, VALUE_HEAD_FILE, write_manifest
 
 __all__ = [
-    "VALUE_HEAD_FILE", "load_checkpoint", "load_weights", "save_checkpoint", "save_final", "save_weights"
-]  # fmt: skip
+    "VALUE_HEAD_FILE",
+    "load_checkpoint",
+    "load_weights",
+    "save_checkpoint",
+    "save_final",
+    "save_weights",
+]
 
 
 def save_weights(
