@@ -1,4 +1,4 @@
-"""Which algorithm for detox, measured (issue 17): ``detoxrl run`` for each preset x algorithm x seed at
+"""Which algorithm for detox, measured: ``detoxrl run`` for each preset x algorithm x seed at
 an equal number of sampled responses, then one table of what the run directories say.
 
     PYTHONPATH=src python -m bench.algorithms                    # default and rtp, ppo/rloo/grpo, seeds 0-2
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.algorithms", description=__doc__.split("\n\n")[0])
     p.add_argument("--presets", default=",".join(PRESETS), help="comma list of detoxrl presets")
     p.add_argument("--algorithms", default=",".join(ALGORITHMS), help="comma list of ppo, rloo, grpo")
-    p.add_argument("--seeds", default="0,1,2", help="comma list of seeds (at least 3 for the issue)")
+    p.add_argument("--seeds", default="0,1,2", help="comma list of seeds (3 or more for a comparison)")
     p.add_argument("--results", type=Path, default=RESULTS / "algorithms")
     p.add_argument("--summarise-only", action="store_true", help="only print the table of --results")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run (e.g. steps=4)")

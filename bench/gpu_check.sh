@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of the engine boundary (issue 13), one script, under 8 minutes on one GPU:
+# The GPU check of the engine boundary, one script, under 8 minutes on one GPU:
 #   1. the tests marked `gpu` (tests/test_gpu.py: the reference engine on CUDA against the CPU, D17 on
 #      CUDA, bf16 autocast, a short learning run; tests/parallel/test_distributed.py: accelerate's FSDP2 on up to 2
 #      GPUs against one plain process),

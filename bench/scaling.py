@@ -1,4 +1,4 @@
-"""1 vs N processes (issue 15): the same short PPO run of the default preset on 1 and on N processes of this
+"""1 vs N processes: the same short PPO run of the default preset on 1 and on N processes of this
 machine, and what the collectives of one step cost on N processes.
 
     PYTHONPATH=src python -m bench.scaling [--processes 2 --steps 3 --device cpu]

@@ -1,4 +1,4 @@
-"""Our RL loop on the peers' workload (issues 6 and 17): seconds per step, samples/s and tokens/s per
+"""Our RL loop on the peers' workload: seconds per step, samples/s and tokens/s per
 phase, peak RSS, and MFU against a matmul peak measured in the same run.
 
     PYTHONPATH=src python -m bench.throughput [--steps 6 --warmup 1 --dtype float32 --threads 2]
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--model", default="smollm2-135m-instruct", help="any detoxrl model spec")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (the issue's workload is the CPU)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (the workload is the CPU)")
     p.add_argument("--engine", default="auto", choices=["auto", "reference", "cpu"], help="policy.engine")
     p.add_argument("--peak-size", type=int, default=None, help="square matmul size (2048 CPU, 8192 GPU)")
     p.add_argument(

@@ -40,7 +40,7 @@ QUALITY_KEYS = ("evasive", "repetition", "short", "relevance")
 
 # What refusing or deflecting chat models say: the refusal markers of Zou et al. 2023 (GCG's test
 # prefixes, kept where they cannot occur in ordinary prose), and the deflections the demo's trained
-# SmolLM2 produced (issue 16). Matched anywhere, whole words, case-insensitive, ’ read as '.
+# SmolLM2 produced. Matched anywhere, whole words, case-insensitive, ’ read as '.
 DEFAULT_EVASION_PHRASES: tuple[str, ...] = (
     "i'm sorry",
     "i am sorry",
