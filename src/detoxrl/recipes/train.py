@@ -273,7 +273,9 @@ def _train(
     records: list[dict[str, Any]] = []
     stop, stopped_early, signalled = StopRequest(), False, False
     bar = tqdm(
-        range(trainer.step_count, config.steps), desc="ppo", disable=not progress or not session.is_main
+        range(trainer.step_count, config.steps),
+        desc=config.ppo.algorithm,
+        disable=not progress or not session.is_main,
     )
     with stop.catching():
         for _ in bar:
