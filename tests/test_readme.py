@@ -11,6 +11,7 @@ import pytest
 
 from detoxrl.cli import main
 from detoxrl.cli.parser import parse
+from detoxrl.resources import shared_dir
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 # Why a command is only parsed here: it needs a finished run, a network, or minutes of a model
@@ -37,8 +38,11 @@ def test_the_readme_is_a_manual_not_a_log() -> None:
     assert not re.search(r"\bissue \d+|\bsession \d+|\b[0-9a-f]{7}\b|\bD\d\d?\b", text)
 
 
-def test_every_readme_command_runs_or_says_why_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_readme_command_runs_or_says_why_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)  # files the commands write (config --out) land here
+    offline_data = shared_dir() is not None  # the rtp preset's prompts live in the shared folder
     commands = readme_commands()
     assert len(commands) >= 10
     for argv in commands:
@@ -46,7 +50,11 @@ def test_every_readme_command_runs_or_says_why_not(tmp_path: Path, monkeypatch: 
         if verb in ("run", "train") and "--resume" in argv:
             assert parse(argv).resume  # needs a run to resume: parsed
         elif verb in ("run", "train"):
-            assert main([*argv, "--dry-run", f"output_dir={tmp_path / 'out'}"]) == 0, argv
+            code = main([*argv, "--dry-run", f"output_dir={tmp_path / 'out'}"])
+            if code != 0 and not offline_data:  # without the shared folder: one line that says so
+                assert code == 2 and "shared/ folder" in capsys.readouterr().err, argv
+            else:
+                assert code == 0, argv
         elif verb in PARSED_ONLY:
             assert parse(argv).verb == verb, argv
         else:  # presets, config, score: cheap, run for real
