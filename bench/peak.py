@@ -54,8 +54,8 @@ def steady_rate(
             run()
             times.append(clock() - t)
         medians.append(statistics.median(times))
-        if len(medians) >= 2 and relative_spread(medians[-2:]) <= tolerance:
-            spread = relative_spread(medians[-2:])
+        spread = relative_spread(medians[-2:])
+        if len(medians) >= 2 and spread <= tolerance:
             return Rate(flops / statistics.median(last + times), spread, len(medians), True)
         last = times
     return Rate(flops / statistics.median(last), relative_spread(medians[-2:]), len(medians), False)

@@ -255,7 +255,7 @@ def _ours(path: Path) -> bool:
     return path.name in START_FILES
 
 
-def _nearest(path: Path) -> Path:
+def nearest_existing(path: Path) -> Path:
     """``path`` or the nearest of its parents that exists (something there: a folder or a file)."""
     path = path.absolute()
     while not path.exists() and path != path.parent:
@@ -272,7 +272,7 @@ def check_output_dir(
     key = f"Config key 'output_dir' ('{run_dir}')"
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{key} is a file, not a folder: set output_dir to a folder (new, or a run's).")
-    where = _nearest(run_dir)
+    where = nearest_existing(run_dir)
     if not where.is_dir():
         raise ConfigError(f"{key} cannot be created: '{where}' is a file; set output_dir to another folder.")
     if not os.access(where, os.W_OK | os.X_OK):

@@ -163,12 +163,12 @@ def fit_prompts(
     data ``template`` (``{text}`` once) when the text was made from it."""
     ids = tokenize_prompts(tokenizer, format_prompts(tokenizer, texts, chat_template))
     out_texts, out_ids, kept, truncated, dropped = [], [], [], 0, 0
+    parts = _parts(template)
     for i, (text, tokens) in enumerate(zip(texts, ids, strict=True)):
         if len(tokens) > limit and truncation == "drop":
             dropped += 1
             continue
         if len(tokens) > limit:
-            parts = _parts(template)
             text, tokens = _cut(
                 tokenizer,
                 text,

@@ -28,7 +28,7 @@ from peft import PeftModel
 
 from detoxrl.config import PolicyConfig, load_config
 from detoxrl.errors import DetoxError
-from detoxrl.models.loading import load_model_config, load_policy, load_tokenizer, local_folder, torch_dtype
+from detoxrl.models.loading import load_policy, load_tokenizer_of, torch_dtype
 from detoxrl.reports.card import write_export_card
 from detoxrl.rundir import MANIFEST, VALUE_HEAD_FILE, final_damage
 
@@ -78,9 +78,7 @@ def copy_full(policy: PolicyConfig, final: Path, out: Path) -> None:
         if file.is_file() and file.name not in LEFT_BEHIND:
             shutil.copy2(file, out / file.name)
     if not (final / "tokenizer_config.json").is_file():
-        source = local_folder(policy.model)
-        seq2seq = bool(getattr(load_model_config(source), "is_encoder_decoder", False))
-        load_tokenizer(source, seq2seq).save_pretrained(out)
+        load_tokenizer_of(policy.model)[0].save_pretrained(out)
 
 
 def export(run_dir: str | Path, out: str | Path) -> Path:

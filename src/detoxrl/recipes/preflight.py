@@ -32,7 +32,7 @@ from detoxrl.parallel.launch import check_threads, cores
 from detoxrl.recipes.prompts import limits
 from detoxrl.rewards.composite import import_callable
 from detoxrl.rewards.toxicity import DEFAULT_CLASSIFIER, PROFANITY, default_toxic_label, split_spec
-from detoxrl.rundir import SHOWN, check_output_dir, resume_point
+from detoxrl.rundir import SHOWN, check_output_dir, nearest_existing, resume_point
 from detoxrl.training.metrics_log import check_trackers
 
 WEIGHT_FILES = (
@@ -154,9 +154,7 @@ def disk_line(
 ) -> str:
     """Free space where output_dir (or ``folder``) will be against what its checkpoints need: the
     keep_checkpoints kept, one being written and final/ (resumed: the last two, the others are there)."""
-    where = Path(folder or config.output_dir).expanduser().absolute()
-    while not where.exists():
-        where = where.parent
+    where = nearest_existing(Path(folder or config.output_dir).expanduser())
     free = shutil.disk_usage(where).free
     one = checkpoint_bytes(config.policy, model_config)
     count = EXTRA_ON_DISK + (0 if resume else config.keep_checkpoints)

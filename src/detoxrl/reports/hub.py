@@ -36,11 +36,11 @@ def push(
     final = Path(run_dir) / "final"
     if not (final / "adapter_config.json").is_file() and not (final / "config.json").is_file():
         raise DetoxError(f"'{final}' holds no trained adapter or model: is '{run_dir}' a finished run?")
-    damaged = final_damage(Path(run_dir))
-    if damaged is not None:
-        raise DetoxError(f"{damaged} Nothing was pushed.")
     if not HUB_ID.fullmatch(repo_id):
         raise DetoxError(f"'{repo_id}' is not a hub repository id: write it as OWNER/NAME.")
+    damaged = final_damage(Path(run_dir))  # checksums every file: after the cheap checks
+    if damaged is not None:
+        raise DetoxError(f"{damaged} Nothing was pushed.")
     write_card(run_dir, repo_id=repo_id)
     if os.environ.get("HF_HUB_OFFLINE", "").upper() in TRUE:
         raise DetoxError("HF_HUB_OFFLINE is set: unset it to push to the Hugging Face hub.")
