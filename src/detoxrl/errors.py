@@ -44,3 +44,9 @@ class Interrupted(DetoxError):
     def __init__(self, message: str, exit_code: int, run_dir: str) -> None:
         super().__init__(message)
         self.exit_code, self.run_dir = exit_code, run_dir
+
+
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """An exception's first line (its type's name where it says nothing), cut to ``limit`` characters: what
+    a one-line message quotes of an error from a library."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]

@@ -32,7 +32,7 @@ from transformers import (
 
 from detoxrl.config import BUILTIN_BASES, DEVICE, DEVICES, PolicyConfig
 from detoxrl.engine.probes import native_bf16
-from detoxrl.errors import ConfigError, DetoxError, ModelLoadError
+from detoxrl.errors import ConfigError, DetoxError, ModelLoadError, first_line
 from detoxrl.resources import cache_dir, shared_path
 
 SMOLLM2 = "smollm2-135m-instruct"
@@ -128,8 +128,7 @@ def from_pretrained(loader: Any, source: ModelSource, role: str = "policy", **kw
     except (OSError, ValueError) as e:  # ValueError: a config.json transformers cannot read
         if source.kind == "hub" and isinstance(e, OSError):
             raise offline_error(source.spec, e, role) from None
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ModelLoadError(f"Could not load '{source.spec}': {first_line}") from None
+        raise ModelLoadError(f"Could not load '{source.spec}': {first_line(e)}") from None
 
 
 def gguf_cache_path(source: ModelSource) -> Path:

@@ -15,7 +15,7 @@ from transformers import (
 )
 
 from detoxrl.config import LoraSettings, PolicyConfig
-from detoxrl.errors import ModelLoadError
+from detoxrl.errors import ModelLoadError, first_line
 from detoxrl.models.loading import HUB_ID, ModelSource, Policy, gguf_cache_path, recorded_base
 
 # [LoRA targets] The lab adapts T5's q and v; for Llama-style models we adapt every attention
@@ -72,7 +72,7 @@ def load_adapter(model: Any, path: str | Path, key: str = "policy.adapter", **kw
     try:
         return PeftModel.from_pretrained(model, str(path), **kwargs)
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e, 200)
         raise ModelLoadError(
             f"{key} '{path}' cannot be loaded ({type(e).__name__}: {first}): its files are damaged or not a "
             "PEFT adapter; save it again (a run's checkpoint-*/policy holds the same files)."

@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from transformers import PreTrainedTokenizerBase
 
-from detoxrl.errors import TrainingError
+from detoxrl.errors import TrainingError, first_line
 from detoxrl.models.actor_critic import ActorCritic
 from detoxrl.rundir import CHECKPOINT_PREFIX, VALUE_HEAD_FILE, write_manifest
 
@@ -177,7 +177,7 @@ def _atomic(folder: Path, write: Callable[[Path], None]) -> None:
     except (OSError, RuntimeError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         free = shutil.disk_usage(folder.parent).free / 2**20
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e, 200)
         raise TrainingError(
             f"{folder.name} could not be written ({first}; {free:,.0f} MB free there): free some space"
         ) from None
@@ -193,7 +193,7 @@ def load_checkpoint(actor_critic: ActorCritic, checkpoint: str | Path) -> dict[s
         load_weights(actor_critic, checkpoint / "policy")
         state = torch.load(checkpoint / "state.pt", weights_only=False)
     except (OSError, KeyError, RuntimeError, ValueError, SafetensorError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e, 200)
         raise TrainingError(
             f"Checkpoint '{checkpoint}' cannot be loaded ({first}); delete it to use an older one."
         ) from None
