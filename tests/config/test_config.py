@@ -322,3 +322,10 @@ def test_train_and_run_start_from_the_same_defaults() -> None:
     assert (
         args.overrides == ["steps=3", "output_dir=x", "seed=2"] and args.dry_run and args.num_processes == 1
     )
+
+
+def test_d30_a_preference_term_needs_groups_whole_in_a_mini_batch() -> None:
+    with pytest.raises(ConfigError, match=r"ppo\.num_generations=4"):
+        PPOConfig(preference_coef=1.0)
+    with pytest.raises(ConfigError, match=r"ppo\.mini_batch_size=4"):
+        PPOConfig(algorithm="rloo", num_generations=4, mini_batch_size=6, batch_size=24, preference_coef=1.0)

@@ -167,3 +167,32 @@ def test_d24_micro_batches_add_up_to_the_step_except_bnpo(loss_type: critic_free
         assert split != pytest.approx(whole, abs=1e-4)
     else:
         assert split == pytest.approx(whole, abs=1e-6)
+
+
+def test_d30_preference_pairs_take_each_groups_best_and_worst_past_the_margin() -> None:
+    scores = torch.tensor([0.5, 2.0, -1.0, 0.0, 1.0, 1.0, 1.0, 1.2])  # two groups of 4
+    chosen, rejected = critic_free.preference_pairs(scores, 4)
+    assert chosen.tolist() == [1, 7] and rejected.tolist() == [2, 4]  # a tie: its first row
+    chosen, rejected = critic_free.preference_pairs(scores, 4, margin=0.5)  # the second gap is 0.2
+    assert chosen.tolist() == [1] and rejected.tolist() == [2]
+    chosen, rejected = critic_free.preference_pairs(torch.ones(4), 4)  # no gap, no pair
+    assert chosen.numel() == rejected.numel() == 0
+
+
+def test_d30_preference_loss_hand_computed_its_gradient_lifts_the_chosen_and_lowers_the_rejected() -> None:
+    logprobs = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -0.5, -0.5]], requires_grad=True)
+    ref = torch.tensor([[-1.5, -1.0, -9.0], [-1.0, -1.0, -1.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    # rho_0 = 0.5 - 1.0 = -0.5 (the padding's -9 ignored), rho_1 = 3 * 0.5 = 1.5; chosen 0, rejected 1:
+    # margin 0.1 * (-0.5 - 1.5) = -0.2, loss softplus(0.2) over 2 groups
+    loss = critic_free.preference_loss(
+        logprobs, ref, mask, torch.tensor([0]), torch.tensor([1]), beta=0.1, step_groups=2
+    )
+    assert loss.item() == pytest.approx(math.log1p(math.exp(0.2)) / 2)
+    loss.backward()
+    assert logprobs.grad is not None
+    push = 0.1 / (1 + math.exp(-0.2)) / 2  # beta * sigmoid(-margin) / step_groups, per real token
+    expected = torch.tensor([[-push, -push, 0.0], [push, push, push]])  # descent: chosen up, rejected down
+    assert torch.allclose(logprobs.grad, expected)
+    none = torch.tensor([], dtype=torch.long)
+    assert critic_free.preference_loss(logprobs, ref, mask, none, none, beta=0.1, step_groups=2).item() == 0.0

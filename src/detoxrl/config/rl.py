@@ -99,6 +99,13 @@ class PPOConfig:
     tail_weight: float = param(
         0.0, NON_NEGATIVE, "[D29] scores below the tail_share quantile fall by this x their distance to it"
     )
+    preference_coef: float = param(
+        0.0, NON_NEGATIVE, "[D30] this x a DPO loss on each prompt's best against its worst sample"
+    )
+    preference_beta: float = param(0.1, POSITIVE, "[D30] DPO's beta, the scale of a pair's log-ratio margin")
+    preference_margin: float = param(
+        0.0, NON_NEGATIVE, "[D30] a pair only where the best score beats the worst by more than this"
+    )
     value_head_init_std: float = param(0.0, NON_NEGATIVE, "ppo: the value head's init std; 0: zeros [D5]")
     lr_scheduler_type: Literal["constant", "linear"] = param("constant", doc="linear: decays to 0 over steps")
     max_nonfinite_steps: int = param(
@@ -115,6 +122,7 @@ class PPOConfig:
                 "floor shapes the entropy bonus; set e.g. ppo.entropy_coef=0.02, or drop ppo.entropy_floor."
             )
         self._check_algorithm()
+        self._check_preference()
         step_rows = self.mini_batch_size * self.gradient_accumulation_steps
         if self.batch_size % step_rows:
             below = self.batch_size // step_rows * step_rows
@@ -137,6 +145,24 @@ class PPOConfig:
         if self.num_generations is not None:
             return self.num_generations
         return 1 if self.algorithm == "ppo" else GROUP_SIZE
+
+    def _check_preference(self) -> None:
+        """[D30] Pairs come from the samples of one prompt, which a mini-batch must hold whole."""
+        k = self.group_size
+        if self.preference_coef == 0:
+            return
+        if k < 2:
+            raise ConfigError(
+                f"Config key 'ppo.preference_coef' is {self.preference_coef} with one sample per "
+                "prompt: its pairs are a prompt's best and worst samples; set ppo.num_generations=4 "
+                "(or more), or drop it."
+            )
+        if self.mini_batch_size % k:
+            raise ConfigError(
+                f"Config key 'ppo.mini_batch_size' must be a multiple of ppo.num_generations ({k}) with "
+                f"ppo.preference_coef > 0, got {self.mini_batch_size}: a pair's two samples must share a "
+                f"mini-batch; set ppo.mini_batch_size={k * max(1, self.mini_batch_size // k)}."
+            )
 
     def _check_algorithm(self) -> None:
         """Groups that fit the batch, at least 2 samples where the baseline is the others, and no option of

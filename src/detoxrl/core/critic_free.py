@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 from detoxrl.core import ppo
 
@@ -118,6 +119,41 @@ class PolicyLoss:
     approxkl: torch.Tensor  # 0.5 E[(log r)^2] per token, as PPO's [D7] (the early stop reads it [D15])
     policykl: torch.Tensor
     entropy: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # [D26], with entropy_coef > 0
+    preference: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # [D30], preference_coef > 0
+
+
+def preference_pairs(scores: torch.Tensor, k: int, margin: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """[D30] The pair of each group of k consecutive rows: its best-scored row (chosen) and its worst
+    (rejected), for the groups whose best score beats the worst by more than ``margin``.
+    scores (B,) -> chosen, rejected: row indices (P,) each, P <= B / k; ties: the first such row."""
+    groups = grouped(scores, k)  # (G, k)
+    first = torch.arange(len(groups), device=scores.device) * k  # (G,) each group's first row
+    keep = groups.max(1).values - groups.min(1).values > margin
+    return (first + groups.argmax(1))[keep], (first + groups.argmin(1))[keep]
+
+
+def preference_loss(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    *,
+    beta: float,
+    step_groups: int,
+) -> torch.Tensor:
+    """[D30] DPO's loss (Rafailov et al. 2023) on the policy's own pairs, best against worst sample of a
+    prompt (online, as in Guo et al. 2024's online AI feedback):
+
+    1. each row's sequence log-ratio to the reference, rho_i = sum_t mask (log p - log p_ref), (B,);
+    2. each pair's margin beta * (rho_chosen - rho_rejected);
+    3. -log sigmoid(margin) summed over the pairs and divided by ``step_groups``, the groups of the
+       optimizer step (so micro-batch terms add up to the step's mean; a group without a pair adds 0).
+    Unlike the clipped surrogate its push on a rejected sample is not bounded per update: it falls only as
+    the margin grows. logprobs, ref_logprobs, mask (B, T); chosen, rejected (P,) row indices -> 0-d."""
+    rho = torch.where(mask.bool(), logprobs - ref_logprobs, torch.zeros_like(logprobs)).sum(1)  # (B,)
+    margins = beta * (rho[chosen] - rho[rejected])  # (P,)
+    return F.softplus(-margins).sum() / step_groups
 
 
 def rloo_loss(

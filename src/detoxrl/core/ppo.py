@@ -174,6 +174,7 @@ class PPOLoss:
     approxkl: torch.Tensor
     policykl: torch.Tensor
     entropy: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # [D26], with entropy_coef > 0
+    preference: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # [D30], preference_coef > 0
 
 
 def ppo_loss(

@@ -43,7 +43,9 @@ LOSS_KEYS = {  # a loss's parts -> their metric keys (trl's names); the value pa
     "approxkl": "ppo/policy/approxkl",
     "policykl": "ppo/policy/policykl",
     "entropy": "ppo/policy/entropy",
+    "preference": "ppo/loss/preference",
 }
+OPTIONAL_PARTS = {"entropy": "entropy_coef", "preference": "preference_coef"}  # logged where set
 
 
 class Trainer:
@@ -140,7 +142,7 @@ class Trainer:
         with self.topology.gathered(self.train_module):  # sharded models: whole for these passes
             old = old_policy(ac, batch, temperature, sampled)
             floor = c.entropy_floor  # [D28] the reference's entropy too
-            reference = c.algorithm == "ppo" or self.kl_coef > 0 or floor
+            reference = c.algorithm == "ppo" or self.kl_coef > 0 or floor or c.preference_coef > 0
             ref = ac.reference_pass(batch, temperature, floor) if reference else None
         batch, old, ref = self._global_rows(responses, queries, batch, old, ref)
         ref_logprobs, ref_entropy = (None, None) if ref is None else (ref.logprobs, ref.entropy)
@@ -267,8 +269,42 @@ class Trainer:
                 bonus.detach() if floor is None else ppo.entropy_bonus(out.entropy.detach(), mask, n_tokens)
             )
             loss = dataclasses.replace(loss, loss=loss.loss - coef * bonus, entropy=entropy)
+        if self.config.preference_coef > 0:
+            loss = self._preference(exp, rows, batch.response_mask, out.logprobs, loss, n_rows)
         self.topology.backward(loss.loss)
         return loss
+
+    def _preference(
+        self,
+        exp: Experience | GroupExperience,
+        rows: torch.Tensor,
+        mask: torch.Tensor,
+        logprobs: torch.Tensor,
+        loss: Loss,
+        n_rows: int,
+    ) -> Loss:
+        """[D30] ``loss`` plus ``preference_coef`` x DPO's loss on the best and worst sample of each of the
+        rows' groups (whole groups: ``PPOConfig._check_preference``), a mean over the step's groups."""
+        c, t = self.config, mask.shape[1]
+        assert exp.ref_logprobs is not None  # a preference term always runs the reference pass
+        if len(rows) % c.group_size:
+            raise TrainingError(
+                f"ppo.preference_coef pairs the samples of one prompt, but this process's share of a "
+                f"mini-batch holds {len(rows)} rows, not whole groups of ppo.num_generations "
+                f"({c.group_size}): set ppo.mini_batch_size to a multiple of num_generations x the "
+                "number of processes."
+            )
+        chosen, rejected = critic_free.preference_pairs(exp.scores[rows], c.group_size, c.preference_margin)
+        term = critic_free.preference_loss(
+            logprobs,
+            exp.ref_logprobs[rows, :t],
+            mask,
+            chosen,
+            rejected,
+            beta=c.preference_beta,
+            step_groups=n_rows // c.group_size,
+        )
+        return dataclasses.replace(loss, loss=loss.loss + c.preference_coef * term, preference=term.detach())
 
     def _loss(
         self,
@@ -339,7 +375,7 @@ class Trainer:
                 **{
                     LOSS_KEYS[f.name]: float(torch.stack([getattr(part, f.name) for part in losses]).mean())
                     for f in dataclasses.fields(losses[0])
-                    if f.name != "entropy" or self.config.entropy_coef > 0
+                    if getattr(self.config, OPTIONAL_PARTS.get(f.name, ""), 1) > 0
                 },
                 "ppo/learning_rate": float(self.optimizer.param_groups[0]["lr"]),
                 "ppo/updates": float(len(losses)),
