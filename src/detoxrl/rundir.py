@@ -200,6 +200,12 @@ def resume_point(run_dir: Path) -> ResumePoint:
     return ResumePoint(None)
 
 
+def holds_final_weights(run_dir: Path) -> bool:
+    """Whether the run's final/ holds trained weights: a LoRA adapter's config or a full model's."""
+    final = Path(run_dir) / "final"
+    return (final / "adapter_config.json").is_file() or (final / "config.json").is_file()
+
+
 def final_damage(run_dir: Path) -> str | None:
     """One line when the run's final/ is damaged, saying where the same weights still are, else None."""
     final = Path(run_dir) / "final"

@@ -30,7 +30,7 @@ from detoxrl.config import PolicyConfig, load_config
 from detoxrl.errors import DetoxError
 from detoxrl.models.loading import load_policy, load_tokenizer_of, torch_dtype
 from detoxrl.reports.card import write_export_card
-from detoxrl.rundir import MANIFEST, VALUE_HEAD_FILE, final_damage
+from detoxrl.rundir import MANIFEST, VALUE_HEAD_FILE, final_damage, holds_final_weights
 
 LEFT_BEHIND = {VALUE_HEAD_FILE, "README.md", MANIFEST}  # what a copied full model does not take from final/
 
@@ -43,8 +43,7 @@ def check(run_dir: Path, out: Path) -> Path:
             f"'{run_dir}' {what}: it is not a detoxrl run; give the output_dir of a `detoxrl run` or "
             "`detoxrl train`."
         )
-    final = run_dir / "final"
-    if not (final / "adapter_config.json").is_file() and not (final / "config.json").is_file():
+    if not holds_final_weights(run_dir):
         raise DetoxError(
             f"'{run_dir}' has no trained weights in final/: its training has not finished; finish it with "
             f"`detoxrl run --resume {run_dir}` (or `detoxrl train --resume {run_dir}`), then export."
@@ -54,7 +53,7 @@ def check(run_dir: Path, out: Path) -> Path:
     damaged = final_damage(run_dir)  # read through (checksums) only once the cheaper checks pass
     if damaged is not None:
         raise DetoxError(f"{damaged} Nothing was exported.")
-    return final
+    return run_dir / "final"
 
 
 def save_dtype(policy: PolicyConfig) -> torch.dtype:

@@ -16,7 +16,7 @@ from huggingface_hub import HfApi, get_token
 
 from detoxrl.errors import DetoxError
 from detoxrl.reports.card import HUB_ID, write_card
-from detoxrl.rundir import MANIFEST, VALUE_HEAD_FILE, final_damage
+from detoxrl.rundir import MANIFEST, VALUE_HEAD_FILE, final_damage, holds_final_weights
 
 TRUE = {"1", "ON", "YES", "TRUE"}  # how huggingface_hub reads its boolean environment variables
 
@@ -34,7 +34,7 @@ def push(
     exists) and upload the folder: adapter, tokenizer, README.md, and the value head only
     ``with_value_head``. Returns the repository's URL."""
     final = Path(run_dir) / "final"
-    if not (final / "adapter_config.json").is_file() and not (final / "config.json").is_file():
+    if not holds_final_weights(Path(run_dir)):
         raise DetoxError(f"'{final}' holds no trained adapter or model: is '{run_dir}' a finished run?")
     if not HUB_ID.fullmatch(repo_id):
         raise DetoxError(f"'{repo_id}' is not a hub repository id: write it as OWNER/NAME.")
