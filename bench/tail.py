@@ -63,6 +63,7 @@ VARIANTS: dict[str, list[str]] = {
     # PPO with 4 samples per prompt). beta 0.1 at 4 x drove the KL past 25 nats in 10 steps.
     "preset-rloo8-pref": [*RLOO8, *PREFERENCE],
     "preset-ppo4-pref": ["ppo.num_generations=4", *PREFERENCE],
+    "preset-rloo8-pref2": [*RLOO8, *PREFERENCE, "ppo.preference_coef=2.0"],  # twice the weight
     # a lighter KL penalty than the preset's 0.2: the policy may move further
     "kl10": ["ppo.init_kl_coef=0.1"],
     "kl05": ["ppo.init_kl_coef=0.05"],
