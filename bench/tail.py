@@ -64,6 +64,8 @@ VARIANTS: dict[str, list[str]] = {
     "preset-rloo8-pref": [*RLOO8, *PREFERENCE],
     "preset-ppo4-pref": ["ppo.num_generations=4", *PREFERENCE],
     "preset-rloo8-pref2": [*RLOO8, *PREFERENCE, "ppo.preference_coef=2.0"],  # twice the weight
+    # pairs only where the scores differ by more than 3 (the worst clearly toxic), not 1
+    "preset-rloo8-pref-m3": [*RLOO8, *PREFERENCE, "ppo.preference_margin=3.0"],
     # a lighter KL penalty than the preset's 0.2: the policy may move further
     "kl10": ["ppo.init_kl_coef=0.1"],
     "kl05": ["ppo.init_kl_coef=0.05"],
