@@ -33,12 +33,12 @@ from detoxrl.recipes import preflight
 from detoxrl.recipes import prompts as prompts_of
 from detoxrl.recipes.evaluate import Loaded, build_scorers, load_start, load_trained, measure
 from detoxrl.recipes.session import Session, setup
-from detoxrl.recipes.train import train
+from detoxrl.recipes.train import train_in
 from detoxrl.reports.card import write_card
 from detoxrl.reports.report import build_report, steps_line
 from detoxrl.rewards.build import build_reward
 from detoxrl.rewards.toxicity import resolve_evaluator_specs
-from detoxrl.rundir import read_metrics, resume_point, run_directory
+from detoxrl.rundir import ResumePoint, read_metrics, resume_point, run_directory
 from detoxrl.training.metrics_log import check_trackers
 
 
@@ -78,15 +78,14 @@ def run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Ru
     config.check_evaluation()
     check_trackers(config.report_to)  # before anything is written
     session, run_dir = setup(config), Path(config.output_dir)
-    if resume:
-        resume_point(run_dir)  # no whole checkpoint to continue from: said before anything runs
+    point = resume_point(run_dir) if resume else ResumePoint(None)  # no whole checkpoint: before anything
     overwrite = config.overwrite_output_dir
     with run_directory(run_dir, resume, True, "run", session.is_main, overwrite=overwrite):
-        return _run(config, run_dir, session, resume=resume, progress=progress, start=start)
+        return _run(config, run_dir, session, point=point, progress=progress, start=start)
 
 
 def _run(
-    config: RunConfig, run_dir: Path, session: Session, *, resume: bool, progress: bool, start: float
+    config: RunConfig, run_dir: Path, session: Session, *, point: ResumePoint, progress: bool, start: float
 ) -> RunSummary:
     """Step 1: room for the checkpoints, the resolved config (with the engine), the prompts (each within
     the prompt limit of training and of evaluation: refused where a prompt and its response cannot fit;
@@ -98,7 +97,7 @@ def _run(
     """
     # 1. Room for the checkpoints; what runs, and how; the prompts; what scores them.
     tokenizer, model_config = load_tokenizer_of(config.policy.model)  # no weights yet
-    preflight.disk_line(config, model_config, folder=run_dir, resume=resume)
+    preflight.disk_line(config, model_config, folder=run_dir, resume=point.checkpoint is not None)
     prompts_of.limits(config, model_config, evaluation=True)  # training's too: before minutes of evaluation
     if session.is_main:
         save_config(config, run_dir / "config.yaml", comment=session.engine.describe())
@@ -139,7 +138,7 @@ def _run(
     session.say(f"[2/3] {steps_line(to_dict(config))}")
     reward = build_reward(config.reward, session.device)
     train_prompts = [e.text for e in prompts.train]
-    result = train(config, train_prompts, reward, run_dir, resume=resume, progress=progress, session=session)
+    result = train_in(config, train_prompts, reward, run_dir, point=point, progress=progress, session=session)
     # 4. The trained policy.
     session.say(f"[3/3] evaluating the trained policy on the same {len(texts)} prompts and seeds")
     after = evaluate(load_trained(config.policy, result.final_dir, session), "after")

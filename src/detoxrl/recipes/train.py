@@ -172,7 +172,7 @@ def train(
     point = resume_point(run_dir) if resume else ResumePoint(None)  # no whole checkpoint: before anything
     overwrite = config.overwrite_output_dir
     with run_directory(run_dir, resume, False, "train", session.is_main, overwrite=overwrite):
-        return _train(config, prompts, reward, run_dir, point=point, progress=progress, session=session)
+        return train_in(config, prompts, reward, run_dir, point=point, progress=progress, session=session)
 
 
 def _build(
@@ -184,7 +184,7 @@ def _build(
     *,
     point: ResumePoint,
 ) -> Loop:
-    """Steps 1-3 of ``_train``: the trainer (resumed from ``point``, the newest whole checkpoint: every
+    """Steps 1-3 of ``train_in``: the trainer (resumed from ``point``, the newest whole checkpoint: every
     process the same one, the main process's choice), the prompts' tokens, the quality scorer, the metrics
     log."""
     # 1. Seed once (every process alike); the engine written beside the resolved config by the main process,
@@ -255,7 +255,7 @@ def _save(loop: Loop, final: bool = False) -> None:
     top.barrier()
 
 
-def _train(
+def train_in(
     config: RunConfig,
     prompts: list[str],
     reward: Reward,
@@ -265,6 +265,8 @@ def _train(
     progress: bool,
     session: Session,
 ) -> TrainResult:
+    """``train`` in a run directory already open (``rundir.run_directory``), its trackers checked and its
+    resume ``point`` found: ``train`` itself, and ``detoxrl run``'s training."""
     # 1-3. The trainer, resumed from the newest whole checkpoint; the prompts, quality scorer, metrics log.
     loop = _build(config, prompts, reward, run_dir, session, point=point)
     trainer, top = loop.trainer, session.topology
