@@ -102,7 +102,9 @@ class PPOConfig:
     preference_coef: float = param(
         0.0, NON_NEGATIVE, "[D30] this x a DPO loss on each prompt's best against its worst sample"
     )
-    preference_beta: float = param(0.1, POSITIVE, "[D30] DPO's beta, the scale of a pair's log-ratio margin")
+    preference_beta: float = param(
+        1.0, POSITIVE, "[D30] DPO's beta, the scale of a pair's log-ratio margin (0.1 let the KL run away)"
+    )
     preference_margin: float = param(
         0.0, NON_NEGATIVE, "[D30] a pair only where the best score beats the worst by more than this"
     )

@@ -375,7 +375,7 @@ class Trainer:
                 **{
                     LOSS_KEYS[f.name]: float(torch.stack([getattr(part, f.name) for part in losses]).mean())
                     for f in dataclasses.fields(losses[0])
-                    if getattr(self.config, OPTIONAL_PARTS.get(f.name, ""), 1) > 0
+                    if f.name not in OPTIONAL_PARTS or getattr(self.config, OPTIONAL_PARTS[f.name]) > 0
                 },
                 "ppo/learning_rate": float(self.optimizer.param_groups[0]["lr"]),
                 "ppo/updates": float(len(losses)),
