@@ -71,6 +71,25 @@ def family_shares(events: Iterable[tuple[str, float]]) -> dict[str, float]:
     return dict(sorted(((f, t / whole) for f, t in totals.items()), key=lambda x: -x[1]))
 
 
+def matmul_kinds(
+    events: Iterable[tuple[str, list[Any], float, int]], low_rank: int = 64
+) -> dict[str, dict[str, float]]:
+    """``aten::mm`` events (name, input shapes, self seconds, calls) grouped by input shape -> per kind
+    ("full": the base weights' products; "low-rank": a side of at most ``low_rank``, LoRA's) the seconds,
+    the GFLOP (2 m k n a call) and their rate: how near the peak the products themselves run."""
+    kinds: dict[str, dict[str, float]] = {}
+    for name, shapes, seconds, calls in events:
+        if name != "aten::mm" or len(shapes) < 2 or len(shapes[0]) != 2 or len(shapes[1]) != 2:
+            continue
+        (m, k), (_, n) = shapes[0], shapes[1]
+        kind = kinds.setdefault("low-rank" if min(m, k, n) <= low_rank else "full", {"s": 0.0, "gflop": 0.0})
+        kind["s"] += seconds
+        kind["gflop"] += 2 * m * k * n * calls / 1e9
+    for kind in kinds.values():
+        kind["gflop_per_s"] = kind["gflop"] / kind["s"] if kind["s"] else 0.0
+    return kinds
+
+
 @contextmanager
 def profiled_update(trainer: Any, holder: list[Any]) -> Iterator[None]:
     """Within the block, the trainer's next update runs under torch.profiler (appended to ``holder``)."""
@@ -138,6 +157,10 @@ def profile_dtype(dtype: str, args: argparse.Namespace) -> dict[str, Any]:
         "response_tokens": sum(rec["response_lengths"]),
         "prompt_tokens": sum(rec["prompt_lengths"]),
         "families": family_shares((e.key, e.self_cpu_time_total) for e in averages),
+        "matmuls": matmul_kinds(
+            (e.key, e.input_shapes, e.self_cpu_time_total / 1e6, e.count)
+            for e in prof.key_averages(group_by_input_shape=True)
+        ),
         "top": [
             {
                 "op": e.key,
@@ -166,6 +189,11 @@ def summary(result: dict[str, Any], rows: int = 12) -> str:
         f"profiled self CPU {result['profiled_self_cpu_s']:.2f} s; "
         f"load average {result['load_avg'][0]:.1f}",
         "  families: " + ", ".join(f"{f} {s:.1%}" for f, s in result["families"].items()),
+        "  aten::mm: "
+        + ", ".join(
+            f"{kind} {m['gflop']:.0f} GFLOP in {m['s']:.2f} s ({m['gflop_per_s']:.0f} GFLOP/s)"
+            for kind, m in result["matmuls"].items()
+        ),
     ]
     lines += [
         f"  {t['share']:6.1%} {t['self_s']:7.3f} s {t['calls']:6d} x {t['op']}" for t in result["top"][:rows]

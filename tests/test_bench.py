@@ -115,6 +115,20 @@ def test_profile_families_share_the_self_time() -> None:
     assert shares == {"matmul": 0.8, "elementwise": 0.2}
 
 
+def test_profile_matmul_kinds_split_base_from_low_rank_products_with_their_rate() -> None:
+    events = [
+        ("aten::mm", [[1000, 576], [576, 1536]], 2.0, 10),  # 2 x 1000 x 576 x 1536 x 10 = 17.7 GFLOP
+        ("aten::mm", [[1000, 576], [576, 32]], 0.5, 100),  # LoRA's A: 2 x 1000 x 576 x 32 x 100 = 3.7 GFLOP
+        ("aten::bmm", [[9, 256, 64], [9, 64, 256]], 1.0, 5),  # not a 2-D product: left out
+        ("aten::mm", [], 1.0, 1),  # no shapes recorded: left out
+    ]
+    kinds = profile_update.matmul_kinds(events)
+    assert set(kinds) == {"full", "low-rank"}
+    assert kinds["full"]["gflop"] == pytest.approx(17.694720)
+    assert kinds["full"]["gflop_per_s"] == pytest.approx(17.694720 / 2.0)
+    assert kinds["low-rank"]["gflop"] == pytest.approx(3.6864) and kinds["low-rank"]["s"] == 0.5
+
+
 def test_load_dialogues_selects_and_shuffles_like_the_peers(tmp_path: Path) -> None:
     texts = ["x" * n for n in (100, 200, 500, 1000, 1001, 300)]
     path = tmp_path / "train.jsonl"
