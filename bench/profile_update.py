@@ -133,7 +133,7 @@ def profile_dtype(dtype: str, args: argparse.Namespace) -> dict[str, Any]:
         )
     wall = time.perf_counter() - t0
     prof = holder[0]
-    averages = prof.key_averages()
+    averages, by_shape = prof.key_averages(), prof.key_averages(group_by_input_shape=True)
     total = sum(e.self_cpu_time_total for e in averages) / 1e6
     top = sorted(averages, key=lambda e: -e.self_cpu_time_total)[: args.rows]
     tables = [
@@ -144,9 +144,7 @@ def profile_dtype(dtype: str, args: argparse.Namespace) -> dict[str, Any]:
         averages.table(sort_by="self_cpu_time_total", row_limit=args.rows),
         "",
         "# by input shape",
-        prof.key_averages(group_by_input_shape=True).table(
-            sort_by="self_cpu_time_total", row_limit=args.rows
-        ),
+        by_shape.table(sort_by="self_cpu_time_total", row_limit=args.rows),
     ]
     return {
         "dtype": dtype,
@@ -158,8 +156,7 @@ def profile_dtype(dtype: str, args: argparse.Namespace) -> dict[str, Any]:
         "prompt_tokens": sum(rec["prompt_lengths"]),
         "families": family_shares((e.key, e.self_cpu_time_total) for e in averages),
         "matmuls": matmul_kinds(
-            (e.key, e.input_shapes, e.self_cpu_time_total / 1e6, e.count)
-            for e in prof.key_averages(group_by_input_shape=True)
+            (e.key, e.input_shapes, e.self_cpu_time_total / 1e6, e.count) for e in by_shape
         ),
         "top": [
             {
