@@ -33,8 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def build(args: argparse.Namespace, without: str) -> Any:
-    """The bench's actor-critic on an engine with the ``without`` levers off."""
+def build(args: argparse.Namespace, without: str) -> tuple[Any, Any]:
+    """The bench's actor-critic on an engine with the ``without`` levers off, and its tokenizer."""
     import torch
 
     from detoxrl.config import PolicyConfig
@@ -45,13 +45,14 @@ def build(args: argparse.Namespace, without: str) -> Any:
     engine = throughput.engine_of(bench)
     config = PolicyConfig(model=args.model, dtype=args.dtype)
     torch.manual_seed(0)
-    ac = build_actor_critic(load_policy(config), config, engine=engine)
+    policy = load_policy(config)
+    ac = build_actor_critic(policy, config, engine=engine)
     with torch.no_grad():  # a trained-looking adapter and critic, the same in A and B
         generator = torch.Generator().manual_seed(0)
         for name, p in ac.named_parameters():
             if "lora_B" in name or "value_head" in name:
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.01)
-    return ac
+    return ac, policy.tokenizer
 
 
 def batch_of(args: argparse.Namespace, tokenizer: Any, rows: int) -> Any:
@@ -102,10 +103,8 @@ def gap(a: Any, b: Any) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from detoxrl.models.loading import load_tokenizer, local_folder
-
-    models = {"A": build(args, ""), "B": build(args, args.without)}
-    tokenizer = load_tokenizer(local_folder(args.model), is_encoder_decoder=False)
+    (a, tokenizer), (b, _) = build(args, ""), build(args, args.without)
+    models = {"A": a, "B": b}
     passes = {"update": (update, batch_of(args, tokenizer, args.rows))}
     if args.reference_rows:
         passes["reference"] = (reference, batch_of(args, tokenizer, args.reference_rows))

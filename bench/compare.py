@@ -261,7 +261,7 @@ def same_algorithm_table(runs: list[dict[str, Any]]) -> list[str]:
         algorithm = r.get("algorithm", "ppo")
         peer = peers[SAME_ALGORITHM[algorithm]]
         mine, theirs = r["summary"].get("samples_per_s_median"), peer["summary"].get("samples_per_s_median")
-        target = TARGETS.get((algorithm, r.get("dtype")))
+        target = TARGETS.get((algorithm, str(r.get("dtype"))))
         ratio = mine / theirs if mine and theirs else None
         s = r["summary"]
         cells = [r["label"], peer["label"], fmt(mine, "{:.3f}"), fmt(theirs, "{:.3f}"), fmt(ratio, "{:.2f}x"),

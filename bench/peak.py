@@ -47,6 +47,7 @@ def steady_rate(
         run()
     medians: list[float] = []
     last: list[float] = []
+    spread = 0.0
     for _ in range(max_blocks):
         times = []
         for _ in range(block):
@@ -58,7 +59,7 @@ def steady_rate(
         if len(medians) >= 2 and spread <= tolerance:
             return Rate(flops / statistics.median(last + times), spread, len(medians), True)
         last = times
-    return Rate(flops / statistics.median(last), relative_spread(medians[-2:]), len(medians), False)
+    return Rate(flops / statistics.median(last), spread, len(medians), False)
 
 
 def relative_spread(xs: list[float]) -> float:
