@@ -150,9 +150,9 @@ class PPOConfig:
 
     def _check_preference(self) -> None:
         """[D30] Pairs come from the samples of one prompt, which a mini-batch must hold whole."""
-        k = self.group_size
         if self.preference_coef == 0:
             return
+        k = self.group_size
         if k < 2:
             raise ConfigError(
                 f"Config key 'ppo.preference_coef' is {self.preference_coef} with one sample per "

@@ -151,7 +151,7 @@ def preference_loss(
        optimizer step (so micro-batch terms add up to the step's mean; a group without a pair adds 0).
     Unlike the clipped surrogate its push on a rejected sample is not bounded per update: it falls only as
     the margin grows. logprobs, ref_logprobs, mask (B, T); chosen, rejected (P,) row indices -> 0-d."""
-    rho = torch.where(mask.bool(), logprobs - ref_logprobs, torch.zeros_like(logprobs)).sum(1)  # (B,)
+    rho = ppo.masked_sum(logprobs - ref_logprobs, mask, dim=1)  # (B,)
     margins = beta * (rho[chosen] - rho[rejected])  # (P,)
     return F.softplus(-margins).sum() / step_groups
 

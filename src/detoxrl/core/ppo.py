@@ -18,9 +18,11 @@ import torch
 KLEstimator = Literal["k1", "k3"]
 
 
-def masked_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Sum of ``x`` over real tokens; padding (whatever it holds, NaN included) contributes nothing."""
-    return torch.where(mask.bool(), x, torch.zeros_like(x)).sum()
+def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Sum of ``x`` over real tokens (all of them, or along ``dim``: (B, T) -> (B,) with ``dim=1``);
+    padding (whatever it holds, NaN included) contributes nothing."""
+    kept = torch.where(mask.bool(), x, torch.zeros_like(x))
+    return kept.sum() if dim is None else kept.sum(dim)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
